@@ -188,3 +188,22 @@ class ChannelStats:
     def std(self) -> NDArray[np.float64]:
         """Population standard deviation per channel."""
         return np.sqrt(self.var)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScore:
+    """One class of a prediction: index, label (None without labels), probability in [0, 1]."""
+
+    index: int
+    label: str | None
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Top classes for one input; ``output`` is the tensor the scores come from."""
+
+    source: str
+    output: str
+    top: tuple[ClassScore, ...]
+    softmax_applied: bool = False

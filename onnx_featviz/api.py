@@ -1,0 +1,459 @@
+"""The functions and the ``Inspector`` users call: compose the modules, hold no maths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from PIL import Image
+
+from onnx_featviz import audit, catalog, fileio, preprocess, rewrite, runtime, weights
+from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.structs import (
+    META_LABELS,
+    ChannelStats,
+    ClassScore,
+    InputSpec,
+    Layer,
+    ModelInfo,
+    Prediction,
+    Preprocessing,
+)
+
+ModelSource = str | Path | bytes | onnx.ModelProto
+ImageSource = str | Path | Image.Image
+Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
+STAGES = ("conv", "act", "both")
+
+
+@dataclass(frozen=True, slots=True)
+class PrepOptions:
+    """Overrides of the model's preprocessing; ``None`` keeps what the model or preset says."""
+
+    preset: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    channel_order: str | None = None
+    size: tuple[int, int] | None = None
+    resize: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A model-ready input batch and where each item came from."""
+
+    array: NDArray[np.generic]
+    sources: tuple[str, ...]
+    images: tuple[Image.Image, ...] = ()
+
+
+def load_model(model: ModelSource) -> onnx.ModelProto:
+    """Return a ``ModelProto`` for a path, serialized bytes or a proto (never modified)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return fileio.load_model(model)
+
+
+class Inspector:
+    """A model plus the onnxruntime sessions that serve it; use as a context manager.
+
+    Args:
+        model: path, serialized bytes or ``ModelProto`` (not modified).
+        provider: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+        prep: preprocessing overrides (default: the model's metadata, else a per-input default).
+        max_batch: largest batch sent to onnxruntime in one call.
+        labels: class names (default: the model's ``featviz.labels`` metadata when present).
+
+    Raises:
+        ModelError: unreadable model; ProviderError: provider not usable.
+    """
+
+    def __init__(self, model: ModelSource, provider: str = "auto", *,
+                 prep: PrepOptions | None = None, max_batch: int | None = 32,
+                 labels: Sequence[str] | None = None) -> None:
+        self.model = load_model(model)
+        self.provider = provider
+        self.max_batch = max_batch
+        self.spec: InputSpec = preprocess.infer_input_spec(self.model)
+        self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
+        self.labels: tuple[str, ...] | None = (
+            tuple(labels) if labels is not None else _model_labels(self.model))
+        self._sessions: dict[tuple[str, ...], runtime.Session] = {}
+        self._info: ModelInfo | None = None
+        runtime.resolve_providers(provider)
+
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every session this inspector opened."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+    # -- model description -------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """The layer catalog; shapes inference cannot give come from one real run."""
+        if self._info is None:
+            info = catalog.read_catalog(self.model)
+            missing = [lay.output for lay in info.layers if lay.exposable and lay.shape is None
+                       and lay.output]
+            if missing:
+                info = self._fill_shapes(missing)
+            self._info = info
+        return self._info
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Every layer in graph order."""
+        return self.info.layers
+
+    def layer(self, name: str | int) -> Layer:
+        """Return a layer by node name, output tensor name or index (close matches on error)."""
+        return self.info.layer(name)
+
+    def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
+        batch = np.zeros(_example_shape(self.spec, self.preprocessing), self.spec.dtype)
+        try:
+            values = self._run(batch, tensors)
+        except (ModelError, InputError):
+            return catalog.read_catalog(self.model)
+        shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
+        dtypes = {k: str(v.dtype) for k, v in values.items()}
+        return catalog.read_catalog(self.model, shapes=shapes, dtypes=dtypes)
+
+    # -- inputs --------------------------------------------------------------------------
+    def load_batch(self, images: Images) -> Batch:
+        """Turn image paths, PIL images, ``.npy``/``.npz`` paths or an array into a batch.
+
+        Returns:
+            ``Batch`` whose array fits the model input (layout, size, dtype).
+
+        Raises:
+            InputError: unreadable image, wrong channel count, wrong array shape.
+        """
+        if isinstance(images, np.ndarray):
+            return Batch(preprocess.check_batch(images, self.spec), ("array",))
+        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        if not items:
+            raise InputError("no images were given; pass at least one image path or array")
+        arrays, sources, pics = [], [], []
+        for item in items:
+            for source, array, pic in self._load_item(item):
+                arrays.append(array)
+                sources.append(source)
+                pics.extend([pic] if pic is not None else [])
+        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
+
+    def _load_item(self, item: ImageSource
+                   ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
+        if isinstance(item, Image.Image):
+            yield "image", self._image_array(item), self.display(item)
+            return
+        path = Path(item)
+        if path.suffix.lower() in (".npy", ".npz"):
+            for key, array in fileio.load_array_file(path).items():
+                checked = preprocess.check_batch(array, self.spec)
+                yield f"{path}:{key}", checked, None
+            return
+        image = fileio.load_image(path)
+        yield str(path), self._image_array(image), self.display(image)
+
+    def _image_array(self, image: Image.Image) -> NDArray[np.generic]:
+        return preprocess.images_to_batch([image], self.spec, self.preprocessing)
+
+    def display(self, image: Image.Image) -> Image.Image:
+        """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
+        return preprocess.display_image(image, self.spec, self.preprocessing)
+
+    # -- running -------------------------------------------------------------------------
+    def session(self, tensors: Sequence[str] = ()) -> runtime.Session:
+        """Return (opening once) a session whose outputs include ``tensors``."""
+        key = tuple(tensors)
+        if key not in self._sessions:
+            model = rewrite.expose_tensors(self.model, list(key)) if key else self.model
+            self._sessions[key] = runtime.Session(model, self.provider)
+        return self._sessions[key]
+
+    def _run(self, batch: NDArray[np.generic], tensors: Sequence[str], *,
+             exposed: Sequence[str] | None = None) -> dict[str, NDArray[np.generic]]:
+        """Fetch ``tensors`` from the session that exposes ``exposed`` (default: the same)."""
+        session = self.session(tuple(exposed if exposed is not None else tensors))
+        wanted = [_exposed_name(session, t) for t in tensors]
+        values = session.run({self.spec.name: batch}, wanted, max_batch=self.max_batch)
+        return {t: values[w] for t, w in zip(tensors, wanted, strict=True)}
+
+    def outputs(self, images: Images) -> dict[str, NDArray[np.generic]]:
+        """Run the unmodified model and return its own outputs."""
+        batch = self.load_batch(images).array
+        session = self.session()
+        return session.run({self.spec.name: batch}, max_batch=self.max_batch)
+
+    def predict(self, images: Images, top_k: int = 5) -> list[Prediction]:
+        """Return the top-k classes per input with probabilities (softmax applied to logits).
+
+        Raises:
+            InputError: ``top_k`` < 1; ModelError: the model has no classifier-like output.
+        """
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        loaded = self.load_batch(images)
+        output = self.info.outputs[0].name
+        scores = self.session().run({self.spec.name: loaded.array}, [output],
+                                    max_batch=self.max_batch)[output]
+        flat = np.asarray(scores, np.float64).reshape(len(scores), -1)
+        probs, applied = _as_probabilities(flat)
+        return [self._prediction(src, output, row, top_k, applied)
+                for src, row in zip(loaded.sources, probs, strict=True)]
+
+    def _prediction(self, source: str, output: str, probs: NDArray[np.float64], top_k: int,
+                    applied: bool) -> Prediction:
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        labels = self.labels if self.labels and len(self.labels) == len(probs) else None
+        top = tuple(ClassScore(int(i), labels[i] if labels else None, float(probs[i]))
+                    for i in order)
+        return Prediction(source, output, top, applied)
+
+    def layer_tensors(self, layers: Sequence[str | int] | None = None, stage: str = "conv"
+                      ) -> list[str]:
+        """Resolve layer names/indices (default: every conv layer) to tensors for a stage.
+
+        Args:
+            layers: node names, tensor names or indices; None for all conv layers.
+            stage: ``"conv"`` (the layer's output), ``"act"`` (its activation) or ``"both"``.
+        """
+        if stage not in STAGES:
+            raise InputError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        chosen = self.info.conv_layers if layers is None else [self.layer(n) for n in layers]
+        if layers is None and not chosen:
+            raise InputError("the model has no conv layers; name layers explicitly "
+                             "(all names are in ModelInfo.layers)")
+        tensors: list[str] = []
+        for lay in chosen:
+            _check_exposable(lay)
+            for tensor in _stage_tensors(lay, stage):
+                if tensor not in tensors:
+                    tensors.append(tensor)
+        return tensors
+
+    def activations(self, images: Images, layers: Sequence[str | int] | None = None, *,
+                    stage: str = "conv", float32: bool = True,
+                    max_bytes: int | None = None) -> dict[str, NDArray[np.generic]]:
+        """Return the tensors of ``layers`` (default: every conv) for the inputs, in graph order.
+
+        Args:
+            images: image paths, PIL images, .npy/.npz paths or a model-ready array.
+            layers: node names, tensor names or indices.
+            stage: ``"conv"``, ``"act"`` or ``"both"`` (see ``layer_tensors``).
+            float32: convert float16 tensors to float32 (int8 tensors are returned dequantized).
+            max_bytes: bound on the bytes one onnxruntime pass may produce (None: no bound).
+
+        Returns:
+            Tensor name -> array (N, ...) exactly as the model computed it.
+        """
+        batch = self.load_batch(images).array
+        tensors = self.layer_tensors(layers, stage)
+        parts: dict[str, list[NDArray[np.generic]]] = {t: [] for t in tensors}
+        for _, group in self.stream(batch, tensors, float32=float32, max_bytes=max_bytes):
+            for name, value in group.items():
+                parts[name].append(value)
+        return {t: np.concatenate(parts[t]) for t in tensors}
+
+    def stream(self, batch: NDArray[np.generic], tensors: Sequence[str], *, float32: bool = True,
+               max_bytes: int | None = None
+               ) -> Iterator[tuple[slice, dict[str, NDArray[np.generic]]]]:
+        """Yield ``(batch_slice, {tensor: array})`` groups whose bytes stay under ``max_bytes``.
+
+        The tensors are split into groups and the batch into chunks so that one pass never
+        produces more than ``max_bytes`` (one sample of one tensor is the smallest unit).
+        """
+        sizes = self._sample_bytes(tensors)
+        plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
+        for rows, group in plan:
+            values = self._run(batch[rows], group, exposed=tensors)
+            yield rows, {t: _to_host(values[t], float32) for t in group}
+
+    def _sample_bytes(self, tensors: Sequence[str]) -> dict[str, int]:
+        info = self.info
+        out = {}
+        for tensor in tensors:
+            lay = info.layer(tensor)
+            shape = lay.shape if tensor == lay.output else None
+            known = [d for d in (shape or ())[1:] if isinstance(d, int)]
+            out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
+        return out
+
+    def filters(self, layer: str | int) -> weights.Filters:
+        """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
+        return weights.read_filters(self.model, self.layer(layer))
+
+    def stats(self, images: Images, layers: Sequence[str | int] | None = None, *,
+              stage: str = "conv") -> dict[str, ChannelStats]:
+        """Return per-channel statistics of ``layers`` over all inputs, reduced on the device."""
+        batch = self.load_batch(images).array
+        tensors = self.layer_tensors(layers, stage)
+        model = rewrite.append_channel_stats(self.model, tensors)
+        names = [rewrite.stat_output(s, t) for t in tensors for s in rewrite.STAT_NAMES]
+        merged: dict[str, ChannelStats] = {}
+        step = self.max_batch or len(batch)
+        with runtime.Session(model, self.provider) as session:
+            for start in range(0, len(batch), step):
+                rows = batch[start:start + step]
+                values = session.run({self.spec.name: rows}, names)
+                for tensor in tensors:
+                    part = _batch_stats(values, tensor, self.info.layer(tensor), len(rows))
+                    old = merged.get(tensor)
+                    merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
+        return merged
+
+
+# -- one-shot functions -------------------------------------------------------------------
+def inspect_model(model: ModelSource) -> ModelInfo:
+    """Return the layer catalog of a model (shape inference only; no session)."""
+    return catalog.read_catalog(load_model(model))
+
+
+def compute_activations(model: ModelSource, images: Images,
+                        layers: Sequence[str | int] | None = None, *, stage: str = "conv",
+                        provider: str = "auto", prep: PrepOptions | None = None
+                        ) -> dict[str, NDArray[np.generic]]:
+    """Return the tensors of ``layers`` for ``images`` (see ``Inspector.activations``)."""
+    with Inspector(model, provider, prep=prep) as inspector:
+        return inspector.activations(images, layers, stage=stage)
+
+
+def read_model_filters(model: ModelSource, layer: str | int) -> weights.Filters:
+    """Return the filters of one conv layer (see ``weights.read_filters``)."""
+    proto = load_model(model)
+    return weights.read_filters(proto, catalog.read_catalog(proto).layer(layer))
+
+
+def predict(model: ModelSource, images: Images, *, top_k: int = 5, provider: str = "auto",
+            prep: PrepOptions | None = None) -> list[Prediction]:
+    """Return the top-k classes per input (see ``Inspector.predict``)."""
+    with Inspector(model, provider, prep=prep) as inspector:
+        return inspector.predict(images, top_k)
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
+                  prep: PrepOptions | None) -> Preprocessing:
+    opts = prep or PrepOptions()
+    return preprocess.resolve_preprocessing(
+        spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
+        std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
+        resize=opts.resize)
+
+
+def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:
+    for prop in model.metadata_props:
+        if prop.key == META_LABELS:
+            try:
+                value: Any = json.loads(prop.value)
+            except json.JSONDecodeError as err:
+                raise ModelError(f"metadata {META_LABELS!r} is not a JSON list of class names: "
+                                 f"{err}; fix or remove it") from err
+            return tuple(str(v) for v in value)
+    return None
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Read class names, one per line (index = class id); ``synset`` lines keep their text."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read labels file {path}: {err}; give a text file with one "
+                         "class name per line") from err
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
+    h = spec.height or (prep.size[0] if prep.size else 224)
+    w = spec.width or (prep.size[1] if prep.size else 224)
+    if spec.layout == "NHWC":
+        return (1, h, w, spec.channels)
+    if spec.layout == "NHW":
+        return (1, h, w)
+    return (1, spec.channels, h, w)
+
+
+def _exposed_name(session: runtime.Session, tensor: str) -> str:
+    deq = rewrite.dequantized_name(tensor)
+    return deq if deq in session.output_names else tensor
+
+
+def _check_exposable(layer: Layer) -> None:
+    if not layer.exposable:
+        raise ModelError(f"layer {layer.name!r} cannot be exposed: {layer.reason}; "
+                         "choose a layer of the main graph")
+
+
+def _stage_tensors(layer: Layer, stage: str) -> list[str]:
+    act = layer.activation or layer.output
+    if stage == "conv" or not layer.is_conv:
+        return [layer.output]
+    if stage == "act":
+        return [act]
+    return [layer.output] if act == layer.output else [layer.output, act]
+
+
+def _as_probabilities(scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
+    rows_sum = scores.sum(axis=1)
+    if np.all(scores >= 0) and np.allclose(rows_sum, 1.0, atol=1e-2):
+        return scores, False
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True), True
+
+
+def _to_host(value: NDArray[np.generic], float32: bool) -> NDArray[np.generic]:
+    if float32 and value.dtype == np.float16:
+        return value.astype(np.float32)
+    return value
+
+
+def _plan_passes(tensors: Sequence[str], sizes: Mapping[str, int], total: int,
+                 max_bytes: int | None, max_batch: int | None
+                 ) -> list[tuple[slice, list[str]]]:
+    """Split tensors into groups and rows into chunks so a pass produces <= max_bytes."""
+    if not max_bytes:
+        step = max_batch or total
+        return [(slice(i, i + step), list(tensors)) for i in range(0, total, step)]
+    biggest = max(sizes.values(), default=0)
+    rows = max(1, min(max_batch or total, max_bytes // biggest if biggest else total))
+    groups: list[list[str]] = []
+    used = max_bytes + 1
+    for tensor in tensors:
+        need = sizes[tensor] * rows
+        if used + need > max_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(tensor)
+        used += need
+    return [(slice(i, i + rows), g) for i in range(0, total, rows) for g in groups]
+
+
+def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, layer: Layer,
+                 rows: int) -> ChannelStats:
+    reduced = {s: values[rewrite.stat_output(s, tensor)] for s in rewrite.STAT_NAMES}
+    shape = layer.shape or ()
+    per_sample = int(np.prod([d for d in shape[2:] if isinstance(d, int)] or [1]))
+    return audit.batch_channel_stats(reduced, rows * per_sample)
+
+
+__all__ = [
+    "Batch", "Inspector", "PrepOptions", "compute_activations", "inspect_model", "load_model",
+    "predict", "read_labels", "read_model_filters",
+]

@@ -1,0 +1,276 @@
+"""The ``featviz`` command line: parse options, call one api function, save, print paths."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from onnx_featviz import __version__, api
+from onnx_featviz.errors import FeatvizError
+
+F = TypeVar("F", bound=Callable[..., Any])
+PRESET_NAMES = ("imagenet", "caffe", "unit", "raw", "tf", "mnist")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# -- shared option parsing ------------------------------------------------------------------
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None
+            ) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, "
+                                 "e.g. 0.485,0.456,0.406") from None
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None
+          ) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise click.BadParameter(f"{value!r} is not a size; use 224 or 224x224 (HxW)")
+    return (dims[0], dims[-1])
+
+
+def _channels(ctx: click.Context, param: click.Parameter, value: str | None
+              ) -> slice | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(p) if p else None for p in value.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] is not None:
+        return slice(parts[0], parts[0] + 1)
+    if len(parts) != 2 or any(p is not None and p < 0 for p in parts):
+        raise click.BadParameter(f"{value!r} is not a channel range; use 5 or 0:16 or 8:")
+    return slice(parts[0], parts[1])
+
+
+def provider_option(fn: F) -> F:
+    """Add ``--provider``."""
+    return click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]),
+                        default="auto", show_default=True,
+                        help="Execution provider: CUDA when it runs (auto), or force one.")(fn)
+
+
+def prep_options(fn: F) -> F:
+    """Add the preprocessing options and pass them as one ``prep`` argument."""
+    options = [
+        click.option("--preset", type=click.Choice(PRESET_NAMES),
+                     help="Preprocessing preset (default: the model's metadata, else unit/mnist)."),
+        click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
+        click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", type=float, help="Pixel scale before mean/std (1/255 = 0.00392)."),
+        click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
+        click.option("--size", callback=_size, help="Input size for dynamic models: 224 or HxW."),
+        click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]),
+                     help="Resize policy (default crop: short side then center crop)."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
+                bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
+        kwargs["prep"] = api.PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
+                                         channel_order="BGR" if bgr else None, size=size,
+                                         resize=resize)
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def reports_errors(fn: F) -> F:
+    """Turn library errors into one-line messages with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FeatvizError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None
+                  ) -> None:
+    if as_json:
+        click.echo(json.dumps({"written": [str(p) for p in paths], **(extra or {})}, indent=2))
+        return
+    for path in paths:
+        click.echo(str(path))
+
+
+# -- commands -------------------------------------------------------------------------------
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="featviz")
+@click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
+def main(verbose: bool) -> None:
+    """See inside any CNN exported to ONNX: layers, filters, feature maps.
+
+    \b
+    Quick start:
+      featviz info models/mnist_cnn.onnx
+      featviz predict models/mnist_cnn.onnx models/samples/digit_9.png
+      featviz filters models/mnist_cnn.onnx --out out/
+      featviz maps models/mnist_cnn.onnx models/samples/digit_9.png --out out/
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="featviz: %(message)s")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+@provider_option
+@prep_options
+@reports_errors
+def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
+    """Show the input spec, preprocessing and layer table of MODEL.
+
+    \b
+    Examples:
+      featviz info models/mnist_cnn.onnx
+      featviz info squeezenet.onnx --json > layers.json
+    """
+    with api.Inspector(model, provider, prep=prep) as inspector:
+        summary = api.describe(inspector)
+    click.echo(json.dumps(summary, indent=2) if as_json else api.format_summary(summary))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Class names, one per line (default: the model's metadata).")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
+@provider_option
+@prep_options
+@reports_errors
+def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: int,
+            as_json: bool, provider: str, prep: api.PrepOptions) -> None:
+    """Print the top classes of MODEL for each IMAGE (files or folders).
+
+    Scores are probabilities; softmax is applied when the model emits logits.
+
+    \b
+    Examples:
+      featviz predict models/mnist_cnn.onnx models/samples/
+      featviz predict squeezenet.onnx cat.png --preset caffe --labels imagenet_classes.txt
+    """
+    names = api.read_labels(labels) if labels else None
+    with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
+        results = inspector.predict(api.expand_images(images), top_k)
+    click.echo(json.dumps(api.predictions_to_json(results), indent=2) if as_json
+               else api.format_predictions(results))
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--layer", "layers", multiple=True, help="Conv layer (name, tensor or index); "
+              "repeat for several. Default: every conv layer.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+              show_default=True, help="Folder for the PNGs, or a .png file for one layer.")
+@click.option("--annotate", is_flag=True, help="Write each weight on its cell (small kernels).")
+@click.option("--cmap", default="RdBu_r", show_default=True, help="Matplotlib colormap name.")
+@click.option("--save-npz", type=click.Path(path_type=Path),
+              help="Also save the float32 (O, I, kH, kW) filters, keyed by layer name.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@reports_errors
+def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cmap: str,
+            save_npz: Path | None, as_json: bool) -> None:
+    """Draw the conv filters of MODEL (diverging colormap centred on zero).
+
+    First-layer RGB filters are drawn as colour patches.
+
+    \b
+    Examples:
+      featviz filters models/mnist_cnn.onnx --layer conv1 --annotate
+      featviz filters model.onnx --out filters/ --save-npz filters.npz
+    """
+    opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
+    result = api.render_model_filters(model, layers or None, opts)
+    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    _emit_written(written, as_json)
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--layer", "layers", multiple=True,
+              help="Layer (name, tensor or index); repeat for several.")
+@click.option("--convs", "which", flag_value="convs", help="Every conv layer (default).")
+@click.option("--all", "which", flag_value="all", help="Every layer output (Keras-style).")
+@click.option("--stage", type=click.Choice(["conv", "act", "both"]), default="act",
+              show_default=True, help="Conv output, after its activation, or both side by side.")
+@click.option("--reduce", type=click.Choice(["none", "mean", "max"]), default="none",
+              show_default=True, help="Draw the mean or max over channels as one image.")
+@click.option("--channels", callback=_channels, help="Channel range, e.g. 0:16 or 5.")
+@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap name.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+              show_default=True, help="Output folder.")
+@click.option("--save-npz", type=click.Path(path_type=Path),
+              help="Also save the tensors (float32, exactly as computed), keyed by tensor name.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@provider_option
+@prep_options
+@reports_errors
+def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
+         stage: str, reduce: str, channels: slice | None, cmap: str, out: Path,
+         save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
+    """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
+
+    \b
+    Examples:
+      featviz maps models/mnist_cnn.onnx models/samples/digit_9.png
+      featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
+      featviz maps model.onnx cat.png --all --reduce mean --cmap magma
+    """
+    opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
+                                every_layer=which == "all")
+    with api.Inspector(model, provider, prep=prep) as inspector:
+        result = api.render_feature_maps(inspector, api.expand_images(images),
+                                         layers or None, opts)
+    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    _emit_written(written, as_json)
+
+
+@main.command("build-conv", context_settings=CONTEXT)
+@click.argument("filters_file", metavar="FILTERS", required=False,
+                type=click.Path(path_type=Path))
+@click.option("--preset", type=click.Choice(["edges"]),
+              help="Use a built-in filter bank instead of FILTERS (edges: four 4x4 edges).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model to write.")
+@click.option("--activation", type=click.Choice(["relu", "none"]), default="relu",
+              show_default=True)
+@reports_errors
+def build_conv(filters_file: Path | None, preset: str | None, out: Path,
+               activation: str) -> None:
+    """Build a one-conv ONNX model from a filter bank (.npy, or text with blank-line blocks).
+
+    \b
+    Examples:
+      featviz build-conv --preset edges --out edges.onnx
+      featviz build-conv my_filters.npy --out mine.onnx --activation none
+    """
+    if (filters_file is None) == (preset is None):
+        raise click.UsageError("give either FILTERS or --preset edges")
+    written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
+    _emit_written([written], False)
+

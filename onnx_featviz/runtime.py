@@ -1,0 +1,226 @@
+"""onnxruntime sessions: provider resolution, batching, IO binding (the only onnxruntime user)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from onnx_featviz.errors import InputError, ModelError, ProviderError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("auto", "cuda", "cpu")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+# protobuf cannot serialize a message over 2 GiB; such models go through a temporary folder.
+_PROTO_LIMIT = 2**31 - 2**20
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int32)": "int32",
+    "tensor(int64)": "int64", "tensor(bool)": "bool", "tensor(uint16)": "uint16",
+    "tensor(int16)": "int16", "tensor(bfloat16)": "float32",
+}
+
+
+def _quiet_session(
+    source: bytes | str, providers: list[str], options: ort.SessionOptions
+) -> ort.InferenceSession:
+    """Create a session with onnxruntime's default logger silenced for the attempt.
+
+    A failed CUDA provider load prints a long red log; ``auto`` must show one short notice instead.
+    """
+    ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def cuda_runs() -> bool:
+    """Return True when onnxruntime really runs a session on CUDA here (not only lists it)."""
+    if _CUDA not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    try:
+        session = _quiet_session(probe.SerializeToString(), [_CUDA, _CPU], ort.SessionOptions())
+    except Exception:  # noqa: BLE001 - any failure to start CUDA means "no"
+        return False
+    return _CUDA in session.get_providers()
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """Return the onnxruntime provider list to request for ``auto``, ``cuda`` or ``cpu``.
+
+    Raises:
+        ProviderError: ``provider`` is not one of ``PROVIDERS``.
+    """
+    if provider not in PROVIDERS:
+        raise ProviderError(
+            f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}"
+        )
+    if provider == "cpu" or (provider == "auto" and _CUDA not in ort.get_available_providers()):
+        return [_CPU]
+    return [_CUDA, _CPU]
+
+
+class Session:
+    """An onnxruntime session the caller owns (use as a context manager).
+
+    Args:
+        model: the model to run (not modified).
+        provider: ``"auto"`` (CUDA when it really runs, else CPU with one warning), ``"cuda"``
+            (error when CUDA does not run) or ``"cpu"``.
+        threads: intra-op threads (None: onnxruntime's default, all cores).
+
+    Raises:
+        ProviderError: ``provider="cuda"`` but CUDA does not run, or an unknown provider.
+        ModelError: onnxruntime rejects the model.
+    """
+
+    def __init__(self, model: onnx.ModelProto, provider: str = "auto", *,
+                 threads: int | None = None) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        requested = resolve_providers(provider)
+        source = self._source(model)
+        try:
+            self._session = _quiet_session(source, requested, options)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            self.close()
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(
+                f"onnxruntime cannot load the model: {first}; check the model with "
+                "onnx.checker.check_model or re-export it with a supported opset"
+            ) from err
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self._check_provider(provider, requested)
+        self.on_cuda = _CUDA in self.providers
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self.input_types = {i.name: _ORT_TYPES.get(i.type, "float32")
+                            for i in self._session.get_inputs()}
+
+    def _source(self, model: onnx.ModelProto) -> bytes | str:
+        if model.ByteSize() < _PROTO_LIMIT:
+            data: bytes = model.SerializeToString()
+            return data
+        self._tmp = tempfile.TemporaryDirectory(prefix="featviz-")
+        path = Path(self._tmp.name) / "model.onnx"
+        onnx.save_model(model, str(path), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.data")
+        return str(path)
+
+    def _check_provider(self, provider: str, requested: list[str]) -> None:
+        if _CUDA not in requested or _CUDA in self.providers:
+            return
+        if provider == "cuda":
+            self.close()
+            raise ProviderError(
+                f"CUDA was requested but the session runs on {', '.join(self.providers)}; "
+                "install onnxruntime-gpu with matching CUDA 12/13 and cuDNN 9 libraries, "
+                "or use provider 'cpu'"
+            )
+        log.warning("CUDA is not usable here; running on CPU")
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the session and any temporary files."""
+        self.__dict__.pop("_session", None)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def run(self, feeds: Mapping[str, NDArray[np.generic]], outputs: Sequence[str] | None = None,
+            *, max_batch: int | None = None) -> dict[str, NDArray[np.generic]]:
+        """Run the model, splitting the batch (axis 0 of every feed) into chunks of ``max_batch``.
+
+        Args:
+            feeds: input name -> array, batch first.
+            outputs: output names to fetch (default: all graph outputs).
+            max_batch: largest batch per call (None: the whole batch at once).
+
+        Returns:
+            Output name -> array, the chunks concatenated along axis 0.
+
+        Raises:
+            InputError: a feed name, dtype or shape the model does not accept.
+        """
+        names = list(outputs) if outputs is not None else list(self.output_names)
+        self._check_feeds(feeds)
+        total = _batch_size(feeds)
+        step = max_batch if max_batch and total else total
+        if not step or step >= total:
+            return self._run_once(feeds, names)
+        parts = [self._run_once({k: v[i:i + step] for k, v in feeds.items()}, names)
+                 for i in range(0, total, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+    def _check_feeds(self, feeds: Mapping[str, NDArray[np.generic]]) -> None:
+        missing = [n for n in self.input_names if n not in feeds]
+        extra = [n for n in feeds if n not in self.input_names]
+        if missing or extra:
+            raise InputError(
+                f"inputs {sorted(feeds)} do not fit the model, which takes "
+                f"{list(self.input_names)}; missing {missing}, unknown {extra}"
+            )
+
+    def _run_once(self, feeds: Mapping[str, NDArray[np.generic]],
+                  names: list[str]) -> dict[str, NDArray[np.generic]]:
+        try:
+            if self.on_cuda:
+                return self._run_bound(feeds, names)
+            values = self._session.run(names, dict(feeds))
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.Fail) as err:
+            raise InputError(
+                f"onnxruntime rejected the input: {str(err).splitlines()[0]}; "
+                f"the model expects {self._describe_inputs()}"
+            ) from err
+        return dict(zip(names, values, strict=True))
+
+    def _run_bound(self, feeds: Mapping[str, NDArray[np.generic]],
+                   names: list[str]) -> dict[str, NDArray[np.generic]]:
+        """Run with IO binding: inputs copied once, outputs left on the device then copied."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, "cuda")
+        self._session.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu()
+        return dict(zip(names, values, strict=True))
+
+    def _describe_inputs(self) -> str:
+        return "; ".join(f"{i.name} {i.type} {i.shape}" for i in self._session.get_inputs())
+
+
+def _batch_size(feeds: Mapping[str, NDArray[np.generic]]) -> int:
+    sizes = {v.shape[0] for v in feeds.values() if v.ndim}
+    if len(sizes) > 1:
+        raise InputError(f"feeds have different batch sizes {sorted(sizes)}; give every input "
+                         "the same first dimension")
+    return sizes.pop() if sizes else 0
