@@ -124,7 +124,9 @@ class Session:
             return data
         self._tmp = tempfile.TemporaryDirectory(prefix="featviz-")
         path = Path(self._tmp.name) / "model.onnx"
-        onnx.save_model(model, str(path), save_as_external_data=True,
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # saving with external data strips the tensors it writes out
+        onnx.save_model(copy, str(path), save_as_external_data=True, size_threshold=0,
                         all_tensors_to_one_file=True, location="model.data")
         return str(path)
 

@@ -39,3 +39,14 @@ def conv_relu() -> onnx.ModelProto:
         [w, b],
     )
     return make(graph)
+
+
+def conv_relu_dynamic() -> onnx.ModelProto:
+    """x(N,1,4,4) -> Conv[ones 3x3, bias 0] "conv" -> c -> Relu "relu" -> y(N,1,2,2)."""
+    model = conv_relu()
+    for value in (model.graph.input[0], model.graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_param = "N"
+    onnx.checker.check_model(model)
+    return model
