@@ -136,7 +136,9 @@ class InputSpec:
     """How a model wants its image input.
 
     ``layout`` is ``"NCHW"`` or ``"NHWC"``; ``height``/``width`` are ``None`` when dynamic;
-    ``dtype`` is a numpy dtype name (float32, float16, uint8, int8).
+    ``dtype`` is a numpy dtype name (float32, float16, uint8, int8). ``shape`` is the declared
+    input shape (symbolic dims as strings, unknown as ``None``); ``layout`` is ``"NHW"`` for a
+    3-D gray input and ``"other"`` (``channels`` 0) for an input that does not take images.
     """
 
     name: str
@@ -146,6 +148,7 @@ class InputSpec:
     height: int | None
     width: int | None
     batch: int | None
+    shape: Shape = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,784 @@
+"""Vector-Jacobian rules: one function per ONNX op type, each emitting standard ONNX ops.
+
+A rule takes the :class:`~onnx_featviz.autodiff.emit.Emitter`, the forward node and the
+gradients of the node's outputs (``None`` for an output that receives none) and returns the
+gradients of the node's inputs in input order (``None`` where none is needed: constant or
+inactive inputs). All gradients are in the emitter's compute dtype (float32, or float64 for
+float64 models); forward tensors are read through ``ctx.fwd`` which casts float16 to it.
+
+Which rules are exact and which are limited is listed in :data:`LIMITS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnx_featviz.autodiff.emit import INT64_MAX, Emitter
+from onnx_featviz.autodiff.resize import resize_vjp, upsample_vjp
+from onnx_featviz.autodiff.windows import (
+    avgpool_vjp,
+    conv_vjp,
+    convtranspose_vjp,
+    globalavgpool_vjp,
+    maxpool_vjp,
+    pool_overlaps,
+)
+from onnx_featviz.errors import ModelError
+
+Grads = Sequence[str | None]
+Rule = Callable[[Emitter, onnx.NodeProto, Grads], list[str | None]]
+
+#: Ops whose rule is exact only under conditions; anything else raises ModelError with the fix.
+LIMITS: dict[str, str] = {
+    "Conv": "data gradient only (a weight or bias on the path raises ModelError)",
+    "ConvTranspose": "pads/output_padding only (output_shape or SAME auto_pad raise ModelError)",
+    "Slice": "steps of 1 only; negative starts/ends need a static dimension",
+    "Pad": "constant mode only",
+    "Gather": "constant indices only",
+    "Resize": "nearest/linear on the last two axes with a static input shape; no cubic/antialias",
+    "Upsample": "as Resize (asymmetric coordinates, floor rounding for nearest)",
+    "Pow": "exact for any exponent (Log of the base for an exponent gradient)",
+    "QuantizeLinear": "clipped straight-through (zero where the input saturates)",
+    "DequantizeLinear": "straight-through (identity)",
+    "BatchNormalization": "inference mode: statistics and affine parameters are constants",
+    "LayerNormalization": "gradient of the data input only",
+}
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """Return a node attribute value (bytes decoded to str), or ``default``."""
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def _first(ctx: Emitter, node: onnx.NodeProto, grad: str | None) -> list[str | None]:
+    """Gradient for input 0 only."""
+    return [grad if node.input[0] in ctx.active else None] + [None] * (len(node.input) - 1)
+
+
+# ---------------------------------------------------------------------- pass-through, shape ops
+def identity_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Identity, Dropout (inference), Cast (float<->float), DequantizeLinear (straight-through)."""
+    return _first(ctx, node, grads[0])
+
+
+def reshape_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Flatten, Reshape, Squeeze, Unsqueeze: reshape the gradient back to the input's shape."""
+    assert grads[0] is not None
+    return _first(ctx, node, ctx.reshape_like(grads[0], node.input[0]))
+
+
+def transpose_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Transpose by the inverse permutation."""
+    assert grads[0] is not None
+    perm = attr(node, "perm") or list(reversed(range(ctx.rank(node.input[0]))))
+    inverse = [int(i) for i in np.argsort(perm)]
+    return _first(ctx, node, ctx.op("Transpose", [grads[0]], perm=inverse))
+
+
+def _dim(ctx: Emitter, name: str, axis: int) -> str:
+    """Return a 1-D int64 tensor holding ``name``'s size along ``axis`` (constant when static)."""
+    shape = ctx.shape(name)
+    if shape is not None and isinstance(shape[axis], int):
+        return ctx.ints([int(shape[axis])])  # type: ignore[arg-type]
+    return ctx.op("Gather", [ctx.op("Shape", [name]), ctx.ints([axis])], axis=0)
+
+
+def concat_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Concat: slice each input's part out of the gradient along the concat axis."""
+    g = grads[0]
+    assert g is not None
+    axis = int(attr(node, "axis", 0)) % ctx.rank(node.output[0])
+    out: list[str | None] = []
+    start = ctx.ints([0])
+    for inp in node.input:
+        end = ctx.op("Add", [start, _dim(ctx, inp, axis)])
+        active = inp in ctx.active
+        out.append(ctx.op("Slice", [g, start, end, ctx.ints([axis])]) if active else None)
+        start = end
+    return out
+
+
+def split_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Split: concatenate the output gradients (zeros for outputs that receive none)."""
+    axis = int(attr(node, "axis", 0)) % ctx.rank(node.input[0])
+    parts = [g if g is not None else ctx.zeros_like(out)
+             for g, out in zip(grads, node.output, strict=False)]
+    return _first(ctx, node, ctx.op("Concat", parts, axis=axis))
+
+
+def _slice_params(ctx: Emitter, node: onnx.NodeProto) -> list[tuple[int, int | str, int | str]]:
+    """Return (axis, start, end) per sliced axis: ints when constant, else 1-D int64 tensors."""
+    rank = ctx.rank(node.input[0])
+    if len(node.input) == 1:  # opset < 10: attributes
+        starts, ends = attr(node, "starts"), attr(node, "ends")
+        axes = attr(node, "axes") or list(range(len(starts)))
+        return [(int(a) % rank, int(s), int(e)) for a, s, e in zip(axes, starts, ends,
+                                                                  strict=True)]
+    extra = [n if n else None for n in node.input[3:5]] + [None, None]
+    axes_in, steps_in = extra[0], extra[1]
+    if steps_in is not None and any(v != 1 for v in ctx.value(steps_in).tolist()):
+        raise ModelError(
+            f"Slice node {node.name!r} uses steps {ctx.value(steps_in).tolist()}; only step 1 "
+            "has a gradient rule; use a gradient-free method (Score-CAM, Ablation-CAM, "
+            "Eigen-CAM, occlusion)"
+        )
+    bounds: list[list[int | str]] = []
+    for name in node.input[1:3]:
+        if name in ctx.consts:
+            bounds.append([int(v) for v in ctx.value(name).tolist()])
+        else:
+            n = (ctx.shape(name) or (None,))[0]
+            if not isinstance(n, int):
+                raise ModelError(f"Slice node {node.name!r}: length of {name!r} is unknown; "
+                                 "make the slice bounds constant")
+            bounds.append([ctx.op("Slice", [name, ctx.ints([k]), ctx.ints([k + 1])])
+                           for k in range(n)])
+    axes = ctx.value(axes_in).tolist() if axes_in else list(range(len(bounds[0])))
+    return [(int(a) % rank, s, e) for a, s, e in zip(axes, bounds[0], bounds[1], strict=True)]
+
+
+def slice_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Slice (step 1): pad the gradient back with zeros to the input's shape."""
+    g = grads[0]
+    assert g is not None
+    x = node.input[0]
+    shape = ctx.shape(x) or ()
+    rank = ctx.rank(x)
+    pads: list[int | str] = [0] * (2 * rank)
+    for axis, start, end in _slice_params(ctx, node):
+        dim = shape[axis]
+        if isinstance(dim, int) and isinstance(start, int) and isinstance(end, int):
+            lo = min(max(start + dim if start < 0 else start, 0), dim)
+            hi = min(max(end + dim if end < 0 else end, 0), dim)
+            pads[axis], pads[rank + axis] = lo, dim - max(hi, lo)
+        elif isinstance(start, int) and isinstance(end, int) and start >= 0 and (
+                end >= INT64_MAX // 2):
+            pads[axis] = start
+        else:
+            pads[axis], pads[rank + axis] = _dynamic_slice_pads(ctx, x, axis, start, end)
+    if all(isinstance(p, int) for p in pads):
+        return _first(ctx, node, ctx.op("Pad", [g, ctx.ints(pads)]))  # type: ignore[arg-type]
+    parts = [ctx.ints([p]) if isinstance(p, int) else p for p in pads]
+    return _first(ctx, node, ctx.op("Pad", [g, ctx.op("Concat", parts, axis=0)]))
+
+
+def _dynamic_slice_pads(ctx: Emitter, x: str, axis: int, start: int | str, end: int | str
+                        ) -> tuple[str, str]:
+    """Begin/end pads (1-D int64 tensors) of a slice computed at run time, clamped like Slice."""
+    dim = _dim(ctx, x, axis)
+    zero = ctx.ints([0])
+
+    def clamp(v: int | str) -> str:
+        t = ctx.ints([min(max(v, -INT64_MAX // 2), INT64_MAX // 2)]) if isinstance(v, int) else v
+        t = ctx.where(ctx.op("Less", [t, zero]), ctx.op("Add", [t, dim]), t)
+        return ctx.op("Min", [ctx.op("Max", [t, zero]), dim])
+
+    lo, hi = clamp(start), clamp(end)
+    return lo, ctx.op("Sub", [dim, ctx.op("Max", [hi, lo])])
+
+
+def pad_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Pad (constant mode): slice the gradient back; negative pads (crops) are padded back."""
+    g = grads[0]
+    assert g is not None
+    mode = attr(node, "mode", "constant")
+    if mode != "constant":
+        raise ModelError(
+            f"Pad node {node.name!r} uses mode {mode!r}; only constant padding has a gradient "
+            "rule; use a gradient-free method (Score-CAM, Ablation-CAM, Eigen-CAM, occlusion)"
+        )
+    rank = ctx.rank(node.input[0])
+    raw = ctx.value(node.input[1]).tolist() if len(node.input) > 1 else attr(node, "pads")
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(a) % rank for a in ctx.value(node.input[3]).tolist()]
+    begin, end = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = int(raw[i]), int(raw[len(axes) + i])
+    if any(p < 0 for p in begin + end):
+        grow = [max(-p, 0) for p in begin] + [max(-p, 0) for p in end]
+        g = ctx.op("Pad", [g, ctx.ints(grow)])
+    starts = [max(p, 0) for p in begin]
+    ends = [-p if p > 0 else INT64_MAX for p in end]
+    return _first(ctx, node, ctx.op("Slice", [g, ctx.ints(starts), ctx.ints(ends),
+                                               ctx.ints(range(rank))]))
+
+
+def gather_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Gather with constant indices: ScatterND the gradient into zeros (add on duplicates)."""
+    g, x = grads[0], node.input[0]
+    assert g is not None
+    rank = ctx.rank(x)
+    axis = int(attr(node, "axis", 0)) % rank
+    size = (ctx.shape(x) or ())[axis]
+    idx = ctx.value(node.input[1]).astype(np.int64)
+    q = idx.ndim
+    if isinstance(size, int):
+        idx = np.where(idx < 0, idx + size, idx)
+    indices = ctx.const(idx[..., None])
+    if (idx < 0).any():
+        shift = ctx.mul(ctx.const((idx[..., None] < 0).astype(np.int64)), _dim(ctx, x, axis))
+        indices = ctx.op("Add", [indices, shift])
+    perm_g = list(range(axis, axis + q)) + list(range(axis)) + list(range(axis + q, rank + q - 1))
+    perm_x = [axis] + list(range(axis)) + list(range(axis + 1, rank))
+    updates = ctx.op("Transpose", [g], perm=perm_g) if perm_g != sorted(perm_g) else g
+    zeros = ctx.op("Transpose", [ctx.zeros_like(x)], perm=perm_x)
+    extra: dict[str, Any] = {"reduction": "add"} if gather_repeats(idx) else {}
+    scattered = ctx.op("ScatterND", [zeros, indices, updates], **extra)
+    back = ctx.op("Transpose", [scattered], perm=[int(i) for i in np.argsort(perm_x)])
+    return _first(ctx, node, back)
+
+
+def gather_repeats(idx: Any) -> bool:
+    """Whether Gather indices may hit one element twice (repeats, or mixed signs)."""
+    idx = np.asarray(idx)
+    return bool(len(np.unique(idx)) != idx.size or ((idx < 0).any() and (idx >= 0).any()))
+
+
+_QRANGE: dict[int, tuple[int, int]] = {TensorProto.INT8: (-128, 127), TensorProto.UINT8: (0, 255),
+           TensorProto.INT16: (-32768, 32767), TensorProto.UINT16: (0, 65535)}
+
+
+def quantize_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """QuantizeLinear: clipped straight-through, g where (qmin-zp)*s <= x <= (qmax-zp)*s.
+
+    This is the fake-quantization gradient of quantization-aware training: rounding passes the
+    gradient through, saturation (which also implements a fused Relu) stops it.
+    """
+    g = grads[0]
+    assert g is not None
+    elem = ctx.types.get(node.output[0], (TensorProto.UINT8, None))[0]
+    if elem not in _QRANGE:
+        return _first(ctx, node, g)
+    qmin, qmax = _QRANGE[elem]
+    x, scale = _x(ctx, node), ctx.fwd(node.input[1])
+    zp = ctx.const(0.0)
+    if len(node.input) > 2 and node.input[2]:
+        zp = ctx.op("Cast", [node.input[2]], to=ctx.dtype)
+    lo = ctx.mul(ctx.op("Sub", [ctx.const(float(qmin)), zp]), scale)
+    hi = ctx.mul(ctx.op("Sub", [ctx.const(float(qmax)), zp]), scale)
+    if len(ctx.shape(node.input[1]) or ()) == 1:
+        rank = ctx.rank(node.input[0])
+        axis = int(attr(node, "axis", 1)) % rank
+        shape = ctx.ints([-1] + [1] * (rank - 1 - axis))
+        lo, hi = ctx.op("Reshape", [lo, shape]), ctx.op("Reshape", [hi, shape])
+    inside = ctx.op("And", [ctx.op("Not", [ctx.op("Less", [x, lo])]),
+                            ctx.op("Not", [ctx.op("Greater", [x, hi])])])
+    return _first(ctx, node, ctx.where(inside, g, ctx.const(0.0)))
+
+
+# ---------------------------------------------------------------------- broadcasting arithmetic
+def _binary(ctx: Emitter, node: onnx.NodeProto, da: str | None, db: str | None
+            ) -> list[str | None]:
+    """Unbroadcast the two operand gradients of an elementwise op to their input shapes."""
+    a, b = node.input[0], node.input[1]
+    out = node.output[0]
+    ga = ctx.unbroadcast(da, out, a) if da is not None and a in ctx.active else None
+    gb = ctx.unbroadcast(db, out, b) if db is not None and b in ctx.active else None
+    return [ga, gb]
+
+
+def add_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Add: the gradient flows to both operands (summed over broadcast axes)."""
+    return _binary(ctx, node, grads[0], grads[0])
+
+
+def sum_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Sum (variadic): the gradient flows to every operand."""
+    g = grads[0]
+    assert g is not None
+    return [ctx.unbroadcast(g, node.output[0], i) if i in ctx.active else None
+            for i in node.input]
+
+
+def sub_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Sub: +g to the first operand, -g to the second."""
+    g = grads[0]
+    assert g is not None
+    neg = ctx.op("Neg", [g]) if node.input[1] in ctx.active else None
+    return _binary(ctx, node, g, neg)
+
+
+def mul_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Mul: g*b to a and g*a to b."""
+    g = grads[0]
+    assert g is not None
+    a, b = node.input[0], node.input[1]
+    da = ctx.mul(g, ctx.fwd(b)) if a in ctx.active else None
+    db = ctx.mul(g, ctx.fwd(a)) if b in ctx.active else None
+    return _binary(ctx, node, da, db)
+
+
+def div_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Div: g/b to a and -g*y/b to b."""
+    g = grads[0]
+    assert g is not None
+    a, b = node.input[0], node.input[1]
+    bf = ctx.fwd(b)
+    da = ctx.op("Div", [g, bf]) if a in ctx.active else None
+    db = None
+    if b in ctx.active:
+        db = ctx.op("Neg", [ctx.op("Div", [ctx.mul(g, ctx.fwd(node.output[0])), bf])])
+    return _binary(ctx, node, da, db)
+
+
+def pow_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Pow: g*b*x^(b-1) to the base, g*y*log(x) to the exponent."""
+    g = grads[0]
+    assert g is not None
+    x, e = ctx.fwd(node.input[0]), ctx.fwd(node.input[1])
+    if ctx.types.get(node.input[1], (ctx.dtype, None))[0] != ctx.dtype and e == node.input[1]:
+        e = ctx.op("Cast", [e], to=ctx.dtype)
+    da = db = None
+    if node.input[0] in ctx.active:
+        em1 = ctx.op("Sub", [e, ctx.const(1.0)])
+        da = ctx.mul(g, ctx.mul(e, ctx.op("Pow", [x, em1])))
+    if node.input[1] in ctx.active:
+        db = ctx.mul(g, ctx.mul(ctx.fwd(node.output[0]), ctx.op("Log", [x])))
+    return _binary(ctx, node, da, db)
+
+
+def matmul_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """MatMul (batched, broadcast; 1-D operands promoted): dA = g@B^T, dB = A^T@g."""
+    g = grads[0]
+    assert g is not None
+    a, b = node.input[0], node.input[1]
+    ra, rb = ctx.rank(a), ctx.rank(b)
+    af, bf = ctx.fwd(a), ctx.fwd(b)
+    if ra == 1:
+        af, g = ctx.unsqueeze(af, [0]), ctx.unsqueeze(g, [-1 if rb == 1 else ctx.rank(
+            node.output[0]) - 1])
+    if rb == 1:
+        bf, g = ctx.unsqueeze(bf, [1]), ctx.unsqueeze(g, [-1])
+    da = db = None
+    if a in ctx.active:
+        da = ctx.op("MatMul", [g, _swap_last(ctx, bf, max(rb, 2))])
+        da = _reduce_matmul(ctx, da, a, node.output[0], ra, rb)
+    if b in ctx.active:
+        db = ctx.op("MatMul", [_swap_last(ctx, af, max(ra, 2)), g])
+        db = _reduce_matmul(ctx, db, b, node.output[0], rb, ra)
+    return [da, db]
+
+
+def _swap_last(ctx: Emitter, x: str, rank: int) -> str:
+    """Transpose the last two axes."""
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return ctx.op("Transpose", [x], perm=perm)
+
+
+def _reduce_matmul(ctx: Emitter, grad: str, target: str, out: str, rt: int, ro: int) -> str:
+    """Sum a MatMul operand gradient over broadcast batch axes and reshape to the operand."""
+    tshape = ctx.shape(target) or ()
+    oshape = ctx.shape(out) or ()
+    batch_out = max(rt, ro, 2) - 2
+    batch_t = max(rt - 2, 0)
+    lead = batch_out - batch_t
+    axes = list(range(lead))
+    for i in range(batch_t):
+        if tshape[i] == 1 and (i + lead >= len(oshape) or oshape[i + lead] != 1):
+            axes.append(lead + i)
+    if axes:
+        grad = ctx.reduce_sum(grad, axes, keepdims=True)
+    return ctx.reshape_like(grad, target)
+
+
+def gemm_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Gemm: Y = alpha*A'B' + beta*C with A' = A^T if transA (B likewise)."""
+    g = grads[0]
+    assert g is not None
+    alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+    ta, tb = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+    a, b = node.input[0], node.input[1]
+    out: list[str | None] = [None] * len(node.input)
+    if a in ctx.active:
+        bf = ctx.fwd(b)
+        out[0] = (ctx.op("Gemm", [bf, g], alpha=alpha, transA=tb, transB=1) if ta
+                  else ctx.op("Gemm", [g, bf], alpha=alpha, transB=1 - tb))
+    if b in ctx.active:
+        af = ctx.fwd(a)
+        out[1] = (ctx.op("Gemm", [g, af], alpha=alpha, transA=1, transB=ta) if tb
+                  else ctx.op("Gemm", [af, g], alpha=alpha, transA=1 - ta))
+    if len(node.input) > 2 and node.input[2] in ctx.active:
+        gc = ctx.mul(g, ctx.const(beta)) if beta != 1.0 else g
+        out[2] = ctx.unbroadcast(gc, node.output[0], node.input[2])
+    return out
+
+
+# ---------------------------------------------------------------------- elementwise activations
+def _times(ctx: Emitter, node: onnx.NodeProto, g: str | None, deriv: str) -> list[str | None]:
+    """Return ``g * deriv`` as the gradient of input 0."""
+    assert g is not None
+    return _first(ctx, node, ctx.mul(g, deriv))
+
+
+def _x(ctx: Emitter, node: onnx.NodeProto) -> str:
+    return ctx.fwd(node.input[0])
+
+
+def _y(ctx: Emitter, node: onnx.NodeProto) -> str:
+    return ctx.fwd(node.output[0])
+
+
+def _masked(ctx: Emitter, node: onnx.NodeProto, g: str | None, mask: str,
+            otherwise: str | None = None) -> list[str | None]:
+    """Where(mask, g, otherwise or 0); guided mode keeps only positive gradients in the mask."""
+    assert g is not None
+    if ctx.guided:
+        return _first(ctx, node, ctx.op("Relu", [ctx.where(mask, g, ctx.const(0.0))]))
+    return _first(ctx, node, ctx.where(mask, g, otherwise or ctx.const(0.0)))
+
+
+def relu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Relu: g where x > 0 (guided: and g > 0)."""
+    return _masked(ctx, node, grads[0], ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)]))
+
+
+def leakyrelu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """LeakyRelu: g where x > 0 else alpha*g (guided: positive part only)."""
+    g = grads[0]
+    assert g is not None
+    alpha = float(attr(node, "alpha", 0.01))
+    mask = ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)])
+    return _masked(ctx, node, g, mask, ctx.mul(g, ctx.const(alpha)))
+
+
+def prelu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """PRelu: g where x > 0 else slope*g (slope gradient not computed)."""
+    g = grads[0]
+    assert g is not None
+    if node.input[1] in ctx.active:
+        raise ModelError(f"PRelu node {node.name!r}: the slope depends on the wrt tensor; "
+                         "differentiate with respect to data tensors only")
+    mask = ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)])
+    return _masked(ctx, node, g, mask, ctx.mul(g, ctx.fwd(node.input[1])))
+
+
+def clip_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Clip: g where min < x < max (guided: and g > 0); bounds as inputs or attributes."""
+    g = grads[0]
+    assert g is not None
+    x = _x(ctx, node)
+    bounds: list[tuple[str, str]] = []
+    if ctx.opset >= 11:
+        for i, op in ((1, "Greater"), (2, "Less")):
+            if len(node.input) > i and node.input[i]:
+                bounds.append((op, ctx.fwd(node.input[i])))
+    else:
+        for key, op in (("min", "Greater"), ("max", "Less")):
+            if attr(node, key) is not None:
+                bounds.append((op, ctx.const(float(attr(node, key)))))
+    masks = [ctx.op(op, [x, bound]) for op, bound in bounds]
+    if not masks:
+        return _first(ctx, node, ctx.op("Relu", [g]) if ctx.guided else g)
+    mask = masks[0] if len(masks) == 1 else ctx.op("And", masks)
+    return _masked(ctx, node, g, mask)
+
+
+def elu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Elu: g where x > 0 else g*(y + alpha)."""
+    g = grads[0]
+    assert g is not None
+    alpha = float(attr(node, "alpha", 1.0))
+    mask = ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)])
+    neg = ctx.mul(g, ctx.op("Add", [_y(ctx, node), ctx.const(alpha)]))
+    return _first(ctx, node, ctx.where(mask, g, neg))
+
+
+def selu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Selu: gamma*g where x > 0 else g*(y + gamma*alpha)."""
+    g = grads[0]
+    assert g is not None
+    alpha = float(attr(node, "alpha", 1.67326319217681884765625))
+    gamma = float(attr(node, "gamma", 1.05070102214813232421875))
+    mask = ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)])
+    neg = ctx.mul(g, ctx.op("Add", [_y(ctx, node), ctx.const(alpha * gamma)]))
+    return _first(ctx, node, ctx.where(mask, ctx.mul(g, ctx.const(gamma)), neg))
+
+
+def sigmoid_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Sigmoid: g*y*(1-y)."""
+    y = _y(ctx, node)
+    return _times(ctx, node, grads[0], ctx.mul(y, ctx.op("Sub", [ctx.const(1.0), y])))
+
+
+def hardsigmoid_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """HardSigmoid: alpha*g where 0 < alpha*x+beta < 1."""
+    g = grads[0]
+    assert g is not None
+    alpha, beta = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
+    lin = ctx.op("Add", [ctx.mul(_x(ctx, node), ctx.const(alpha)), ctx.const(beta)])
+    mask = ctx.op("And", [ctx.op("Greater", [lin, ctx.const(0.0)]),
+                          ctx.op("Less", [lin, ctx.const(1.0)])])
+    return _first(ctx, node, ctx.where(mask, ctx.mul(g, ctx.const(alpha)), ctx.const(0.0)))
+
+
+def hardswish_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """HardSwish: 0 for x < -3, 1 for x > 3, x/3 + 1/2 between."""
+    x = _x(ctx, node)
+    inner = ctx.op("Add", [ctx.mul(x, ctx.const(1.0 / 3.0)), ctx.const(0.5)])
+    high = ctx.where(ctx.op("Greater", [x, ctx.const(3.0)]), ctx.const(1.0), inner)
+    deriv = ctx.where(ctx.op("Less", [x, ctx.const(-3.0)]), ctx.const(0.0), high)
+    return _times(ctx, node, grads[0], deriv)
+
+
+def tanh_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Tanh: g*(1-y^2)."""
+    y = _y(ctx, node)
+    return _times(ctx, node, grads[0], ctx.op("Sub", [ctx.const(1.0), ctx.mul(y, y)]))
+
+
+def softplus_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Softplus: g*sigmoid(x)."""
+    return _times(ctx, node, grads[0], ctx.op("Sigmoid", [_x(ctx, node)]))
+
+
+def erf_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Erf: g*2/sqrt(pi)*exp(-x^2)."""
+    x = _x(ctx, node)
+    gauss = ctx.op("Exp", [ctx.op("Neg", [ctx.mul(x, x)])])
+    return _times(ctx, node, grads[0], ctx.mul(gauss, ctx.const(2.0 / np.sqrt(np.pi))))
+
+
+def gelu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Gelu (exact: Phi(x) + x*phi(x); tanh approximation differentiated as written)."""
+    x = _x(ctx, node)
+    if attr(node, "approximate", "none") == "tanh":
+        c, k = np.sqrt(2.0 / np.pi), 0.044715
+        x2 = ctx.mul(x, x)
+        u = ctx.mul(ctx.const(c), ctx.mul(x, ctx.op("Add", [ctx.const(1.0), ctx.mul(x2,
+                                                      ctx.const(k))])))
+        t = ctx.op("Tanh", [u])
+        du = ctx.mul(ctx.const(c), ctx.op("Add", [ctx.const(1.0), ctx.mul(x2, ctx.const(3 * k))]))
+        sech2 = ctx.op("Sub", [ctx.const(1.0), ctx.mul(t, t)])
+        left = ctx.mul(ctx.const(0.5), ctx.op("Add", [ctx.const(1.0), t]))
+        deriv = ctx.op("Add", [left, ctx.mul(ctx.mul(ctx.const(0.5), x), ctx.mul(sech2, du))])
+        return _times(ctx, node, grads[0], deriv)
+    cdf = ctx.mul(ctx.const(0.5), ctx.op("Add", [ctx.const(1.0), ctx.op(
+        "Erf", [ctx.mul(x, ctx.const(1.0 / np.sqrt(2.0)))])]))
+    pdf = ctx.mul(ctx.op("Exp", [ctx.mul(ctx.mul(x, x), ctx.const(-0.5))]),
+                  ctx.const(1.0 / np.sqrt(2.0 * np.pi)))
+    return _times(ctx, node, grads[0], ctx.op("Add", [cdf, ctx.mul(x, pdf)]))
+
+
+def exp_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Exp: g*y."""
+    return _times(ctx, node, grads[0], _y(ctx, node))
+
+
+def log_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Log: g/x."""
+    assert grads[0] is not None
+    return _first(ctx, node, ctx.op("Div", [grads[0], _x(ctx, node)]))
+
+
+def sqrt_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Sqrt: g*0.5/y."""
+    assert grads[0] is not None
+    half = ctx.mul(grads[0], ctx.const(0.5))
+    return _first(ctx, node, ctx.op("Div", [half, _y(ctx, node)]))
+
+
+def reciprocal_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Reciprocal: -g*y^2."""
+    y = _y(ctx, node)
+    return _times(ctx, node, grads[0], ctx.op("Neg", [ctx.mul(y, y)]))
+
+
+def neg_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Neg: -g."""
+    assert grads[0] is not None
+    return _first(ctx, node, ctx.op("Neg", [grads[0]]))
+
+
+def abs_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Abs: g*sign(x)."""
+    return _times(ctx, node, grads[0], ctx.op("Sign", [_x(ctx, node)]))
+
+
+def zero_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Floor, Ceil, Round, Sign: zero gradient almost everywhere (no contribution)."""
+    return [None] * len(node.input)
+
+
+# ---------------------------------------------------------------------- reductions, normalization
+def _reduce_axes(ctx: Emitter, node: onnx.NodeProto) -> list[int] | None:
+    """Return the sorted non-negative reduced axes (``None`` for a no-op reduction)."""
+    rank = ctx.rank(node.input[0])
+    axes = attr(node, "axes")
+    if len(node.input) > 1 and node.input[1]:
+        axes = ctx.value(node.input[1]).tolist()
+    if not axes:
+        return None if attr(node, "noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+def _keep(ctx: Emitter, node: onnx.NodeProto, t: str, axes: list[int]) -> str:
+    """Unsqueeze a reduced tensor back to keepdims form when the node dropped the axes."""
+    return t if int(attr(node, "keepdims", 1)) else ctx.unsqueeze(t, axes)
+
+
+def _count(ctx: Emitter, x: str, axes: list[int]) -> str:
+    """Number of elements reduced over ``axes`` as a compute-dtype scalar tensor."""
+    shape = ctx.shape(x) or ()
+    dims = [shape[a] for a in axes]
+    if all(isinstance(d, int) for d in dims):
+        return ctx.const(float(np.prod(dims)))  # type: ignore[arg-type]
+    picked = ctx.op("Gather", [ctx.op("Shape", [x]), ctx.ints(axes)], axis=0)
+    return ctx.op("Cast", [ctx.op("ReduceProd", [picked], keepdims=0)], to=ctx.dtype)
+
+
+def reducesum_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """ReduceSum: expand the gradient over the reduced axes."""
+    g, x = grads[0], node.input[0]
+    assert g is not None
+    axes = _reduce_axes(ctx, node)
+    if axes is None:
+        return _first(ctx, node, g)
+    return _first(ctx, node, ctx.op("Expand", [_keep(ctx, node, g, axes), ctx.shape_of(x)]))
+
+
+def reducemean_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """ReduceMean: expand the gradient over the reduced axes and divide by their size."""
+    g, x = grads[0], node.input[0]
+    assert g is not None
+    axes = _reduce_axes(ctx, node)
+    if axes is None:
+        return _first(ctx, node, g)
+    spread = ctx.op("Expand", [_keep(ctx, node, g, axes), ctx.shape_of(x)])
+    return _first(ctx, node, ctx.op("Div", [spread, _count(ctx, x, axes)]))
+
+
+def _max_vjp(ctx: Emitter, node: onnx.NodeProto, g: str, y: str, axes: list[int]
+             ) -> list[str | None]:
+    """Share the gradient of a max reduction equally among the maximal elements."""
+    x = _x(ctx, node)
+    mask = ctx.op("Cast", [ctx.op("Equal", [x, y])], to=ctx.dtype)
+    share = ctx.op("Div", [g, ctx.reduce_sum(mask, axes, keepdims=True)])
+    return _first(ctx, node, ctx.mul(mask, share))
+
+
+def reducemax_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """ReduceMax: the gradient goes to the maximal elements (shared on ties)."""
+    g = grads[0]
+    assert g is not None
+    axes = _reduce_axes(ctx, node)
+    if axes is None:
+        return _first(ctx, node, g)
+    y = _keep(ctx, node, _y(ctx, node), axes)
+    return _max_vjp(ctx, node, _keep(ctx, node, g, axes), y, axes)
+
+
+def globalmaxpool_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """GlobalMaxPool: the gradient goes to the spatial maxima (shared on ties)."""
+    g = grads[0]
+    assert g is not None
+    axes = list(range(2, ctx.rank(node.input[0])))
+    return _max_vjp(ctx, node, g, _y(ctx, node), axes)
+
+
+def batchnorm_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """BatchNormalization (inference): g * scale / sqrt(var + eps) per channel."""
+    g = grads[0]
+    assert g is not None
+    if any(i in ctx.active for i in node.input[1:]):
+        raise ModelError(f"BatchNormalization node {node.name!r}: its parameters depend on the "
+                         "wrt tensor; differentiate with respect to data tensors only")
+    eps = float(attr(node, "epsilon", 1e-5))
+    std = ctx.op("Sqrt", [ctx.op("Add", [ctx.fwd(node.input[4]), ctx.const(eps)])])
+    factor = ctx.op("Div", [ctx.fwd(node.input[1]), std])
+    rank = ctx.rank(node.input[0])
+    factor = ctx.op("Reshape", [factor, ctx.ints([-1] + [1] * (rank - 2))])
+    return _first(ctx, node, ctx.mul(g, factor))
+
+
+def layernorm_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """LayerNormalization: full VJP rstd*(gs - mean(gs) - xhat*mean(gs*xhat)), gs = g*scale."""
+    g = grads[0]
+    assert g is not None
+    if any(i in ctx.active for i in node.input[1:]):
+        raise ModelError(f"LayerNormalization node {node.name!r}: scale/bias depend on the wrt "
+                         "tensor; differentiate with respect to data tensors only")
+    rank = ctx.rank(node.input[0])
+    axes = list(range(int(attr(node, "axis", -1)) % rank, rank))
+    eps = float(attr(node, "epsilon", 1e-5))
+    x = _x(ctx, node)
+    centered = ctx.op("Sub", [x, ctx.reduce_mean(x, axes)])
+    var = ctx.reduce_mean(ctx.mul(centered, centered), axes)
+    rstd = ctx.op("Reciprocal", [ctx.op("Sqrt", [ctx.op("Add", [var, ctx.const(eps)])])])
+    xhat = ctx.mul(centered, rstd)
+    gs = ctx.mul(g, ctx.fwd(node.input[1]))
+    m1, m2 = ctx.reduce_mean(gs, axes), ctx.reduce_mean(ctx.mul(gs, xhat), axes)
+    inner = ctx.op("Sub", [ctx.op("Sub", [gs, m1]), ctx.mul(xhat, m2)])
+    return _first(ctx, node, ctx.mul(rstd, inner))
+
+
+def _softmax_axes(ctx: Emitter, node: onnx.NodeProto) -> list[int]:
+    """Softmax axes: one axis from opset 13, axis..end (coerced to 2-D) before."""
+    rank = ctx.rank(node.input[0])
+    axis = int(attr(node, "axis", -1 if ctx.opset >= 13 else 1)) % rank
+    return [axis] if ctx.opset >= 13 else list(range(axis, rank))
+
+
+def softmax_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """Softmax: y*(g - sum(g*y))."""
+    g = grads[0]
+    assert g is not None
+    y = _y(ctx, node)
+    dot = ctx.reduce_sum(ctx.mul(g, y), _softmax_axes(ctx, node), keepdims=True)
+    return _first(ctx, node, ctx.mul(y, ctx.op("Sub", [g, dot])))
+
+
+def logsoftmax_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
+    """LogSoftmax: g - exp(y)*sum(g)."""
+    g = grads[0]
+    assert g is not None
+    total = ctx.reduce_sum(g, _softmax_axes(ctx, node), keepdims=True)
+    probs = ctx.op("Exp", [_y(ctx, node)])
+    return _first(ctx, node, ctx.op("Sub", [g, ctx.mul(probs, total)]))
+
+
+RULES: dict[str, Rule] = {
+    "Identity": identity_vjp, "Dropout": identity_vjp, "Cast": identity_vjp,
+    "QuantizeLinear": quantize_vjp, "DequantizeLinear": identity_vjp,
+    "Flatten": reshape_vjp, "Reshape": reshape_vjp, "Squeeze": reshape_vjp,
+    "Unsqueeze": reshape_vjp, "Transpose": transpose_vjp, "Concat": concat_vjp,
+    "Split": split_vjp, "Slice": slice_vjp, "Pad": pad_vjp, "Gather": gather_vjp,
+    "Add": add_vjp, "Sub": sub_vjp, "Mul": mul_vjp, "Div": div_vjp, "Sum": sum_vjp,
+    "Pow": pow_vjp, "MatMul": matmul_vjp, "Gemm": gemm_vjp,
+    "Relu": relu_vjp, "LeakyRelu": leakyrelu_vjp, "PRelu": prelu_vjp, "Clip": clip_vjp,
+    "Elu": elu_vjp, "Selu": selu_vjp, "Sigmoid": sigmoid_vjp, "HardSigmoid": hardsigmoid_vjp,
+    "HardSwish": hardswish_vjp, "Tanh": tanh_vjp, "Softplus": softplus_vjp, "Erf": erf_vjp,
+    "Gelu": gelu_vjp, "Exp": exp_vjp, "Log": log_vjp, "Sqrt": sqrt_vjp,
+    "Reciprocal": reciprocal_vjp, "Neg": neg_vjp, "Abs": abs_vjp,
+    "Floor": zero_vjp, "Ceil": zero_vjp, "Round": zero_vjp, "Sign": zero_vjp,
+    "ReduceSum": reducesum_vjp, "ReduceMean": reducemean_vjp, "ReduceMax": reducemax_vjp,
+    "GlobalMaxPool": globalmaxpool_vjp, "GlobalAveragePool": globalavgpool_vjp,
+    "BatchNormalization": batchnorm_vjp, "LayerNormalization": layernorm_vjp,
+    "Softmax": softmax_vjp, "LogSoftmax": logsoftmax_vjp,
+    "Conv": conv_vjp, "ConvTranspose": convtranspose_vjp, "MaxPool": maxpool_vjp,
+    "AveragePool": avgpool_vjp, "Resize": resize_vjp, "Upsample": upsample_vjp,
+}
+"""Op type (default ONNX domain) -> vector-Jacobian rule."""
+
+
+def min_opset(node: onnx.NodeProto, consts: dict[str, Any]) -> int:
+    """Return the lowest opset at which this node's rule can emit its backward nodes.
+
+    11 for every rule (ScatterElements/ScatterND, Pad and Slice with inputs); 16 where a
+    scatter must add duplicates (overlapping MaxPool windows, Gather with repeated indices).
+    """
+    if node.op_type == "MaxPool" and pool_overlaps(node):
+        return 16
+    if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in consts:
+        if gather_repeats(consts[node.input[1]]):
+            return 16
+    return 11

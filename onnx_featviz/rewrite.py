@@ -1,0 +1,435 @@
+"""Copies of a model with chosen tensors exposed as outputs, or reduced per channel on the device.
+
+Every function returns a new ``ModelProto`` (the caller's model is never changed), keeps the
+model's ``ir_version`` and opsets, appends new nodes after the existing ones and names them
+``featviz/<purpose>/<source tensor>``, so the same call gives the same bytes, and calling again on
+the result adds nothing. The opset is never raised: every added op exists at opset 7 (see
+``append_channel_stats`` for what changes below opset 11 and 13/18).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper
+
+from onnx_featviz import catalog
+from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
+from onnx_featviz.structs import Layer, ModelInfo, Shape
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES = ("mean", "meansq", "var", "min", "max", "zeros", "nonfinite")
+STAGES = ("conv", "act", "both")
+#: QLinear ops whose first output has a known (scale, zero point): input slots of y_scale, y_zp.
+_QLINEAR_OUTPUT_QPARAMS = {
+    "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7),
+    "QLinearLeakyRelu": (3, 4), "QLinearSigmoid": (3, 4), "QLinearSoftmax": (3, 4),
+    "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4), "QLinearConcat": (0, 1),
+}
+_QUANT_DTYPES = frozenset({"int8", "uint8"})
+_FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
+_CONST = "featviz/const/"
+_DENORM_MIN = np.float32(np.finfo(np.float32).smallest_subnormal)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What the rewrite needs to know about the (copied) model."""
+
+    types: Mapping[str, tuple[str, Shape | None]]
+    producers: Mapping[str, onnx.NodeProto]
+    known: frozenset[str]
+    nested: frozenset[str]
+    opset: int
+    made: set[str]
+    """Every node output of the copy, kept current as nodes are appended (fast existence test)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _QParams:
+    """Scale / zero point / attributes for a DequantizeLinear of a quantized tensor."""
+
+    scale: str
+    zero_point: str | None
+    attrs: tuple[tuple[str, int], ...]
+
+
+def dequantized_name(tensor: str) -> str:
+    """Return the name of the float tensor that ``expose_tensors`` adds for an int8 tensor."""
+    return f"featviz/dequant/{tensor}"
+
+
+def stat_output(stat: str, tensor: str) -> str:
+    """Return the output name of one per-channel statistic of ``tensor``.
+
+    Raises:
+        InputError: ``stat`` is not one of ``STAT_NAMES``.
+    """
+    if stat not in STAT_NAMES:
+        raise InputError(f"unknown statistic {stat!r}; choose one of {', '.join(STAT_NAMES)}")
+    return f"featviz/stats/{stat}/{tensor}"
+
+
+def expose_tensors(
+    model: onnx.ModelProto,
+    tensors: Sequence[str],
+    *,
+    shapes: Mapping[str, Shape] | None = None,
+    dtypes: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Return a copy of ``model`` with ``tensors`` added as graph outputs.
+
+    The model's own outputs stay first and unchanged; new outputs follow in the order given,
+    declared with the dtype and shape shape inference found (``shapes``/``dtypes`` from a real run
+    fill gaps; a tensor of unknown rank is declared with its dtype only, which onnxruntime accepts
+    but ``onnx.checker`` rejects). An int8/uint8 tensor made by QuantizeLinear or a QLinear op is
+    also exposed as float through a DequantizeLinear ``dequantized_name(tensor)``.
+
+    Args:
+        model: the model (not modified).
+        tensors: graph input, initializer or main-graph node output names.
+        shapes: tensor -> shape from a real run, for tensors inference leaves unknown.
+        dtypes: tensor -> numpy dtype name from a real run, likewise.
+
+    Returns:
+        The rewritten copy (same ``ir_version`` and opsets).
+
+    Raises:
+        LayerNotFoundError: a tensor is not in the model (close matches in the message).
+        ModelError: a tensor lives inside an If/Loop/Scan subgraph.
+    """
+    out = _copy(model)
+    ctx = _context(out, shapes, dtypes)
+    for tensor in dict.fromkeys(tensors):
+        _check_tensor(tensor, ctx)
+        _add_output(out.graph, tensor, ctx)
+        deq = _ensure_dequant(out.graph, tensor, ctx)
+        if deq is not None:
+            _add_output(out.graph, deq, ctx, like=tensor)
+    return out
+
+
+def append_channel_stats(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """Return a copy of ``model`` that also outputs per-channel statistics of ``tensors``.
+
+    For each tensor x of shape (N, C, ...) the outputs ``stat_output(stat, x)`` for every stat
+    in ``STAT_NAMES`` are float32 (C,): mean, mean of squares (var + mean^2), centered variance
+    ReduceMean((x - mean)^2), min, max, fraction of exact zeros and count of NaN/Inf, reduced over
+    every axis but 1 (x is viewed as (N, C, L); each stat reduces L, then N). float16/int tensors
+    are cast to float32 first, int8 quantized ones dequantized first. The tensors themselves are
+    not exposed. No opset is raised: below opset 11 (no float Equal) zeros are found as
+    ``|x| < smallest float32 subnormal``; Reduce* take axes as an input from opset 18
+    (ReduceSum from 13), an attribute before.
+
+    Raises:
+        LayerNotFoundError: a tensor is not in the model.
+        ModelError: a tensor lives in a subgraph or has fewer than 2 dims.
+    """
+    out = _copy(model)
+    ctx = _context(out, None, None)
+    present = {o.name for o in out.graph.output}
+    for tensor in dict.fromkeys(tensors):
+        _check_tensor(tensor, ctx)
+        names = [stat_output(s, tensor) for s in STAT_NAMES]
+        if all(n in present for n in names):
+            continue
+        source = _float32_source(out.graph, tensor, ctx)
+        _add_stat_nodes(out.graph, ctx, tensor, source)
+        channels = _channels(tensor, ctx)
+        for name in names:
+            if name not in present:
+                out.graph.output.append(
+                    helper.make_tensor_value_info(name, TensorProto.FLOAT, [channels]))
+    return out
+
+
+def conv_tensors(info: ModelInfo, stage: str = "conv") -> list[str]:
+    """Return the tensors of every exposable conv layer for a stage, in graph order.
+
+    Args:
+        info: ``catalog.read_catalog`` result.
+        stage: ``"conv"`` (conv outputs), ``"act"`` (the linked activation, else the conv output)
+            or ``"both"``.
+
+    Raises:
+        InputError: unknown stage.
+    """
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    tensors: dict[str, None] = {}
+    for layer in info.conv_layers:
+        act = layer.activation or layer.output
+        picked = {"conv": [layer.output], "act": [act], "both": [layer.output, act]}[stage]
+        tensors.update(dict.fromkeys(picked))
+    return list(tensors)
+
+
+def all_tensors(info: ModelInfo) -> list[str]:
+    """Return every exposable node's first output that is a float (or QLinear int8) activation.
+
+    Keras-style "every layer": pooling, concat, add... included. Excluded: Constant nodes,
+    integer (shape) tensors, nodes computed only from weights (e.g. DequantizeLinear of a weight)
+    and float tensors consumed only by QuantizeLinear (their DequantizeLinear output is listed).
+    """
+    live = {spec.name for spec in info.inputs}
+    users: dict[str, list[str]] = {}
+    for layer in info.layers:
+        for name in layer.inputs:
+            users.setdefault(name, []).append(layer.op_type)
+    found: list[str] = []
+    for layer in info.layers:
+        if not layer.exposable or not any(i in live for i in layer.inputs):
+            continue
+        live.update(o for o in layer.outputs if o)
+        if _is_activation_tensor(layer, users) and layer.outputs[0] not in found:
+            found.append(layer.outputs[0])
+    return found
+
+
+# -- shared helpers ------------------------------------------------------------------------------
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _is_activation_tensor(layer: Layer, users: Mapping[str, list[str]]) -> bool:
+    tensor = layer.outputs[0] if layer.outputs else ""
+    if not tensor or layer.op_type == "Constant":
+        return False
+    ops = users.get(tensor, [])
+    if ops and all(op == "QuantizeLinear" for op in ops):
+        return False
+    if layer.op_type in _QLINEAR_OUTPUT_QPARAMS:
+        return True
+    return layer.output == tensor and layer.dtype in _FLOAT_DTYPES
+
+
+def _context(model: onnx.ModelProto, shapes: Mapping[str, Shape] | None,
+             dtypes: Mapping[str, str] | None) -> _Context:
+    graph = model.graph
+    known = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    known |= {o for n in graph.node for o in n.output if o}
+    nested = catalog.subgraph_tensors(model)
+    types = _with_qlinear_dtypes(catalog.tensor_types(model), graph)
+    return _Context(
+        types=catalog.merge_types(types, shapes or {}, dtypes or {}),
+        producers={o: n for n in graph.node for o in n.output if o},
+        known=frozenset(known),
+        nested=frozenset(nested - known),
+        opset=catalog.default_opset(model),
+        made={o for n in graph.node for o in n.output if o},
+    )
+
+
+def _with_qlinear_dtypes(types: Mapping[str, tuple[str, Shape | None]], graph: onnx.GraphProto
+                         ) -> dict[str, tuple[str, Shape | None]]:
+    """Give untyped QLinear outputs (contrib ops onnx cannot infer) their zero point's dtype."""
+    filled = dict(types)
+    for node in graph.node:
+        slots = _QLINEAR_OUTPUT_QPARAMS.get(node.op_type)
+        if slots is None or not node.output or node.output[0] in filled:
+            continue
+        zero_point = node.input[slots[1]] if len(node.input) > slots[1] else ""
+        if zero_point in filled:
+            filled[node.output[0]] = (filled[zero_point][0], None)
+    return filled
+
+
+def _check_tensor(tensor: str, ctx: _Context) -> None:
+    if tensor in ctx.known:
+        return
+    if tensor in ctx.nested:
+        raise ModelError(f"tensor {tensor!r} is inside an If/Loop/Scan subgraph and cannot be a "
+                         "graph output; choose a tensor of the main graph")
+    near = difflib.get_close_matches(tensor, sorted(ctx.known), n=5, cutoff=0.5)
+    hint = f"close matches: {', '.join(near)}" if near else "no close matches"
+    raise LayerNotFoundError(f"no tensor named {tensor!r} in the model; {hint}; all names are "
+                             "in ModelInfo.layers (Layer.outputs) and ModelInfo.inputs")
+
+
+def _elem_type(dtype: str) -> int:
+    for elem in TensorProto.DataType.values():
+        if catalog.dtype_name(int(elem)) == dtype:
+            return int(elem)
+    return TensorProto.UNDEFINED
+
+
+def _add_output(graph: onnx.GraphProto, tensor: str, ctx: _Context, *,
+                like: str | None = None) -> None:
+    """Append ``tensor`` as a graph output unless it already is one (``like``: take its shape)."""
+    if any(o.name == tensor for o in graph.output):
+        return
+    dtype, shape = ctx.types.get(like or tensor, (None, None))
+    if like is not None:
+        dtype = _dequant_dtype(like, ctx)
+    elem = _elem_type(dtype) if dtype else TensorProto.UNDEFINED
+    if elem == TensorProto.UNDEFINED:
+        log.warning("no dtype known for %r; it is exposed untyped (onnxruntime infers it)", tensor)
+        value = onnx.ValueInfoProto()
+        value.name = tensor
+        graph.output.append(value)
+        return
+    graph.output.append(helper.make_tensor_value_info(tensor, elem, _shape_list(shape)))
+
+
+def _shape_list(shape: Shape | None) -> list[int | str | None] | None:
+    return None if shape is None else list(shape)
+
+
+def _channels(tensor: str, ctx: _Context) -> int | str | None:
+    shape = ctx.types.get(tensor, ("", None))[1]
+    if shape is not None and len(shape) < 2:
+        raise ModelError(f"tensor {tensor!r} has shape {shape}; per-channel statistics need at "
+                         "least 2 dims (N, C, ...); choose a feature-map tensor")
+    return None if shape is None else shape[1]
+
+
+# -- dequantization ------------------------------------------------------------------------------
+def _qparams(tensor: str, ctx: _Context) -> _QParams | None:
+    """Scale/zero point of an int8/uint8 tensor made by QuantizeLinear or a QLinear op."""
+    if ctx.types.get(tensor, ("", None))[0] not in _QUANT_DTYPES:
+        return None
+    node = ctx.producers.get(tensor)
+    if node is None or node.output[0] != tensor:
+        return None
+    inputs = list(node.input) + [""] * 9
+    if node.op_type == "QuantizeLinear":
+        keep = ("axis", "block_size") if ctx.opset >= 13 else ()
+        attrs = tuple((a.name, int(a.i)) for a in node.attribute if a.name in keep)
+        return _QParams(inputs[1], inputs[2] or None, attrs)
+    slots = _QLINEAR_OUTPUT_QPARAMS.get(node.op_type)
+    if slots is None:
+        return None
+    return _QParams(inputs[slots[0]], inputs[slots[1]] or None, ())
+
+
+def _ensure_dequant(graph: onnx.GraphProto, tensor: str, ctx: _Context) -> str | None:
+    """Add (once) a DequantizeLinear of a quantized tensor; return its output or None."""
+    params = _qparams(tensor, ctx)
+    if params is None:
+        return None
+    name = dequantized_name(tensor)
+    if name not in ctx.made:
+        inputs = [tensor, params.scale] + ([params.zero_point] if params.zero_point else [])
+        _append(graph, ctx, _make_node("DequantizeLinear", inputs, name, dict(params.attrs)))
+    return name
+
+
+def _dequant_dtype(tensor: str, ctx: _Context) -> str:
+    """Dtype of DequantizeLinear(tensor): float32 before opset 19, the scale's dtype from 19."""
+    params = _qparams(tensor, ctx)
+    if ctx.opset < 19 or params is None:
+        return "float32"
+    return ctx.types.get(params.scale, ("float32", None))[0]
+
+
+def _float32_source(graph: onnx.GraphProto, tensor: str, ctx: _Context) -> str:
+    """Return a float32 view of ``tensor``: itself, its dequantized form, and/or a Cast."""
+    source, dtype = tensor, ctx.types.get(tensor, ("float32", None))[0]
+    deq = _ensure_dequant(graph, tensor, ctx)
+    if deq is not None:
+        source, dtype = deq, _dequant_dtype(tensor, ctx)
+    if dtype == "float32":
+        return source
+    cast = f"featviz/cast/{tensor}"
+    if cast not in ctx.made:
+        _append(graph, ctx, _make_node("Cast", [source], cast, {"to": TensorProto.FLOAT}))
+    return cast
+
+
+# -- statistics ----------------------------------------------------------------------------------
+def _make_node(op: str, inputs: list[str], out: str, attrs: Mapping[str, int]) -> onnx.NodeProto:
+    """A node named like its single output, with int attributes in sorted order."""
+    node = helper.make_node(op, inputs, [out], name=out)
+    node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attrs.items()))
+    return node
+
+
+def _append(graph: onnx.GraphProto, ctx: _Context, node: onnx.NodeProto) -> None:
+    graph.node.append(node)
+    ctx.made.update(node.output)
+
+
+def _const(graph: onnx.GraphProto, ctx: _Context, key: str, value: NDArray[np.generic]) -> str:
+    """Add (once) a Constant node ``featviz/const/<key>``; return its output name.
+
+    Constant nodes rather than initializers: IR < 4 would need every initializer as an input.
+    """
+    name = _CONST + key
+    if name not in ctx.made:
+        tensor = onnx.numpy_helper.from_array(value, name)
+        _append(graph, ctx, helper.make_node("Constant", [], [name], name=name, value=tensor))
+    return name
+
+
+def _reduce(graph: onnx.GraphProto, ctx: _Context, op: str, x: str, out: str, axis: int
+            ) -> None:
+    """Append ``op`` over one axis without keepdims, axes as input or attribute per opset."""
+    if ctx.opset >= 18 or (op == "ReduceSum" and ctx.opset >= 13):
+        axes = _const(graph, ctx, f"axes_{axis}", np.array([axis], np.int64))
+        node = helper.make_node(op, [x, axes], [out], name=out, keepdims=0)
+    else:
+        node = helper.make_node(op, [x], [out], name=out, axes=[axis], keepdims=0)
+    _append(graph, ctx, node)
+
+
+def _two_stage(graph: onnx.GraphProto, ctx: _Context, op: str, x: str, stat: str,
+               tensor: str) -> None:
+    """Reduce (N, C, L) -> (N, C) -> (C,): the contiguous axis first, then the batch."""
+    per_sample = f"featviz/stats_{stat}_per_sample/{tensor}"
+    _reduce(graph, ctx, op, x, per_sample, 2)
+    _reduce(graph, ctx, op, per_sample, stat_output(stat, tensor), 0)
+
+
+def _stat_node(graph: onnx.GraphProto, ctx: _Context, op: str, inputs: list[str], purpose: str,
+               tensor: str, **attrs: int) -> str:
+    """Append one node named ``featviz/<purpose>/<tensor>``; return its output."""
+    out = f"featviz/{purpose}/{tensor}"
+    _append(graph, ctx, _make_node(op, inputs, out, attrs))
+    return out
+
+
+def _add_stat_nodes(graph: onnx.GraphProto, ctx: _Context, tensor: str, source: str) -> None:
+    """Append the nodes computing every statistic of ``source`` (a float32 (N, C, ...) tensor)."""
+    shape_ncl = _const(graph, ctx, "shape_ncl", np.array([0, 0, -1], np.int64))
+    shape_1c1 = _const(graph, ctx, "shape_1c1", np.array([1, -1, 1], np.int64))
+    ncl = _stat_node(graph, ctx, "Reshape", [source, shape_ncl], "stats_flat", tensor)
+    _two_stage(graph, ctx, "ReduceMean", ncl, "mean", tensor)
+    mean = stat_output("mean", tensor)
+    mean_b = _stat_node(graph, ctx, "Reshape", [mean, shape_1c1], "stats_mean_b", tensor)
+    diff = _stat_node(graph, ctx, "Sub", [ncl, mean_b], "stats_diff", tensor)
+    diff_sq = _stat_node(graph, ctx, "Mul", [diff, diff], "stats_diff_sq", tensor)
+    _two_stage(graph, ctx, "ReduceMean", diff_sq, "var", tensor)
+    mean_sq = _stat_node(graph, ctx, "Mul", [mean, mean], "stats_mean_sq", tensor)
+    _stat_node(graph, ctx, "Add", [stat_output("var", tensor), mean_sq], "stats/meansq", tensor)
+    _two_stage(graph, ctx, "ReduceMin", ncl, "min", tensor)
+    _two_stage(graph, ctx, "ReduceMax", ncl, "max", tensor)
+    _add_count_nodes(graph, ctx, tensor, ncl)
+
+
+def _add_count_nodes(graph: onnx.GraphProto, ctx: _Context, tensor: str, ncl: str) -> None:
+    """Append the zeros fraction and NaN/Inf count of ``ncl`` (float32 (N, C, L))."""
+    magnitude = _stat_node(graph, ctx, "Abs", [ncl], "stats_abs", tensor)
+    if ctx.opset >= 11:
+        zero_c = _const(graph, ctx, "zero", np.array(0.0, np.float32))
+        zero = _stat_node(graph, ctx, "Equal", [ncl, zero_c], "stats_is_zero", tensor)
+    else:  # Equal takes no floats before opset 11; only 0 is below the smallest subnormal
+        tiny = _const(graph, ctx, "smallest_subnormal", np.array(_DENORM_MIN, np.float32))
+        zero = _stat_node(graph, ctx, "Less", [magnitude, tiny], "stats_is_zero", tensor)
+    zero_f = _stat_node(graph, ctx, "Cast", [zero], "stats_is_zero_f", tensor,
+                        to=TensorProto.FLOAT)
+    _two_stage(graph, ctx, "ReduceMean", zero_f, "zeros", tensor)
+    inf = _const(graph, ctx, "inf", np.array(np.inf, np.float32))
+    finite = _stat_node(graph, ctx, "Less", [magnitude, inf], "stats_is_finite", tensor)
+    bad = _stat_node(graph, ctx, "Not", [finite], "stats_is_nonfinite", tensor)
+    bad_f = _stat_node(graph, ctx, "Cast", [bad], "stats_is_nonfinite_f", tensor,
+                       to=TensorProto.FLOAT)
+    _two_stage(graph, ctx, "ReduceSum", bad_f, "nonfinite", tensor)
