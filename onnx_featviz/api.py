@@ -14,7 +14,16 @@ import onnx
 from numpy.typing import NDArray
 from PIL import Image
 
-from onnx_featviz import audit, catalog, fileio, preprocess, rewrite, runtime, weights
+import onnx_featviz.audit as audit
+import onnx_featviz.catalog as catalog
+import onnx_featviz.construction as construction
+import onnx_featviz.fileio as fileio
+import onnx_featviz.preprocess as preprocess
+import onnx_featviz.render as render
+import onnx_featviz.report as report
+import onnx_featviz.rewrite as rewrite
+import onnx_featviz.runtime as runtime
+import onnx_featviz.weights as weights
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.structs import (
     META_LABELS,
@@ -265,7 +274,13 @@ class Inspector:
             Tensor name -> array (N, ...) exactly as the model computed it.
         """
         batch = self.load_batch(images).array
-        tensors = self.layer_tensors(layers, stage)
+        return self.capture(batch, self.layer_tensors(layers, stage), float32=float32,
+                            max_bytes=max_bytes)
+
+    def capture(self, batch: NDArray[np.generic], tensors: Sequence[str], *,
+                float32: bool = True, max_bytes: int | None = None
+                ) -> dict[str, NDArray[np.generic]]:
+        """Return ``tensors`` (names, not layers) for a model-ready batch, in the order given."""
         parts: dict[str, list[NDArray[np.generic]]] = {t: [] for t in tensors}
         for _, group in self.stream(batch, tensors, float32=float32, max_bytes=max_bytes):
             for name, value in group.items():
@@ -318,6 +333,229 @@ class Inspector:
                     old = merged.get(tensor)
                     merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
         return merged
+
+
+# -- pictures for the command line ----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Picture:
+    """A rendered image and the relative file name it should be saved under."""
+
+    name: str
+    image: Image.Image
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """Pictures plus the raw arrays behind them (for ``.npz`` export)."""
+
+    pictures: tuple[Picture, ...]
+    arrays: Mapping[str, NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class FilterRenderOptions:
+    """How ``render_model_filters`` draws filters."""
+
+    annotate: bool = False
+    cmap: str = "RdBu_r"
+
+
+@dataclass(frozen=True, slots=True)
+class MapRenderOptions:
+    """How ``render_feature_maps`` draws feature maps.
+
+    ``stage``: ``"conv"``, ``"act"`` or ``"both"`` (both adds a side-by-side picture);
+    ``reduce``: ``"none"``, ``"mean"`` or ``"max"`` over channels; ``channels``: a slice of
+    channels to draw; ``cmap``: None picks viridis for activations and a diverging map centred on
+    zero for pre-activation conv outputs; ``every_layer``: every node output (Keras-style);
+    ``normalize``: ``"channel"`` or ``"layer"``.
+    """
+
+    stage: str = "act"
+    reduce: str = "none"
+    channels: slice | None = None
+    cmap: str | None = None
+    every_layer: bool = False
+    normalize: str = "channel"
+
+
+def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
+                         options: FilterRenderOptions | None = None) -> Rendered:
+    """Draw the filters of ``layers`` (default: every conv layer) with a diverging colormap.
+
+    Returns:
+        One picture per layer (``filters_<layer>.png``); arrays keyed by layer name hold the
+        float32 ``(O, I/groups, kH, kW)`` weights, dequantized.
+    """
+    opts = options or FilterRenderOptions()
+    proto = load_model(model)
+    info = catalog.read_catalog(proto)
+    chosen = info.conv_layers if layers is None else tuple(info.layer(n) for n in layers)
+    if not chosen:
+        raise ModelError("the model has no conv layers, so it has no filters to draw")
+    pictures, arrays = [], {}
+    for layer in chosen:
+        found = weights.read_filters(proto, layer)
+        title = f"{layer.name}  weight {'x'.join(map(str, found.weight.shape))}"
+        image = render.render_filters(found.weight, render.FilterOptions(
+            annotate=opts.annotate, cmap=opts.cmap, title=title))
+        pictures.append(Picture(f"filters_{_file_stem(layer.name)}.png", image))
+        arrays[layer.name] = found.weight
+    return Rendered(tuple(pictures), arrays)
+
+
+def render_feature_maps(inspector: Inspector, images: Images,
+                        layers: Sequence[str | int] | None,
+                        options: MapRenderOptions | None = None) -> Rendered:
+    """Draw the feature maps of ``layers`` for every input: one grid of channels per tensor.
+
+    Returns:
+        Pictures named ``<input>/<tensor>.png`` (and ``<input>/<layer>_before_after.png`` for
+        stage ``both``); arrays keyed by tensor name exactly as the model computed them.
+    """
+    opts = options or MapRenderOptions()
+    batch = inspector.load_batch(images)
+    tensors = _map_tensors(inspector, layers, opts)
+    arrays = inspector.capture(batch.array, tensors)
+    pictures: list[Picture] = []
+    for index, folder in enumerate(_input_folders(batch.sources)):
+        grids = {t: _map_picture(inspector, t, arrays[t][index], opts) for t in tensors
+                 if arrays[t].ndim >= 2}
+        pictures += [Picture(f"{folder}/{_file_stem(t)}.png", g) for t, g in grids.items()]
+        pictures += _before_after(inspector, grids, folder) if opts.stage == "both" else []
+    return Rendered(tuple(pictures), arrays)
+
+
+def _map_tensors(inspector: Inspector, layers: Sequence[str | int] | None,
+                 opts: MapRenderOptions) -> list[str]:
+    if opts.every_layer and layers is None:
+        return rewrite.all_tensors(inspector.info)
+    return inspector.layer_tensors(layers, opts.stage)
+
+
+def _map_picture(inspector: Inspector, tensor: str, value: NDArray[np.generic],
+                 opts: MapRenderOptions) -> Image.Image:
+    maps = np.asarray(value, np.float32)
+    maps = maps.reshape((1, 1, -1)) if maps.ndim == 1 else maps.reshape((-1, *maps.shape[-2:]))
+    layer = inspector.layer(tensor)
+    pre_activation = layer.is_conv and tensor == layer.output and layer.activation is not None
+    title = f"{layer.name} [{tensor}]" if layer.name != tensor else tensor
+    if opts.reduce != "none":
+        count = len(maps)
+        maps = render.reduce_maps(maps, opts.reduce)
+        return render.tile_grid(maps, render.GridOptions(
+            cmap=opts.cmap or ("RdBu_r" if pre_activation else "viridis"),
+            symmetric=pre_activation, labels=False, colorbar=True, mode="layer", min_tile=224,
+            title=f"{title} {opts.reduce} of {count} channels", shape=tuple(value.shape)))
+    start = _check_channels(opts.channels, len(maps), tensor)
+    chosen = maps[opts.channels] if opts.channels else maps
+    return render.tile_grid(chosen, render.GridOptions(
+        cmap=opts.cmap or ("RdBu_r" if pre_activation else "viridis"), symmetric=pre_activation,
+        mode=opts.normalize, label_start=start, colorbar=True, title=title,
+        shape=tuple(value.shape)))
+
+
+def _check_channels(channels: slice | None, count: int, tensor: str) -> int:
+    if channels is None:
+        return 0
+    start = channels.start or 0
+    stop = count if channels.stop is None else channels.stop
+    if start >= count or stop > count or stop <= start:
+        raise InputError(f"channel range {start}:{stop} does not fit tensor {tensor!r}, which "
+                         f"has {count} channels (0..{count - 1}); choose a range inside it")
+    return start
+
+
+def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
+                  folder: str) -> list[Picture]:
+    pairs = []
+    for layer in inspector.info.conv_layers:
+        act = layer.activation
+        if act and act != layer.output and layer.output in grids and act in grids:
+            image = render.render_side_by_side(
+                [grids[layer.output], grids[act]],
+                [f"before {layer.activation_op or 'activation'}: {layer.output}",
+                 f"after: {act}"])
+            pairs.append(Picture(f"{folder}/{_file_stem(layer.name)}_before_after.png", image))
+    return pairs
+
+
+def _input_folders(sources: Sequence[str]) -> list[str]:
+    """Return one distinct, file-system safe folder name per input."""
+    names: list[str] = []
+    for source in sources:
+        stem = _file_stem(Path(source.split(":")[0]).stem + (
+            "_" + source.rsplit(":", 1)[1] if ":" in source else ""))
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}_{n}"
+        names.append(name)
+    return names
+
+
+def _file_stem(name: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return safe or "tensor"
+
+
+def save_pictures(pictures: Sequence[Picture], out: Path, *,
+                  arrays: Mapping[str, NDArray[np.generic]] | None = None,
+                  npz: Path | None = None) -> list[Path]:
+    """Save pictures under ``out`` (a folder, or a ``.png`` file for a single picture).
+
+    Returns:
+        The paths written, pictures first, then the ``.npz`` file.
+    """
+    if out.suffix.lower() == ".png" and len(pictures) == 1:
+        targets = {out: pictures[0].image}
+    elif out.suffix.lower() == ".png":
+        raise InputError(f"{out} names one file but there are {len(pictures)} pictures; "
+                         "give a folder instead")
+    else:
+        targets = {out / p.name: p.image for p in pictures}
+    fileio.save_images(targets)
+    written = list(targets)
+    if npz is not None:
+        fileio.save_npz({k: np.asarray(v) for k, v in (arrays or {}).items()}, npz)
+        written.append(npz)
+    return written
+
+
+def expand_images(paths: Sequence[Path]) -> list[Path]:
+    """Return the image files named by ``paths`` (folders searched recursively)."""
+    return [image for path in paths for image in fileio.list_images(path)]
+
+
+def describe(inspector: Inspector) -> dict[str, Any]:
+    """Return a JSON-ready summary of the inspector's model (see ``report.describe_model``)."""
+    return report.describe_model(inspector.info, inspector.spec, inspector.preprocessing,
+                                 inspector.labels)
+
+
+format_summary = report.format_summary
+format_predictions = report.format_predictions
+predictions_to_json = report.predictions_to_json
+
+
+def build_conv(filters_file: Path | None, *, preset: str | None, out: Path,
+               activation: str = "relu") -> Path:
+    """Write a one-conv model built from a filter file or the ``edges`` preset; return ``out``."""
+    bank: NDArray[np.generic]
+    if preset == "edges":
+        bank = construction.edge_filters()
+    elif filters_file is not None:
+        bank = _read_filter_file(filters_file)
+    else:
+        raise InputError("give a filter file or the 'edges' preset")
+    fileio.save_model(construction.build_conv_model(bank, activation=activation), out)
+    return out
+
+
+def _read_filter_file(path: Path) -> NDArray[np.generic]:
+    if path.suffix.lower() in (".npy", ".npz"):
+        return next(iter(fileio.load_array_file(path).values()))
+    return construction.parse_filter_text(fileio.read_text(path), source=str(path))
 
 
 # -- one-shot functions -------------------------------------------------------------------
@@ -454,6 +692,9 @@ def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, layer: 
 
 
 __all__ = [
-    "Batch", "Inspector", "PrepOptions", "compute_activations", "inspect_model", "load_model",
-    "predict", "read_labels", "read_model_filters",
+    "Batch", "FilterRenderOptions", "Inspector", "MapRenderOptions", "Picture", "PrepOptions",
+    "Rendered", "build_conv", "compute_activations", "describe", "expand_images",
+    "format_predictions", "format_summary", "inspect_model", "load_model", "predict",
+    "predictions_to_json", "read_labels", "read_model_filters", "render_feature_maps",
+    "render_model_filters", "save_pictures",
 ]

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from onnx_featviz.structs import ChannelStats
 
 
-def batch_channel_stats(reduced: Mapping[str, NDArray[np.floating]], count: int) -> ChannelStats:
+def batch_channel_stats(reduced: Mapping[str, NDArray[np.generic]], count: int) -> ChannelStats:
     """Build ``ChannelStats`` for one batch from the on-device reductions of one tensor.
 
     Args:

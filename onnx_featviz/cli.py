@@ -130,8 +130,27 @@ def main(verbose: bool) -> None:
       featviz filters models/mnist_cnn.onnx --out out/
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png --out out/
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="featviz: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("featviz: %(message)s"))
+    handler.addFilter(_OncePerMessage())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _OncePerMessage(logging.Filter):
+    """Show each distinct notice once per command (several sessions may report the same)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 @main.command(context_settings=CONTEXT)
@@ -222,7 +241,10 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @click.option("--reduce", type=click.Choice(["none", "mean", "max"]), default="none",
               show_default=True, help="Draw the mean or max over channels as one image.")
 @click.option("--channels", callback=_channels, help="Channel range, e.g. 0:16 or 5.")
-@click.option("--cmap", default="viridis", show_default=True, help="Matplotlib colormap name.")
+@click.option("--cmap", help="Matplotlib colormap name (default: viridis; RdBu_r centred on "
+              "zero for pre-activation conv outputs).")
+@click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
+              show_default=True, help="Scale each channel to its own range, or one per layer.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
               show_default=True, help="Output folder.")
 @click.option("--save-npz", type=click.Path(path_type=Path),
@@ -232,7 +254,8 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @prep_options
 @reports_errors
 def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
-         stage: str, reduce: str, channels: slice | None, cmap: str, out: Path,
+         stage: str, reduce: str, channels: slice | None, cmap: str | None, normalize: str,
+         out: Path,
          save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
 
@@ -243,7 +266,7 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
     """
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
-                                every_layer=which == "all")
+                                every_layer=which == "all", normalize=normalize)
     with api.Inspector(model, provider, prep=prep) as inspector:
         result = api.render_feature_maps(inspector, api.expand_images(images),
                                          layers or None, opts)

@@ -82,3 +82,28 @@ def build_conv_model(filters: NDArray[np.generic], *, activation: str = "relu",
                               ir_version=IR_VERSION, producer_name="onnx-featviz")
     onnx.checker.check_model(model)
     return model
+
+
+def parse_filter_text(text: str, *, source: str = "text") -> NDArray[np.float32]:
+    """Parse filters written as rows of numbers; blank lines separate filters.
+
+    Returns:
+        (O, kH, kW) float32, one block per filter.
+
+    Raises:
+        InputError: a non-number, or blocks of different shapes.
+    """
+    blocks = [b for b in "\n".join(line.split("#")[0] for line in text.splitlines())
+              .split("\n\n") if b.strip()]
+    try:
+        arrays = [np.array([[float(v) for v in row.replace(",", " ").split()]
+                            for row in block.strip().splitlines() if row.strip()], np.float32)
+                  for block in blocks]
+    except ValueError as err:
+        raise InputError(f"{source} holds something that is not a number ({err}); write "
+                         "filters as rows of numbers, a blank line between filters") from err
+    shapes = {a.shape for a in arrays}
+    if not arrays or len(shapes) != 1 or arrays[0].ndim != 2:
+        raise InputError(f"{source} must hold equal-sized rectangular filters separated by "
+                         f"blank lines, got shapes {sorted(shapes)}")
+    return np.stack(arrays)

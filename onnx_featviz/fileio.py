@@ -15,6 +15,7 @@ import os
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PureWindowsPath
 from typing import IO, Any
@@ -340,6 +341,8 @@ def save_image(image: Image.Image, path: Path) -> None:
     if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
         out = image.convert("RGB")
     options: dict[str, Any] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "PNG":  # fast lossless encoding: rendering whole networks is PNG-bound
+        options = {"compress_level": 1, "compress_type": zlib.Z_RLE}
     buffer = io.BytesIO()  # encode first: an encoder error must not leave a temp file open
     try:
         out.save(buffer, format=fmt, **options)
@@ -440,3 +443,29 @@ def _file_mode(path: Path) -> int:
             if line.startswith("Umask:"):
                 umask = int(line.split()[1], 8)
     return 0o666 & ~umask
+
+
+def save_images(images: Mapping[Path, Image.Image]) -> None:
+    """Write several images atomically, encoding on all cores (Pillow releases the GIL).
+
+    Raises:
+        InputError: a path cannot be written (images already written stay complete).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1) or 1) as pool:
+        for future in [pool.submit(save_image, image, path) for path, image in images.items()]:
+            future.result()
+
+
+def read_text(path: Path) -> str:
+    """Return a UTF-8 text file's contents.
+
+    Raises:
+        InputError: the file is missing, unreadable or not text.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read text file {path}: {err}; "
+                         "give a readable UTF-8 file") from err

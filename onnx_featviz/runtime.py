@@ -11,6 +11,7 @@ from types import TracebackType
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import EncodeError
 from numpy.typing import NDArray
 
 from onnx_featviz.errors import InputError, ModelError, ProviderError
@@ -119,7 +120,11 @@ class Session:
                             for i in self._session.get_inputs()}
 
     def _source(self, model: onnx.ModelProto) -> bytes | str:
-        if model.ByteSize() < _PROTO_LIMIT:
+        try:  # ByteSize() itself raises EncodeError past protobuf's 2 GiB limit
+            small = model.ByteSize() < _PROTO_LIMIT
+        except EncodeError:
+            small = False
+        if small:
             data: bytes = model.SerializeToString()
             return data
         self._tmp = tempfile.TemporaryDirectory(prefix="featviz-")
