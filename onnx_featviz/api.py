@@ -95,7 +95,7 @@ class Inspector:
         self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
         self.labels: tuple[str, ...] | None = (
             tuple(labels) if labels is not None else _model_labels(self.model))
-        self._sessions: dict[tuple[str, ...], runtime.Session] = {}
+        self._sessions: dict[tuple[str, tuple[str, ...]], runtime.Session] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
 
@@ -189,11 +189,19 @@ class Inspector:
         return preprocess.display_image(image, self.spec, self.preprocessing)
 
     # -- running -------------------------------------------------------------------------
-    def session(self, tensors: Sequence[str] = ()) -> runtime.Session:
-        """Return (opening once) a session whose outputs include ``tensors``."""
-        key = tuple(tensors)
+    def session(self, tensors: Sequence[str] = (), *, stats: bool = False) -> runtime.Session:
+        """Return (opening once) a session whose outputs include ``tensors``.
+
+        With ``stats=True`` the session instead outputs the per-channel reductions of
+        ``tensors`` (see ``rewrite.append_channel_stats``).
+        """
+        key = ("stats" if stats else "expose", tuple(tensors))
         if key not in self._sessions:
-            model = rewrite.expose_tensors(self.model, list(key)) if key else self.model
+            model = self.model
+            if stats:
+                model = rewrite.append_channel_stats(self.model, list(key[1]))
+            elif key[1]:
+                model = rewrite.expose_tensors(self.model, list(key[1]))
             self._sessions[key] = runtime.Session(model, self.provider)
         return self._sessions[key]
 
@@ -292,14 +300,27 @@ class Inspector:
                ) -> Iterator[tuple[slice, dict[str, NDArray[np.generic]]]]:
         """Yield ``(batch_slice, {tensor: array})`` groups whose bytes stay under ``max_bytes``.
 
-        The tensors are split into groups and the batch into chunks so that one pass never
-        produces more than ``max_bytes`` (one sample of one tensor is the smallest unit).
+        The batch is split into chunks so that one pass never holds more than ``max_bytes`` of
+        exposed tensors (counted twice: onnxruntime's buffers and the returned arrays). When one
+        sample alone exceeds the bound, the tensors are split into
+        groups that each run in their own short-lived session (onnxruntime allocates every graph
+        output of a session on each pass, fetched or not); all chunks of a group come before the
+        next group.
         """
         sizes = self._sample_bytes(tensors)
         plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
-        for rows, group in plan:
-            values = self._run(batch[rows], group, exposed=tensors)
-            yield rows, {t: _to_host(values[t], float32) for t in group}
+        if len(plan_groups(plan)) == 1:
+            for rows, group in plan:
+                values = self._run(batch[rows], group)
+                yield rows, {t: _to_host(values[t], float32) for t in group}
+            return
+        for group, chunks in plan_groups(plan):
+            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+                wanted = [_exposed_name(s, t) for t in group]
+                for rows in chunks:
+                    values = s.run({self.spec.name: batch[rows]}, wanted)
+                    yield rows, {t: _to_host(values[w], float32)
+                                 for t, w in zip(group, wanted, strict=True)}
 
     def _sample_bytes(self, tensors: Sequence[str]) -> dict[str, int]:
         info = self.info
@@ -320,18 +341,17 @@ class Inspector:
         """Return per-channel statistics of ``layers`` over all inputs, reduced on the device."""
         batch = self.load_batch(images).array
         tensors = self.layer_tensors(layers, stage)
-        model = rewrite.append_channel_stats(self.model, tensors)
         names = [rewrite.stat_output(s, t) for t in tensors for s in rewrite.STAT_NAMES]
+        session = self.session(tensors, stats=True)
         merged: dict[str, ChannelStats] = {}
         step = self.max_batch or len(batch)
-        with runtime.Session(model, self.provider) as session:
-            for start in range(0, len(batch), step):
-                rows = batch[start:start + step]
-                values = session.run({self.spec.name: rows}, names)
-                for tensor in tensors:
-                    part = _batch_stats(values, tensor, self.info.layer(tensor), len(rows))
-                    old = merged.get(tensor)
-                    merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
+        for start in range(0, len(batch), step):
+            rows = batch[start:start + step]
+            values = session.run({self.spec.name: rows}, names)
+            for tensor in tensors:
+                part = _batch_stats(values, tensor, self.info.layer(tensor), len(rows))
+                old = merged.get(tensor)
+                merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
         return merged
 
 
@@ -665,22 +685,38 @@ def _to_host(value: NDArray[np.generic], float32: bool) -> NDArray[np.generic]:
 def _plan_passes(tensors: Sequence[str], sizes: Mapping[str, int], total: int,
                  max_bytes: int | None, max_batch: int | None
                  ) -> list[tuple[slice, list[str]]]:
-    """Split tensors into groups and rows into chunks so a pass produces <= max_bytes."""
-    if not max_bytes:
-        step = max_batch or total
+    """Split rows into chunks (and, if one sample is too big, tensors into groups).
+
+    Returns:
+        ``(rows, tensors)`` passes, group-major, each producing at most ``max_bytes`` when a
+        single sample of a single tensor fits in it.
+    """
+    step = max_batch or total or 1
+    # A pass briefly holds its outputs twice: onnxruntime's buffers and the arrays returned.
+    per_sample = 2 * sum(sizes.values())
+    if not max_bytes or per_sample <= max_bytes:
+        if max_bytes and per_sample:
+            step = max(1, min(step, max_bytes // per_sample))
         return [(slice(i, i + step), list(tensors)) for i in range(0, total, step)]
-    biggest = max(sizes.values(), default=0)
-    rows = max(1, min(max_batch or total, max_bytes // biggest if biggest else total))
     groups: list[list[str]] = []
     used = max_bytes + 1
     for tensor in tensors:
-        need = sizes[tensor] * rows
-        if used + need > max_bytes:
+        if used + 2 * sizes[tensor] > max_bytes:
             groups.append([])
             used = 0
         groups[-1].append(tensor)
-        used += need
-    return [(slice(i, i + rows), g) for i in range(0, total, rows) for g in groups]
+        used += 2 * sizes[tensor]
+    return [(slice(i, i + 1), g) for g in groups for i in range(total)]
+
+
+def plan_groups(plan: Sequence[tuple[slice, list[str]]]) -> list[tuple[list[str], list[slice]]]:
+    """Regroup a group-major pass plan as ``(tensors, [row slices])`` pairs."""
+    out: list[tuple[list[str], list[slice]]] = []
+    for rows, group in plan:
+        if not out or out[-1][0] != group:
+            out.append((group, []))
+        out[-1][1].append(rows)
+    return out
 
 
 def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, layer: Layer,
