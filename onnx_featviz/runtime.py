@@ -179,12 +179,18 @@ class Session:
         names = list(outputs) if outputs is not None else list(self.output_names)
         self._check_feeds(feeds)
         total = _batch_size(feeds)
-        step = max_batch if max_batch and total else total
+        fixed = self._fixed_batch()  # e.g. Caffe2 zoo models take exactly one image per run
+        step = min(v for v in (max_batch, fixed, total) if v) if total else total
         if not step or step >= total:
             return self._run_once(feeds, names)
         parts = [self._run_once({k: v[i:i + step] for k, v in feeds.items()}, names)
                  for i in range(0, total, step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+    def _fixed_batch(self) -> int | None:
+        sizes = {i.shape[0] for i in self._session.get_inputs()
+                 if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+        return min(sizes) if sizes else None
 
     def _check_feeds(self, feeds: Mapping[str, NDArray[np.generic]]) -> None:
         missing = [n for n in self.input_names if n not in feeds]

@@ -108,3 +108,13 @@ def test_large_model_path_leaves_the_callers_model_intact(
     before = model.SerializeToString()
     runtime.Session(model, "cpu").close()
     assert model.SerializeToString() == before
+
+
+def test_fixed_batch_models_run_one_sample_per_call() -> None:
+    # conv_relu() declares batch 1 (as the Caffe2 zoo models do); three images still run.
+    x = np.random.default_rng(0).standard_normal((3, 1, 4, 4)).astype(np.float32)
+    with runtime.Session(graphs.conv_relu(), "cpu") as fixed, \
+            runtime.Session(graphs.conv_relu_dynamic(), "cpu") as dynamic:
+        got = fixed.run({"x": x}, max_batch=8)["y"]
+        want = dynamic.run({"x": x})["y"]
+    np.testing.assert_array_equal(got, want)
