@@ -66,6 +66,11 @@ def dequantized_name(tensor: str) -> str:
     return f"featviz/dequant/{tensor}"
 
 
+def float16_name(tensor: str) -> str:
+    """Return the name of the float16 copy ``expose_tensors(..., float16=True)`` outputs."""
+    return f"featviz/fp16/{tensor}"
+
+
 def stat_output(stat: str, tensor: str) -> str:
     """Return the output name of one per-channel statistic of ``tensor``.
 
@@ -83,8 +88,13 @@ def expose_tensors(
     *,
     shapes: Mapping[str, Shape] | None = None,
     dtypes: Mapping[str, str] | None = None,
+    float16: bool = False,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` with ``tensors`` added as graph outputs.
+
+    With ``float16=True`` every float32 tensor is exposed through a Cast to float16 named
+    ``float16_name(tensor)`` instead (half the bytes to move off the device; the caller converts
+    back to float32, exact to float16 rounding).
 
     The model's own outputs stay first and unchanged; new outputs follow in the order given,
     declared with the dtype and shape shape inference found (``shapes``/``dtypes`` from a real run
@@ -109,6 +119,14 @@ def expose_tensors(
     ctx = _context(out, shapes, dtypes)
     for tensor in dict.fromkeys(tensors):
         _check_tensor(tensor, ctx)
+        if float16 and ctx.types.get(tensor, ("", None))[0] == "float32":
+            half = float16_name(tensor)
+            out.graph.node.append(helper.make_node(
+                "Cast", [tensor], [half], name=half, to=TensorProto.FLOAT16))
+            shape = ctx.types[tensor][1]
+            out.graph.output.append(
+                helper.make_tensor_value_info(half, TensorProto.FLOAT16, _shape_list(shape)))
+            continue
         _add_output(out.graph, tensor, ctx)
         deq = _ensure_dequant(out.graph, tensor, ctx)
         if deq is not None:

@@ -329,3 +329,20 @@ def test_cifar_every_tensor() -> None:
     got = run(checked_expose(model, every), {"modelInput": x})
     np.testing.assert_array_equal(got["modelOutput"],
                                   run(model, {"modelInput": x})["modelOutput"])
+
+
+def test_float16_transfer_exposes_half_precision_copies() -> None:
+    model = graphs.conv_relu_dynamic()
+    before = model.SerializeToString()
+    out = rewrite.expose_tensors(model, ["c"], float16=True)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(out)
+    half = rewrite.float16_name("c")
+    assert [o.name for o in out.graph.output] == ["y", half]
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    got = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    assert got[1].dtype == np.float16
+    want = reference.conv2d(x, np.ones((1, 1, 3, 3), np.float32))
+    np.testing.assert_array_equal(got[1], want.astype(np.float16))
+    np.testing.assert_array_equal(got[0], np.maximum(got[0], 0))

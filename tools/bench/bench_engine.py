@@ -96,6 +96,10 @@ def measure(depth: int, batch_size: int, provider: str, reps: int) -> list[tuple
         floor = plain + nbytes / pinned_bandwidth()
         rows.append((tag, f"capture {len(tensors)} convs ({nbytes / 2**20:.0f} MiB) vs floor",
                      capture, floor, capture / floor, "<= 1.25", capture / floor <= 1.25))
+        with api.Inspector(model_bytes, provider, max_batch=None, transfer="float16") as half:
+            fast = best_of(lambda: half.activations(batch, None, stage="conv"), reps)
+        rows.append((tag, "capture, float16 transfer vs float32 floor", fast, floor,
+                     fast / floor, "(info)", ""))
     else:
         rows.append((tag, f"capture {len(tensors)} convs ({nbytes / 2**20:.0f} MiB) vs plain",
                      capture, plain, capture / plain, "<= 1.10", capture / plain <= 1.10))
