@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ class Inspector:
         prep: preprocessing overrides (default: the model's metadata, else a per-input default).
         max_batch: largest batch sent to onnxruntime in one call.
         labels: class names (default: the model's ``featviz.labels`` metadata when present).
+        transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
+            device as float16 (half the bytes; returned as float32, exact to float16 rounding).
 
     Raises:
         ModelError: unreadable model; ProviderError: provider not usable.
@@ -87,8 +90,11 @@ class Inspector:
 
     def __init__(self, model: ModelSource, provider: str = "auto", *,
                  prep: PrepOptions | None = None, max_batch: int | None = 32,
-                 labels: Sequence[str] | None = None) -> None:
+                 labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
+        if transfer not in ("float32", "float16"):
+            raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model = load_model(model)
+        self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
         self.spec: InputSpec = preprocess.infer_input_spec(self.model)
@@ -155,15 +161,17 @@ class Inspector:
             InputError: unreadable image, wrong channel count, wrong array shape.
         """
         if isinstance(images, np.ndarray):
-            return Batch(preprocess.check_batch(images, self.spec), ("array",))
+            checked = preprocess.check_batch(images, self.spec)
+            return Batch(checked, _row_sources("array", len(checked)))
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         if not items:
             raise InputError("no images were given; pass at least one image path or array")
-        arrays, sources, pics = [], [], []
+        arrays, pics = [], []
+        sources: list[str] = []
         for item in items:
             for source, array, pic in self._load_item(item):
                 arrays.append(array)
-                sources.append(source)
+                sources.extend(_row_sources(source, len(array)))
                 pics.extend([pic] if pic is not None else [])
         return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
 
@@ -201,7 +209,8 @@ class Inspector:
             if stats:
                 model = rewrite.append_channel_stats(self.model, list(key[1]))
             elif key[1]:
-                model = rewrite.expose_tensors(self.model, list(key[1]))
+                model = rewrite.expose_tensors(self.model, list(key[1]),
+                                               float16=self.transfer == "float16")
             self._sessions[key] = runtime.Session(model, self.provider)
         return self._sessions[key]
 
@@ -534,12 +543,33 @@ def save_pictures(pictures: Sequence[Picture], out: Path, *,
                          "give a folder instead")
     else:
         targets = {out / p.name: p.image for p in pictures}
+    _check_writable([*targets, *([npz] if npz is not None else [])])
     fileio.save_images(targets)
     written = list(targets)
     if npz is not None:
         fileio.save_npz({k: np.asarray(v) for k, v in (arrays or {}).items()}, npz)
         written.append(npz)
     return written
+
+
+def _check_writable(paths: Sequence[Path]) -> None:
+    """Refuse before writing anything when a path cannot be written (no partial output).
+
+    Raises:
+        InputError: a path is a folder, sits under a file, or its folder is not writable.
+    """
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder; choose a file path")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(f"cannot write {path}: {folder} is a file, not a folder; "
+                             "choose a writable path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {path}: {folder} is not writable; "
+                             "choose a writable path")
 
 
 def expand_images(paths: Sequence[Path]) -> list[Path]:
@@ -648,9 +678,16 @@ def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
     return (1, spec.channels, h, w)
 
 
+def _row_sources(source: str, rows: int) -> tuple[str, ...]:
+    """One source name per batch row: ``source`` itself, or ``source[i]`` for several rows."""
+    return (source,) if rows == 1 else tuple(f"{source}[{i}]" for i in range(rows))
+
+
 def _exposed_name(session: runtime.Session, tensor: str) -> str:
-    deq = rewrite.dequantized_name(tensor)
-    return deq if deq in session.output_names else tensor
+    for name in (rewrite.dequantized_name(tensor), rewrite.float16_name(tensor)):
+        if name in session.output_names:
+            return name
+    return tensor
 
 
 def _check_exposable(layer: Layer) -> None:

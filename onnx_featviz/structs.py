@@ -116,7 +116,8 @@ class ModelInfo:
         found = self._by_name(name)
         if found:
             return found[0]
-        names = [lay.name for lay in self.layers] + [t for lay in self.layers for t in lay.outputs]
+        names = list(dict.fromkeys([lay.name for lay in self.layers]
+                                   + [t for lay in self.layers for t in lay.outputs]))
         near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
         hint = f"close matches: {', '.join(near)}" if near else "no close matches"
         raise LayerNotFoundError(

@@ -26,7 +26,9 @@ def conv2d(
         g = oc // og
         for i in range(ho):
             for j in range(wo):
-                patch = xp[:, g * cg:(g + 1) * cg, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                rows = slice(i * stride, i * stride + kh)
+                cols = slice(j * stride, j * stride + kw)
+                patch = xp[:, g * cg:(g + 1) * cg, rows, cols]
                 out[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
     if b is not None:
         out += b[None, :, None, None]
