@@ -302,7 +302,9 @@ class Inspector:
         for _, group in self.stream(batch, tensors, float32=float32, max_bytes=max_bytes):
             for name, value in group.items():
                 parts[name].append(value)
-        return {t: np.concatenate(parts[t]) for t in tensors}
+        # one pass (the usual case) needs no copy
+        return {t: parts[t][0] if len(parts[t]) == 1 else np.concatenate(parts[t])
+                for t in tensors}
 
     def stream(self, batch: NDArray[np.generic], tensors: Sequence[str], *, float32: bool = True,
                max_bytes: int | None = None
