@@ -207,3 +207,12 @@ def add_initializers(model: onnx.ModelProto, inits: Sequence[TensorProto]) -> No
     if model.ir_version < 4:
         model.graph.input.extend(
             helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits)
+
+
+def node_attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """Return attribute ``name`` of ``node`` (strings decoded), or ``default`` when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            value = helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default

@@ -16,22 +16,14 @@ from typing import Any
 import numpy as np
 import onnx
 from numpy.typing import NDArray
-from onnx import helper
 
 from onnx_featviz.autodiff.emit import Emitter
+from onnx_featviz.autodiff.emit import node_attr as _attr
 from onnx_featviz.errors import ModelError
 
 Grads = Sequence[str | None]
 _UNSUPPORTED = ("use a gradient-free method (Score-CAM, Ablation-CAM, Eigen-CAM, occlusion) "
                 "or re-export with nearest/linear resizing of a fixed-size input")
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def source_coordinate(y: NDArray[np.float64], n_in: int, n_out: int, scale: float,

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from onnx_featviz.autodiff.emit import INT64_MAX, Emitter
+from onnx_featviz.autodiff.emit import node_attr as attr
 from onnx_featviz.autodiff.resize import resize_vjp, upsample_vjp
 from onnx_featviz.autodiff.windows import (
     avgpool_vjp,
@@ -48,15 +49,6 @@ LIMITS: dict[str, str] = {
     "BatchNormalization": "inference mode: statistics and affine parameters are constants",
     "LayerNormalization": "gradient of the data input only",
 }
-
-
-def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    """Return a node attribute value (bytes decoded to str), or ``default``."""
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def _first(ctx: Emitter, node: onnx.NodeProto, grad: str | None) -> list[str | None]:

@@ -17,18 +17,11 @@ import onnx
 from onnx import helper
 
 from onnx_featviz.autodiff.emit import INT64_MAX, Emitter
+from onnx_featviz.autodiff.emit import node_attr as _attr
 from onnx_featviz.autodiff.shapes import floor_mode_end_pads
 from onnx_featviz.errors import ModelError
 
 Grads = Sequence[str | None]
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for a in node.attribute:
-        if a.name == name:
-            value = helper.get_attribute_value(a)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
 
 
 def window_attrs(ctx: Emitter, node: onnx.NodeProto, kernel: Sequence[int]
