@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnx_featviz import api
+from onnx_featviz import api, catalog
 from onnx_featviz.errors import LayerNotFoundError, ModelError
 from tests import graphs
 
@@ -276,3 +276,22 @@ def test_cifar_model_predicts_cat() -> None:
         values = inspector.activations(shared("images", "cat_chelsea.png"))
     assert len(values) == 4
     assert all(v.dtype == np.float32 and v.ndim == 4 for v in values.values())
+
+
+def test_shapes_inference_cannot_give_come_from_one_real_run() -> None:
+    # com.microsoft.Gelu is unknown to onnx shape inference but runs in onnxruntime.
+    model = graphs.conv_relu()
+    model.graph.node.append(onnx.helper.make_node("Gelu", ["y"], ["g"], name="gelu",
+                                                  domain="com.microsoft"))
+    del model.graph.output[:]
+    model.graph.output.append(onnx.helper.make_tensor_value_info("g", onnx.TensorProto.FLOAT, None))
+    model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    assert catalog.read_catalog(model).layer("gelu").shape is None
+    with api.Inspector(model, "cpu") as insp:
+        layer = insp.layer("gelu")
+        assert layer.shape == (1, 1, 2, 2)
+        assert layer.dtype == "float32"
+        x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+        got = insp.activations(x, ["gelu"])["g"]
+    want = np.array([[45, 54], [81, 90]], np.float64)  # gelu(x) == x for large x
+    np.testing.assert_allclose(got[0, 0], want, rtol=1e-6)
