@@ -16,6 +16,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import onnx_featviz.audit as audit
+import onnx_featviz.autodiff as autodiff
+import onnx_featviz.cam as cams
 import onnx_featviz.catalog as catalog
 import onnx_featviz.construction as construction
 import onnx_featviz.fileio as fileio
@@ -65,6 +67,51 @@ class Batch:
     images: tuple[Image.Image, ...] = ()
 
 
+BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
+
+
+@dataclass(frozen=True, slots=True)
+class CamOptions:
+    """What ``Inspector.cam`` computes.
+
+    ``method``: a ``cams.METHODS`` name or alias; ``layer``: layer name, tensor or index (None:
+    the last conv layer with spatial size > 1); ``target``: class index or label (None: top-1);
+    ``top_k``: classes listed per image in ``CamReport.top`` (None: 5); ``alpha``/``cmap``:
+    overlay blending; ``batch_size``: rows per forward pass of Score-CAM and occlusion.
+    """
+
+    method: str = "grad_cam"
+    layer: str | int | None = None
+    target: int | str | None = None
+    top_k: int | None = None
+    alpha: float = 0.5
+    cmap: str = "jet"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class CamReport:
+    """Result of ``Inspector.cam``.
+
+    Attributes:
+        method: the registry name used; layer: the tensor the CAM was taken at; score_tensor:
+            the tensor targets are scored on (pre-softmax logits when the graph ends in Softmax).
+        targets: (N,) int64 classes explained; top: per image, the best classes with
+            probabilities; cam: (N, H, W) float32 in [0, 1]; layer_cam: (N, h, w) raw map;
+        overlays: one RGB heatmap overlay per input; sources: where each input came from.
+    """
+
+    method: str
+    layer: str
+    score_tensor: str
+    targets: NDArray[np.int64]
+    top: tuple[tuple[ClassScore, ...], ...]
+    cam: NDArray[np.float32]
+    layer_cam: NDArray[np.float32]
+    overlays: tuple[Image.Image, ...]
+    sources: tuple[str, ...] = ()
+
+
 def load_model(model: ModelSource) -> onnx.ModelProto:
     """Return a ``ModelProto`` for a path, serialized bytes or a proto (never modified)."""
     if isinstance(model, onnx.ModelProto):
@@ -102,6 +149,7 @@ class Inspector:
         self.labels: tuple[str, ...] | None = (
             tuple(labels) if labels is not None else _model_labels(self.model))
         self._sessions: dict[tuple[str, tuple[str, ...]], runtime.Session] = {}
+        self._grads: dict[tuple[str, tuple[str, ...]], autodiff.GradModel] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
 
@@ -365,6 +413,181 @@ class Inspector:
                 merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
         return merged
 
+    # -- class-activation maps -----------------------------------------------------------
+    def cam(self, images: Images, options: CamOptions) -> CamReport:
+        """Return class-activation maps of ``options.method`` for each input.
+
+        Gradients come from the model's own ONNX reverse graph (``autodiff``), run in the same
+        kind of session as the forward pass.
+
+        Returns:
+            ``CamReport`` with ``cam`` (N, H, W) in [0, 1] at the input size, ``layer_cam``
+            (N, h, w) raw, targets (N,), overlays on the un-normalized inputs.
+
+        Raises:
+            InputError: unknown method, target out of range, label not found, a layer without
+                spatial dims; ModelError: an op on the gradient path has no rule.
+        """
+        method = cams.resolve_method(options.method)
+        if method == "ablation_cam":
+            raise InputError("ablation_cam is not available yet; use score_cam or eigen_cam")
+        loaded = self.load_batch(images)
+        batch = loaded.array
+        layer = self.cam_layer(options.layer)
+        score, scores = self._scores(batch)
+        targets = cams.select_targets(scores, options.target, labels=self.labels)
+        entry = cams.METHODS[method]
+        nchw = self._as_nchw(batch)
+        acts, grads = self._cam_arrays(batch, layer, score, scores, targets,
+                                       gradients=entry.needs_gradients)
+        inputs = cams.CamInputs(
+            targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
+            gradients=grads, input_batch=nchw if entry.needs_input else None,
+            forward=self._forward_fn(score) if entry.needs_forward else None,
+            batch_size=options.batch_size)
+        result = cams.compute(method, inputs)
+        probs, _ = _as_probabilities(np.asarray(scores, np.float64))
+        top = tuple(self._prediction(src, score, row, options.top_k or 5, True).top
+                    for src, row in zip(loaded.sources, probs, strict=True))
+        overlays = tuple(render.overlay_heatmap(pic, heat, alpha=options.alpha, cmap=options.cmap)
+                         for pic, heat in zip(self._pictures(loaded, nchw), result.cam,
+                                              strict=True))
+        return CamReport(method, layer, score, result.targets, top, result.cam,
+                         result.layer_cam, overlays, loaded.sources)
+
+    def cam_layer(self, layer: str | int | None = None) -> str:
+        """Return the tensor a CAM uses: a conv layer's activation output, else the layer output.
+
+        Default: the last conv layer whose output has spatial size > 1.
+
+        Raises:
+            InputError: the layer has no spatial dims; LayerNotFoundError: no such layer.
+        """
+        if layer is None:
+            for lay in reversed(self.info.conv_layers):
+                tensor = _stage_tensors(lay, "act")[0]
+                if _spatial(self.info.layer(tensor).shape) > 1:
+                    return tensor
+            raise InputError("the model has no conv layer with spatial size > 1; name a layer "
+                             "with spatial dims (N, C, h, w) via layer=")
+        lay = self.layer(layer)
+        _check_exposable(lay)
+        tensor = _stage_tensors(lay, "act")[0]
+        shape = self.info.layer(tensor).shape
+        if shape is not None and (len(shape) != 4 or _spatial(shape) == 1):
+            raise InputError(f"layer {lay.name!r} (tensor {tensor!r}, shape {shape}) has no "
+                             "spatial dims; a CAM needs an (N, C, h, w) layer with h*w > 1: "
+                             "pick a conv layer")
+        return tensor
+
+    def score_tensor(self) -> str:
+        """Return the tensor CAM targets are scored on: pre-softmax logits, else output 0."""
+        return catalog.find_softmax_logits(self.model) or self.info.outputs[0].name
+
+    def _scores(self, batch: NDArray[np.generic]) -> tuple[str, NDArray[np.float32]]:
+        score = self.score_tensor()
+        outputs = [o.name for o in self.info.outputs]
+        values = self._run(batch, [score], exposed=() if score in outputs else None)[score]
+        flat = np.asarray(values, np.float32).reshape(len(values), -1)
+        return score, flat
+
+    def _grad_session(self, of: str, wrt: str, *, guided: bool = False,
+                      keep: Sequence[str] = ()) -> tuple[runtime.Session, autodiff.GradModel]:
+        """Return (building once) the gradient model of ``of`` w.r.t. ``wrt`` and its session."""
+        key = ("guided" if guided else "grad", (of, wrt, *keep))
+        if key not in self._sessions:
+            grad = autodiff.differentiate(self.model, of=of, wrt=[wrt], guided=guided,
+                                          keep_outputs=list(keep))
+            self._grads[key] = grad
+            self._sessions[key] = runtime.Session(grad.model, self.provider)
+        return self._sessions[key], self._grads[key]
+
+    def _gradients(self, batch: NDArray[np.generic], of: str, wrt: str,
+                   targets: NDArray[np.int64], shape: tuple[int, ...], *, guided: bool = False,
+                   keep: Sequence[str] = ()) -> list[NDArray[np.float32]]:
+        """Return the gradient w.r.t. ``wrt`` of each row's target score, then ``keep`` values."""
+        session, grad = self._grad_session(of, wrt, guided=guided, keep=keep)
+        onehot = np.zeros((len(targets), int(np.prod(shape[1:]))), np.float32)
+        onehot[np.arange(len(targets)), targets] = 1.0
+        seed = onehot.reshape(shape).astype(session.input_types.get(grad.seed, "float32"))
+        names = [grad.gradient(wrt), *keep]
+        values = session.run({self.spec.name: batch, grad.seed: seed}, names,
+                             max_batch=self.max_batch)
+        return [np.asarray(values[n], np.float32) for n in names]
+
+    def _cam_arrays(self, batch: NDArray[np.generic], layer: str, score: str,
+                    scores: NDArray[np.float32], targets: NDArray[np.int64], *,
+                    gradients: bool) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+        if not gradients:
+            return np.asarray(self.capture(batch, [layer])[layer], np.float32), None
+        shape = self._run(batch[:1], [score], exposed=None if score not in [
+            o.name for o in self.info.outputs] else ())[score].shape[1:]
+        grads, acts = self._gradients(batch, score, layer, targets, (len(batch), *shape),
+                                      keep=[layer])
+        return acts, grads
+
+    def _forward_fn(self, score: str) -> cams.ForwardFn:
+        outputs = [o.name for o in self.info.outputs]
+        exposed: tuple[str, ...] | None = () if score in outputs else None
+
+        def forward(rows: NDArray[np.floating]) -> NDArray[np.floating]:
+            model_rows = self._from_nchw(np.asarray(rows, np.float32))
+            values = self._run(model_rows, [score], exposed=exposed)[score]
+            return np.asarray(values, np.float32).reshape(len(values), -1)
+
+        return forward
+
+    def _as_nchw(self, batch: NDArray[np.generic]) -> NDArray[np.float32]:
+        arr = np.asarray(batch, np.float32)
+        if self.spec.layout == "NHWC":
+            return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+        return arr[:, None] if self.spec.layout == "NHW" else arr
+
+    def _from_nchw(self, rows: NDArray[np.float32]) -> NDArray[np.generic]:
+        if self.spec.layout == "NHWC":
+            rows = np.ascontiguousarray(rows.transpose(0, 2, 3, 1))
+        elif self.spec.layout == "NHW":
+            rows = rows[:, 0]
+        return rows.astype(self.spec.dtype)
+
+    def _pictures(self, loaded: Batch, nchw: NDArray[np.float32]) -> list[Image.Image]:
+        if len(loaded.images) == len(nchw):
+            return list(loaded.images)
+        return [_gray_picture(x) for x in nchw]
+
+    def backprop(self, images: Images, method: str, target: int | str | None = None
+                 ) -> NDArray[np.float32]:
+        """Return input-space gradient views: ``saliency``, ``guided`` or ``guided-gradcam``.
+
+        Returns:
+            saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1]
+            (the model's channel order).
+
+        Raises:
+            InputError: unknown method, bad target; ModelError: an op without gradient rule.
+        """
+        if method not in BACKPROP_METHODS:
+            raise InputError(f"unknown backprop method {method!r}; choose one of "
+                             f"{', '.join(BACKPROP_METHODS)}")
+        batch = self.load_batch(images).array
+        score, scores = self._scores(batch)
+        targets = cams.select_targets(scores, target, labels=self.labels)
+        shape = self._run(batch[:1], [score], exposed=None if score not in [
+            o.name for o in self.info.outputs] else ())[score].shape[1:]
+        full = (len(batch), *shape)
+        grads = self._as_nchw(self._gradients(batch, score, self.spec.name, targets, full,
+                                              guided=method != "saliency")[0])
+        if method == "saliency":
+            return cams.saliency(grads)
+        if method == "guided-gradcam":
+            layer = self.cam_layer(None)
+            lgrad, acts = self._gradients(batch, score, layer, targets, full, keep=[layer])
+            heat = cams.compute("grad_cam", cams.CamInputs(
+                targets=targets, input_size=(grads.shape[2], grads.shape[3]),
+                activations=acts, gradients=lgrad)).cam
+            grads = cams.guided_grad_cam(grads, heat)
+        return cams.guided_backprop_image(grads)
+
 
 # -- pictures for the command line ----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
@@ -455,6 +678,45 @@ def render_feature_maps(inspector: Inspector, images: Images,
         pictures += [Picture(f"{folder}/{_file_stem(t)}.png", g) for t, g in grids.items()]
         pictures += _before_after(inspector, grids, folder) if opts.stage == "both" else []
     return Rendered(tuple(pictures), arrays)
+
+
+def render_cam(report: CamReport) -> Rendered:
+    """Return ``<input>/cam_<method>.png`` overlays and ``<input>/cam_<method>_heatmap.png``.
+
+    Arrays: ``cam`` (N, H, W), ``layer_cam`` (N, h, w) and ``target`` (N,) for ``.npz`` export.
+    """
+    pictures: list[Picture] = []
+    for index, folder in enumerate(_input_folders(report.sources)):
+        heat = Image.fromarray(render.apply_colormap(report.cam[index], "jet"))
+        pictures += [Picture(f"{folder}/cam_{report.method}.png", report.overlays[index]),
+                     Picture(f"{folder}/cam_{report.method}_heatmap.png", heat)]
+    arrays: dict[str, NDArray[np.generic]] = {
+        "cam": report.cam, "layer_cam": report.layer_cam, "target": report.targets}
+    return Rendered(tuple(pictures), arrays)
+
+
+def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
+    """Return per input: image, target, layer, score tensor and top classes with probabilities."""
+    return [{"image": src, "method": report.method, "target": int(report.targets[i]),
+             "layer": report.layer, "score_tensor": report.score_tensor,
+             "top": [{"index": c.index, "label": c.label, "probability": c.score}
+                     for c in report.top[i]]}
+            for i, src in enumerate(report.sources)]
+
+
+def render_backprop(inspector: Inspector, images: Images, method: str,
+                    target: int | str | None = None) -> Rendered:
+    """Return one ``<input>/backprop_<method>.png`` per input (see ``Inspector.backprop``)."""
+    batch = inspector.load_batch(images)
+    views = inspector.backprop(batch.array, method, target)
+    pictures = []
+    for index, folder in enumerate(_input_folders(batch.sources)):
+        pixels = np.round(np.clip(views[index], 0.0, 1.0) * 255).astype(np.uint8)
+        if pixels.ndim == 3 and pixels.shape[-1] != 3:
+            pixels = pixels[..., 0]  # one-channel models: guided views are gray
+        image = Image.fromarray(pixels)
+        pictures.append(Picture(f"{folder}/backprop_{method}.png", image))
+    return Rendered(tuple(pictures), {method: views})
 
 
 def _map_tensors(inspector: Inspector, layers: Sequence[str | int] | None,
@@ -707,6 +969,24 @@ def _stage_tensors(layer: Layer, stage: str) -> list[str]:
     return [layer.output] if act == layer.output else [layer.output, act]
 
 
+def _spatial(shape: Sequence[int | str | None] | None) -> int:
+    """Known h*w of an (N, C, h, w) shape; 0 when unknown (dynamic), 1 without spatial dims."""
+    if shape is None or len(shape) < 3:
+        return 1
+    dims = shape[2:]
+    if not all(isinstance(d, int) for d in dims):
+        return 0
+    return int(np.prod([int(d) for d in dims if isinstance(d, int)]))
+
+
+def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
+    """Render a (C, H, W) model input as a gray RGB picture (channel mean, min-max scaled)."""
+    plane = x.mean(axis=0)
+    lo, hi = float(plane.min()), float(plane.max())
+    scaled = (plane - lo) / (hi - lo) if hi > lo else np.zeros_like(plane)
+    return Image.fromarray(np.uint8(np.round(scaled * 255))).convert("RGB")
+
+
 def _as_probabilities(scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
     rows_sum = scores.sum(axis=1)
     if np.all(scores >= 0) and np.allclose(rows_sum, 1.0, atol=1e-2):
@@ -767,9 +1047,10 @@ def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, layer: 
 
 
 __all__ = [
-    "Batch", "FilterRenderOptions", "Inspector", "MapRenderOptions", "Picture", "PrepOptions",
-    "Rendered", "build_conv", "compute_activations", "describe", "expand_images",
-    "format_predictions", "format_summary", "inspect_model", "load_model", "predict",
-    "predictions_to_json", "read_labels", "read_model_filters", "render_feature_maps",
+    "BACKPROP_METHODS", "Batch", "CamOptions", "CamReport", "FilterRenderOptions", "Inspector",
+    "MapRenderOptions", "Picture", "PrepOptions", "Rendered", "build_conv", "cam_to_json",
+    "compute_activations", "describe", "expand_images", "format_predictions", "format_summary",
+    "inspect_model", "load_model", "predict", "predictions_to_json", "read_labels",
+    "read_model_filters", "render_backprop", "render_cam", "render_feature_maps",
     "render_model_filters", "save_pictures",
 ]

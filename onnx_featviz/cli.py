@@ -297,3 +297,74 @@ def build_conv(filters_file: Path | None, preset: str | None, out: Path,
     written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
     _emit_written([written], False)
 
+
+
+def _target(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.lstrip("-").isdigit() else value
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--method", default="grad_cam", show_default=True,
+              help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
+              "score_cam or occlusion.")
+@click.option("--layer", help="Target layer (name, tensor or index); default: the last conv "
+              "layer with spatial size > 1.")
+@click.option("--target", help="Class index or label name (with --labels); default: top-1.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Class names, one per line (default: the model's metadata).")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Top classes listed per image in --json.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+              show_default=True, help="Output folder.")
+@click.option("--save-npz", type=click.Path(path_type=Path),
+              help="Also save cam (N,H,W), layer_cam (N,h,w) and target (N,).")
+@click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
+@provider_option
+@prep_options
+@reports_errors
+def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
+        target: str | None, labels: Path | None, top_k: int, out: Path,
+        save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
+    """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
+
+    \b
+    Examples:
+      featviz cam models/mnist_cnn.onnx models/samples/digit_9.png
+      featviz cam squeezenet.onnx cat.png --preset caffe --method score_cam --save-npz cam.npz
+      featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
+    """
+    names = api.read_labels(labels) if labels else None
+    options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k)
+    with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
+        report = inspector.cam(api.expand_images(images), options)
+    result = api.render_cam(report)
+    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    _emit_written(written, as_json, {"images": api.cam_to_json(report)})
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--method", type=click.Choice(list(api.BACKPROP_METHODS)), default="saliency",
+              show_default=True, help="Input-gradient view to draw.")
+@click.option("--target", help="Class index or label name; default: top-1.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+              show_default=True, help="Output folder.")
+@provider_option
+@prep_options
+@reports_errors
+def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None, out: Path,
+             provider: str, prep: api.PrepOptions) -> None:
+    """Draw input-gradient views of MODEL for each IMAGE (saliency, guided backprop).
+
+    \b
+    Examples:
+      featviz backprop models/mnist_cnn.onnx models/samples/digit_9.png
+      featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
+    """
+    with api.Inspector(model, provider, prep=prep) as inspector:
+        result = api.render_backprop(inspector, api.expand_images(images), method,
+                                     _target(target))
+    _emit_written(api.save_pictures(result.pictures, out), False)

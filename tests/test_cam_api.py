@@ -1,0 +1,148 @@
+"""Inspector.cam / Inspector.backprop and the ``featviz cam``/``backprop`` commands."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnx_featviz import api
+from onnx_featviz.cli import main
+from onnx_featviz.errors import InputError
+from tests import graphs
+from tests.conftest import shared_path
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT / "models" / "mnist_cnn.onnx"
+DIGIT = ROOT / "models" / "samples" / "digit_9.png"
+# The cat fills most of the 224x224 caffe crop; this box holds its face (eyes to chin), 78% of
+# the area, measured once on the crop. Grad-CAM put 0.82 of its mass inside it.
+CAT_BOX = (20, 210, 10, 215)  # y0, y1, x0, x1
+
+
+def _torch_net() -> tuple[object, onnx.ModelProto]:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), buf, dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return net, onnx.load_from_string(buf.getvalue())
+
+
+def _batch() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+
+
+def test_grad_cam_matches_torch_autograd() -> None:
+    torch = pytest.importorskip("torch")
+    net, model = _torch_net()
+    x = _batch()
+    with api.Inspector(model, "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions("grad_cam"))
+    acts = net[:5](torch.from_numpy(x))  # type: ignore[index]
+    acts.retain_grad()
+    logits = net[5:](acts)  # type: ignore[index]
+    targets = logits.argmax(dim=1)
+    logits.gather(1, targets[:, None]).sum().backward()
+    weights = acts.grad.mean(dim=(2, 3), keepdim=True)
+    expected = torch.relu((weights * acts).sum(dim=1)).detach().numpy()
+    np.testing.assert_array_equal(report.targets, targets.numpy())
+    np.testing.assert_allclose(report.layer_cam, expected, atol=1e-4, rtol=1e-4)
+    assert report.cam.shape == (3, 16, 16) and report.layer_cam.shape == (3, 8, 8)
+    assert 0.0 <= report.cam.min() and report.cam.max() <= 1.0
+    assert len(report.overlays) == 3 and report.overlays[0].size == (16, 16)
+
+
+def test_saliency_matches_torch_autograd() -> None:
+    torch = pytest.importorskip("torch")
+    net, model = _torch_net()
+    x = _batch()
+    with api.Inspector(model, "cpu") as inspector:
+        sal = inspector.backprop(x, "saliency", target=2)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    net(xt)[:, 2].sum().backward()  # type: ignore[operator]
+    raw = xt.grad.abs().amax(dim=1).numpy()
+    lo = raw.min(axis=(1, 2), keepdims=True)
+    hi = raw.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(sal, (raw - lo) / (hi - lo), atol=1e-4)
+
+
+def test_fp16_model_gives_finite_cam_and_views() -> None:
+    model = graphs.fp16_model(graphs.small_cnn())
+    x = _batch().astype(np.float16)
+    with api.Inspector(model, "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions("grad_cam"))
+        guided = inspector.backprop(x, "guided-gradcam")
+    assert report.cam.shape == (3, 16, 16) and np.isfinite(report.cam).all()
+    assert report.cam.max() > 0 and np.isfinite(guided).all() and guided.shape == (3, 16, 16, 3)
+
+
+@pytest.mark.parametrize("method", ["eigen_cam", "score_cam", "occlusion", "grad_cam_pp"])
+def test_other_methods_run(method: str) -> None:
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        report = inspector.cam(_batch(), api.CamOptions(method, batch_size=8))
+    assert report.cam.shape == (3, 16, 16) and np.isfinite(report.cam).all()
+    assert report.layer == "r2" and report.score_tensor == "logits"
+
+
+def test_layer_without_spatial_dims_and_ablation_refused() -> None:
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        with pytest.raises(InputError, match="spatial"):
+            inspector.cam(_batch(), api.CamOptions("grad_cam", layer="fc"))
+        with pytest.raises(InputError, match="not available yet"):
+            inspector.cam(_batch(), api.CamOptions("ablation_cam"))
+
+
+@pytest.mark.slow
+def test_squeezenet_cat_grad_cam_on_the_cat() -> None:
+    model = shared_path("models", "squeezenet1.1_caffe2_fp16.onnx")
+    image = shared_path("images", "cat_chelsea.png")
+    with api.Inspector(model, "cpu", prep=api.PrepOptions(preset="caffe")) as inspector:
+        report = inspector.cam(image, api.CamOptions("grad_cam"))
+    assert int(report.targets[0]) == 285
+    heat = report.cam[0]
+    y0, y1, x0, x1 = CAT_BOX
+    inside = heat[y0:y1, x0:x1].sum() / heat.sum()
+    assert inside >= 0.78, inside  # measured 0.82; the box is 78% of the picture
+
+
+def test_cli_cam_writes_overlay_and_npz(tmp_path: Path) -> None:
+    npz = tmp_path / "cam.npz"
+    result = CliRunner().invoke(main, ["cam", str(MNIST), str(DIGIT), "--out",
+                                       str(tmp_path / "out"), "--save-npz", str(npz),
+                                       "--provider", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "digit_9" / "cam_grad_cam.png").is_file()
+    data = np.load(npz)
+    assert data["cam"].shape == (1, 28, 28) and data["target"].shape == (1,)
+    assert data["layer_cam"].ndim == 3 and data["layer_cam"].shape[0] == 1
+
+
+def test_cli_cam_bad_targets(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(["zero", "one", "two", "three", "four", "five", "six", "seven",
+                                 "eight", "nine"]))
+    runner = CliRunner()
+    out = runner.invoke(main, ["cam", str(MNIST), str(DIGIT), "--target", "12", "--out",
+                               str(tmp_path), "--provider", "cpu"])
+    assert out.exit_code == 1 and "out of range" in out.output
+    assert len([ln for ln in out.output.splitlines() if ln.startswith("Error")]) == 1
+    out = runner.invoke(main, ["cam", str(MNIST), str(DIGIT), "--labels", str(labels),
+                               "--target", "sevn", "--out", str(tmp_path), "--provider", "cpu"])
+    assert out.exit_code == 1 and "close matches" in out.output and "seven" in out.output
+
+
+def test_cli_backprop(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["backprop", str(MNIST), str(DIGIT), "--method", "guided",
+                                       "--out", str(tmp_path), "--provider", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "digit_9" / "backprop_guided.png").is_file()
