@@ -92,6 +92,7 @@ def test_load_model_relative_path_with_external_data(
         ("truncated.onnx", graphs.conv_relu().SerializeToString()[:100], "may be truncated"),
         ("cut_end.onnx", graphs.conv_relu().SerializeToString()[:-1], "not an ONNX model"),
     ],
+    ids=["empty", "random", "text", "blank", "truncated", "cut_end"],
 )
 def test_load_model_refuses_non_models(tmp_path: Path, name: str, content: bytes,
                                        expected: str) -> None:
