@@ -429,8 +429,6 @@ class Inspector:
                 spatial dims; ModelError: an op on the gradient path has no rule.
         """
         method = cams.resolve_method(options.method)
-        if method == "ablation_cam":
-            raise InputError("ablation_cam is not available yet; use score_cam or eigen_cam")
         loaded = self.load_batch(images)
         batch = loaded.array
         layer = self.cam_layer(options.layer)
@@ -444,6 +442,8 @@ class Inspector:
             targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
             gradients=grads, input_batch=nchw if entry.needs_input else None,
             forward=self._forward_fn(score) if entry.needs_forward else None,
+            forward_from_layer=(self._layer_forward_fn(layer, score, batch)
+                                if entry.needs_layer_forward else None),
             batch_size=options.batch_size)
         result = cams.compute(method, inputs)
         probs, _ = _as_probabilities(np.asarray(scores, np.float64))
@@ -533,6 +533,32 @@ class Inspector:
         def forward(rows: NDArray[np.floating]) -> NDArray[np.floating]:
             model_rows = self._from_nchw(np.asarray(rows, np.float32))
             values = self._run(model_rows, [score], exposed=exposed)[score]
+            return np.asarray(values, np.float32).reshape(len(values), -1)
+
+        return forward
+
+    def _layer_forward_fn(self, layer: str, score: str, batch: NDArray[np.generic]
+                          ) -> cams.LayerForwardFn:
+        """Scores of the network after ``layer`` fed with a layer batch (for Ablation-CAM).
+
+        The model cut at ``layer`` (``rewrite.cut_at``) is built once and kept in the session
+        dict under ``("cut", (layer, score))``. Where the rest of the graph still reads the model
+        input (a skip connection from before ``layer``), row ``b`` is fed image
+        ``batch[image_index[b]]``.
+        """
+        key = ("cut", (layer, score))
+        if key not in self._sessions:
+            cut = rewrite.expose_tensors(rewrite.cut_at(self.model, layer), [score])
+            self._sessions[key] = runtime.Session(cut, self.provider)
+        session = self._sessions[key]
+        dtype = session.input_types.get(layer, "float32")
+
+        def forward(rows: NDArray[np.floating], image_index: NDArray[np.intp]
+                    ) -> NDArray[np.floating]:
+            feeds: dict[str, NDArray[np.generic]] = {layer: np.asarray(rows).astype(dtype)}
+            if self.spec.name in session.input_types:
+                feeds[self.spec.name] = batch[np.asarray(image_index, np.intp)]
+            values = session.run(feeds, [score], max_batch=self.max_batch)[score]
             return np.asarray(values, np.float32).reshape(len(values), -1)
 
         return forward

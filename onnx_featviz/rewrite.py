@@ -168,6 +168,93 @@ def append_channel_stats(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx
     return out
 
 
+def cut_name(tensor: str) -> str:
+    """Return the name ``cut_at`` gives the original producer output of ``tensor``."""
+    return f"featviz/cut/{tensor}"
+
+
+def cut_at(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """Return a copy of ``model`` in which ``tensor`` is a new graph input (its consumers read it).
+
+    The node that made ``tensor`` now writes ``cut_name(tensor)`` instead, so every consumer of
+    ``tensor`` reads the new input; it is declared with ``tensor``'s dtype and shape, batch axis
+    dynamic. Nodes no graph output needs any more (those only needed to compute ``tensor``) are
+    removed, then unused initializers and graph inputs. An original input that some remaining
+    node still reads (a skip connection from before ``tensor``) stays an input: feed it the image
+    each row of ``tensor`` came from, so such tensors are computed as in the uncut model.
+
+    Args:
+        model: the model (not modified).
+        tensor: a main-graph node output with known dtype (e.g. a conv layer's activation).
+
+    Returns:
+        The rewritten copy (same ``ir_version`` and opsets).
+
+    Raises:
+        LayerNotFoundError: no such tensor (close matches in the message).
+        InputError: ``tensor`` is a graph input or initializer, not a node output.
+        ModelError: ``tensor`` lives in a subgraph, or its dtype is unknown.
+    """
+    out = _copy(model)
+    ctx = _context(out, None, None)
+    _check_tensor(tensor, ctx)
+    producer = ctx.producers.get(tensor)
+    if producer is None:
+        raise InputError(f"tensor {tensor!r} is a graph input or initializer, not a node output; "
+                         "cut at a layer output instead")
+    dtype, shape = ctx.types.get(tensor, ("", None))
+    elem = _elem_type(dtype) if dtype else TensorProto.UNDEFINED
+    if elem == TensorProto.UNDEFINED:
+        raise ModelError(f"the dtype of tensor {tensor!r} is unknown (shape inference found "
+                         f"{dtype or 'nothing'}); cannot declare it as a graph input")
+    graph = out.graph
+    for node in graph.node:
+        if tensor in node.output:
+            node.output[list(node.output).index(tensor)] = cut_name(tensor)
+    dims = _shape_list(shape)
+    if dims:
+        dims[0] = "featviz_cut_batch"
+    graph.input.append(helper.make_tensor_value_info(tensor, elem, dims))
+    kept = [v for v in graph.value_info if v.name != tensor]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    _prune(graph)
+    return out
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes no graph output needs, then unused initializers and non-output inputs."""
+    needed = {o.name for o in graph.output}
+    live: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o):
+            live.append(node)
+            needed.update(_node_reads(node))
+    live.reverse()
+    del graph.node[:]
+    graph.node.extend(live)
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [v for v in graph.input if v.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    """Inputs of ``node`` plus every name its subgraphs read (over-inclusive, never missing)."""
+    reads = {i for i in node.input if i}
+    pending = [g for a in node.attribute for g in (*([a.g] if a.HasField("g") else []), *a.graphs)]
+    while pending:
+        sub = pending.pop()
+        for inner in sub.node:
+            reads.update(i for i in inner.input if i)
+            pending.extend(g for a in inner.attribute
+                           for g in (*([a.g] if a.HasField("g") else []), *a.graphs))
+        reads.update(o.name for o in sub.output)
+    return reads
+
+
 def conv_tensors(info: ModelInfo, stage: str = "conv") -> list[str]:
     """Return the tensors of every exposable conv layer for a stage, in graph order.
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from onnx_featviz import api
+from onnx_featviz import api, rewrite
 from onnx_featviz.cli import main
-from onnx_featviz.errors import InputError
+from onnx_featviz.errors import InputError, LayerNotFoundError
 from tests import graphs
 from tests.conftest import shared_path
 
@@ -97,12 +98,92 @@ def test_other_methods_run(method: str) -> None:
     assert report.layer == "r2" and report.score_tensor == "logits"
 
 
-def test_layer_without_spatial_dims_and_ablation_refused() -> None:
+def test_layer_without_spatial_dims_refused() -> None:
     with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
         with pytest.raises(InputError, match="spatial"):
             inspector.cam(_batch(), api.CamOptions("grad_cam", layer="fc"))
-        with pytest.raises(InputError, match="not available yet"):
-            inspector.cam(_batch(), api.CamOptions("ablation_cam"))
+
+
+def test_cut_at_reproduces_the_score() -> None:
+    model = graphs.small_cnn()
+    before = model.SerializeToString()
+    cut = rewrite.cut_at(model, "r2")
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(cut, full_check=True)
+    x = _batch()
+    name = model.graph.input[0].name
+    full = ort.InferenceSession(rewrite.expose_tensors(model, ["r2", "logits"])
+                                .SerializeToString(), providers=["CPUExecutionProvider"])
+    r2, logits = full.run(["r2", "logits"], {name: x})
+    sess = ort.InferenceSession(rewrite.expose_tensors(cut, ["logits"]).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["r2"]  # nothing after r2 reads the image
+    np.testing.assert_array_equal(sess.run(["logits"], {"r2": r2})[0], logits)
+    with pytest.raises(LayerNotFoundError):
+        rewrite.cut_at(model, "r_2")
+
+
+def _skip_net() -> tuple[object, onnx.ModelProto]:
+    """A CNN whose head also reads the image (a skip connection from before the CAM layer)."""
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                torch.nn.Conv2d(6, 8, 3, padding=1), torch.nn.ReLU())
+            self.fc = torch.nn.Linear(8, 5)
+            self.skip = torch.nn.Linear(3, 5)
+
+        def head(self, acts: object, x: object) -> object:
+            return self.fc(acts.mean(dim=(2, 3))) + self.skip(x.mean(dim=(2, 3)))  # type: ignore[attr-defined]
+
+        def forward(self, x: object) -> object:
+            return self.head(self.body(x), x)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), buf, dynamo=False, opset_version=13,
+                      input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return net, onnx.load_from_string(buf.getvalue())
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_ablation_cam_matches_torch_channel_zeroing(skip: bool) -> None:
+    torch = pytest.importorskip("torch")
+    net, model = _skip_net() if skip else _torch_net()
+    x = _batch()
+    with api.Inspector(model, "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions("ablation_cam", batch_size=7))
+        cut = [s for key, s in inspector._sessions.items() if key[0] == "cut"]
+        # the skip connection keeps the image an input of the cut model (fed per ablated row)
+        assert len(cut) == 1 and ("x" in cut[0].input_types) == skip
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        if skip:
+            acts = net.body(xt)  # type: ignore[attr-defined]
+            head = lambda a: net.head(a, xt)  # type: ignore[attr-defined]  # noqa: E731
+        else:
+            acts = net[:5](xt)  # type: ignore[index]
+            head = net[5:]  # type: ignore[index]
+        logits = head(acts)
+        targets = logits.argmax(dim=1)
+        rows = torch.arange(len(x))
+        y = logits[rows, targets].double()
+        weights = torch.empty(acts.shape[:2], dtype=torch.float64)
+        for k in range(acts.shape[1]):
+            ablated = acts.clone()
+            ablated[:, k] = 0.0
+            weights[:, k] = (y - head(ablated)[rows, targets].double()) / y
+        expected = torch.relu((weights[:, :, None, None] * acts.double()).sum(dim=1)).numpy()
+    assert (y.abs() > 1e-7).all()  # the 1e-7 guard of cam.ablation_cam does not apply here
+    np.testing.assert_array_equal(report.targets, targets.numpy())
+    assert report.method == "ablation_cam" and report.layer_cam.shape == (3, 8, 8)
+    np.testing.assert_allclose(report.layer_cam, expected, atol=1e-4, rtol=1e-4)
+    assert report.cam.shape == (3, 16, 16) and report.layer_cam.max() > 0
 
 
 @pytest.mark.slow
