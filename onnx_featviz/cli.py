@@ -67,6 +67,12 @@ def provider_option(fn: F) -> F:
                         help="Execution provider: CUDA when it runs (auto), or force one.")(fn)
 
 
+def out_dir_option(fn: F) -> F:
+    """Add ``--out`` (an output folder, default ``featviz-out``)."""
+    return click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+                        show_default=True, help="Output folder.")(fn)
+
+
 def prep_options(fn: F) -> F:
     """Add the preprocessing options and pass them as one ``prep`` argument."""
     options = [
@@ -245,8 +251,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
               show_default=True, help="Scale each channel to its own range, or one per layer.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
-              show_default=True, help="Output folder.")
+@out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the tensors (float32, exactly as computed), keyed by tensor name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
@@ -316,8 +321,7 @@ def _target(value: str | None) -> int | str | None:
               help="Class names, one per line (default: the model's metadata).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top classes listed per image in --json.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
-              show_default=True, help="Output folder.")
+@out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w) and target (N,).")
 @click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
@@ -350,8 +354,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
 @click.option("--method", type=click.Choice(list(api.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
 @click.option("--target", help="Class index or label name; default: top-1.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
-              show_default=True, help="Output folder.")
+@out_dir_option
 @provider_option
 @prep_options
 @reports_errors
