@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -833,33 +832,13 @@ def save_pictures(pictures: Sequence[Picture], out: Path, *,
                          "give a folder instead")
     else:
         targets = {out / p.name: p.image for p in pictures}
-    _check_writable([*targets, *([npz] if npz is not None else [])])
+    fileio.check_writable([*targets, *([npz] if npz is not None else [])])
     fileio.save_images(targets)
     written = list(targets)
     if npz is not None:
         fileio.save_npz({k: np.asarray(v) for k, v in (arrays or {}).items()}, npz)
         written.append(npz)
     return written
-
-
-def _check_writable(paths: Sequence[Path]) -> None:
-    """Refuse before writing anything when a path cannot be written (no partial output).
-
-    Raises:
-        InputError: a path is a folder, sits under a file, or its folder is not writable.
-    """
-    for path in paths:
-        if path.is_dir():
-            raise InputError(f"cannot write {path}: it is a folder; choose a file path")
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise InputError(f"cannot write {path}: {folder} is a file, not a folder; "
-                             "choose a writable path")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(f"cannot write {path}: {folder} is not writable; "
-                             "choose a writable path")
 
 
 def expand_images(paths: Sequence[Path]) -> list[Path]:

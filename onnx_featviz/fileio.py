@@ -16,7 +16,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PureWindowsPath
 from typing import IO, Any
 
@@ -469,3 +469,23 @@ def read_text(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read text file {path}: {err}; "
                          "give a readable UTF-8 file") from err
+
+
+def check_writable(paths: Sequence[Path]) -> None:
+    """Refuse before writing anything when a path cannot be written (no partial output).
+
+    Raises:
+        InputError: a path is a folder, sits under a file, or its folder is not writable.
+    """
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"cannot write {path}: it is a folder; choose a file path")
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise InputError(f"cannot write {path}: {folder} is a file, not a folder; "
+                             "choose a writable path")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {path}: {folder} is not writable; "
+                             "choose a writable path")
