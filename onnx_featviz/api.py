@@ -431,11 +431,11 @@ class Inspector:
         loaded = self.load_batch(images)
         batch = loaded.array
         layer = self.cam_layer(options.layer)
-        score, scores = self._scores(batch)
+        score, scores, score_shape = self._scores(batch)
         targets = cams.select_targets(scores, options.target, labels=self.labels)
         entry = cams.METHODS[method]
         nchw = self._as_nchw(batch)
-        acts, grads = self._cam_arrays(batch, layer, score, scores, targets,
+        acts, grads = self._cam_arrays(batch, layer, score, score_shape, targets,
                                        gradients=entry.needs_gradients)
         inputs = cams.CamInputs(
             targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
@@ -483,12 +483,17 @@ class Inspector:
         """Return the tensor CAM targets are scored on: pre-softmax logits, else output 0."""
         return catalog.find_softmax_logits(self.model) or self.info.outputs[0].name
 
-    def _scores(self, batch: NDArray[np.generic]) -> tuple[str, NDArray[np.float32]]:
+    def _scores(self, batch: NDArray[np.generic]
+                ) -> tuple[str, NDArray[np.float32], tuple[int, ...]]:
+        """Return the score tensor's name, its values as (N, classes) and its real shape."""
         score = self.score_tensor()
-        outputs = [o.name for o in self.info.outputs]
-        values = self._run(batch, [score], exposed=() if score in outputs else None)[score]
+        values = self._run(batch, [score], exposed=self._score_exposure(score))[score]
         flat = np.asarray(values, np.float32).reshape(len(values), -1)
-        return score, flat
+        return score, flat, tuple(values.shape)
+
+    def _score_exposure(self, score: str) -> tuple[str, ...] | None:
+        """The plain session serves a model output; any other score tensor must be exposed."""
+        return () if score in [o.name for o in self.info.outputs] else None
 
     def _grad_session(self, of: str, wrt: str, *, guided: bool = False,
                       keep: Sequence[str] = ()) -> tuple[runtime.Session, autodiff.GradModel]:
@@ -515,19 +520,15 @@ class Inspector:
         return [np.asarray(values[n], np.float32) for n in names]
 
     def _cam_arrays(self, batch: NDArray[np.generic], layer: str, score: str,
-                    scores: NDArray[np.float32], targets: NDArray[np.int64], *,
+                    score_shape: tuple[int, ...], targets: NDArray[np.int64], *,
                     gradients: bool) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
         if not gradients:
             return np.asarray(self.capture(batch, [layer])[layer], np.float32), None
-        shape = self._run(batch[:1], [score], exposed=None if score not in [
-            o.name for o in self.info.outputs] else ())[score].shape[1:]
-        grads, acts = self._gradients(batch, score, layer, targets, (len(batch), *shape),
-                                      keep=[layer])
+        grads, acts = self._gradients(batch, score, layer, targets, score_shape, keep=[layer])
         return acts, grads
 
     def _forward_fn(self, score: str) -> cams.ForwardFn:
-        outputs = [o.name for o in self.info.outputs]
-        exposed: tuple[str, ...] | None = () if score in outputs else None
+        exposed = self._score_exposure(score)
 
         def forward(rows: NDArray[np.floating]) -> NDArray[np.floating]:
             model_rows = self._from_nchw(np.asarray(rows, np.float32))
@@ -595,11 +596,8 @@ class Inspector:
             raise InputError(f"unknown backprop method {method!r}; choose one of "
                              f"{', '.join(BACKPROP_METHODS)}")
         batch = self.load_batch(images).array
-        score, scores = self._scores(batch)
+        score, scores, full = self._scores(batch)
         targets = cams.select_targets(scores, target, labels=self.labels)
-        shape = self._run(batch[:1], [score], exposed=None if score not in [
-            o.name for o in self.info.outputs] else ())[score].shape[1:]
-        full = (len(batch), *shape)
         grads = self._as_nchw(self._gradients(batch, score, self.spec.name, targets, full,
                                               guided=method != "saliency")[0])
         if method == "saliency":
