@@ -2,124 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from onnx_featviz import __version__, api
-from onnx_featviz.errors import FeatvizError
-
-F = TypeVar("F", bound=Callable[..., Any])
-PRESET_NAMES = ("imagenet", "caffe", "unit", "raw", "tf", "mnist")
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# -- shared option parsing ------------------------------------------------------------------
-def _floats(ctx: click.Context, param: click.Parameter, value: str | None
-            ) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, "
-                                 "e.g. 0.485,0.456,0.406") from None
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None
-          ) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    parts = value.lower().replace("x", ",").split(",")
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        dims = []
-    if len(dims) not in (1, 2) or min(dims) < 1:
-        raise click.BadParameter(f"{value!r} is not a size; use 224 or 224x224 (HxW)")
-    return (dims[0], dims[-1])
-
-
-def _channels(ctx: click.Context, param: click.Parameter, value: str | None
-              ) -> slice | None:
-    if value is None:
-        return None
-    try:
-        parts = [int(p) if p else None for p in value.split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1 and parts[0] is not None:
-        return slice(parts[0], parts[0] + 1)
-    if len(parts) != 2 or any(p is not None and p < 0 for p in parts):
-        raise click.BadParameter(f"{value!r} is not a channel range; use 5 or 0:16 or 8:")
-    return slice(parts[0], parts[1])
-
-
-def provider_option(fn: F) -> F:
-    """Add ``--provider``."""
-    return click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]),
-                        default="auto", show_default=True,
-                        help="Execution provider: CUDA when it runs (auto), or force one.")(fn)
-
-
-def out_dir_option(fn: F) -> F:
-    """Add ``--out`` (an output folder, default ``featviz-out``)."""
-    return click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
-                        show_default=True, help="Output folder.")(fn)
-
-
-def prep_options(fn: F) -> F:
-    """Add the preprocessing options and pass them as one ``prep`` argument."""
-    options = [
-        click.option("--preset", type=click.Choice(PRESET_NAMES),
-                     help="Preprocessing preset (default: the model's metadata, else unit/mnist)."),
-        click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
-        click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
-        click.option("--scale", type=float, help="Pixel scale before mean/std (1/255 = 0.00392)."),
-        click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
-        click.option("--size", callback=_size, help="Input size for dynamic models: 224 or HxW."),
-        click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]),
-                     help="Resize policy (default crop: short side then center crop)."),
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
-                bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
-        kwargs["prep"] = api.PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
-                                         channel_order="BGR" if bgr else None, size=size,
-                                         resize=resize)
-        return fn(*args, **kwargs)
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper  # type: ignore[return-value]
-
-
-def reports_errors(fn: F) -> F:
-    """Turn library errors into one-line messages with exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except FeatvizError as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None
-                  ) -> None:
-    if as_json:
-        click.echo(json.dumps({"written": [str(p) for p in paths], **(extra or {})}, indent=2))
-        return
-    for path in paths:
-        click.echo(str(path))
+from onnx_featviz.cli_options import (
+    CONTEXT,
+    emit_written,
+    out_dir_option,
+    parse_channels,
+    prep_options,
+    provider_option,
+    reports_errors,
+)
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -232,7 +130,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
     opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
     result = api.render_model_filters(model, layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
-    _emit_written(written, as_json)
+    emit_written(written, as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -246,7 +144,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               show_default=True, help="Conv output, after its activation, or both side by side.")
 @click.option("--reduce", type=click.Choice(["none", "mean", "max"]), default="none",
               show_default=True, help="Draw the mean or max over channels as one image.")
-@click.option("--channels", callback=_channels, help="Channel range, e.g. 0:16 or 5.")
+@click.option("--channels", callback=parse_channels, help="Channel range, e.g. 0:16 or 5.")
 @click.option("--cmap", help="Matplotlib colormap name (default: viridis; RdBu_r centred on "
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
@@ -276,7 +174,7 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
         result = api.render_feature_maps(inspector, api.expand_images(images),
                                          layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
-    _emit_written(written, as_json)
+    emit_written(written, as_json)
 
 
 @main.command("build-conv", context_settings=CONTEXT)
@@ -300,7 +198,7 @@ def build_conv(filters_file: Path | None, preset: str | None, out: Path,
     if (filters_file is None) == (preset is None):
         raise click.UsageError("give either FILTERS or --preset edges")
     written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
-    _emit_written([written], False)
+    emit_written([written], False)
 
 
 
@@ -345,7 +243,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
         report = inspector.cam(api.expand_images(images), options)
     result = api.render_cam(report)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
-    _emit_written(written, as_json, {"images": api.cam_to_json(report)})
+    emit_written(written, as_json, {"images": api.cam_to_json(report)})
 
 
 @main.command(context_settings=CONTEXT)
@@ -370,4 +268,4 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
     with api.Inspector(model, provider, prep=prep) as inspector:
         result = api.render_backprop(inspector, api.expand_images(images), method,
                                      _target(target))
-    _emit_written(api.save_pictures(result.pictures, out), False)
+    emit_written(api.save_pictures(result.pictures, out), False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,3 +211,20 @@ class Prediction:
     output: str
     top: tuple[ClassScore, ...]
     softmax_applied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a long job is: ``done`` of ``total`` units (None when unknown) plus a status.
+
+    ``status`` is a short string shown after the bar (e.g. ``"objective 3.21"``).
+    """
+
+    done: int
+    total: int | None
+    unit: str = "step"
+    status: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+"""Callback the api calls as work advances (the CLI draws a bar; the library never prints)."""

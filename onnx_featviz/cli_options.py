@@ -1,0 +1,199 @@
+"""Options, error reporting and progress bars shared by every ``featviz`` command."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import click
+
+from onnx_featviz import api
+from onnx_featviz.errors import FeatvizError
+from onnx_featviz.structs import Progress, ProgressFn
+
+F = TypeVar("F", bound=Callable[..., Any])
+PRESET_NAMES = ("imagenet", "caffe", "unit", "raw", "tf", "mnist")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# -- shared option parsing ------------------------------------------------------------------
+def parse_floats(ctx: click.Context, param: click.Parameter, value: str | None
+            ) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, "
+                                 "e.g. 0.485,0.456,0.406") from None
+
+
+def parse_size(ctx: click.Context, param: click.Parameter, value: str | None
+          ) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) not in (1, 2) or min(dims) < 1:
+        raise click.BadParameter(f"{value!r} is not a size; use 224 or 224x224 (HxW)")
+    return (dims[0], dims[-1])
+
+
+def parse_channels(ctx: click.Context, param: click.Parameter, value: str | None
+              ) -> slice | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(p) if p else None for p in value.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] is not None:
+        return slice(parts[0], parts[0] + 1)
+    if len(parts) != 2 or any(p is not None and p < 0 for p in parts):
+        raise click.BadParameter(f"{value!r} is not a channel range; use 5 or 0:16 or 8:")
+    return slice(parts[0], parts[1])
+
+
+def provider_option(fn: F) -> F:
+    """Add ``--provider``."""
+    return click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]),
+                        default="auto", show_default=True,
+                        help="Execution provider: CUDA when it runs (auto), or force one.")(fn)
+
+
+def out_dir_option(fn: F) -> F:
+    """Add ``--out`` (an output folder, default ``featviz-out``)."""
+    return click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
+                        show_default=True, help="Output folder.")(fn)
+
+
+def prep_options(fn: F) -> F:
+    """Add the preprocessing options and pass them as one ``prep`` argument."""
+    options = [
+        click.option("--preset", type=click.Choice(PRESET_NAMES),
+                     help="Preprocessing preset (default: the model's metadata, else unit/mnist)."),
+        click.option("--mean", callback=parse_floats,
+                     help="Per-channel mean, e.g. 0.485,0.456,0.406."),
+        click.option("--std", callback=parse_floats,
+                     help="Per-channel std, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", type=float, help="Pixel scale before mean/std (1/255 = 0.00392)."),
+        click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
+        click.option("--size", callback=parse_size,
+                     help="Input size for dynamic models: 224 or HxW."),
+        click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]),
+                     help="Resize policy (default crop: short side then center crop)."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
+                bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
+        kwargs["prep"] = api.PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
+                                         channel_order="BGR" if bgr else None, size=size,
+                                         resize=resize)
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def reports_errors(fn: F) -> F:
+    """Turn library errors into one-line messages with exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FeatvizError as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None
+                  ) -> None:
+    if as_json:
+        click.echo(json.dumps({"written": [str(p) for p in paths], **(extra or {})}, indent=2))
+        return
+    for path in paths:
+        click.echo(str(path))
+
+
+
+class _Bar:
+    """Draw a one-line progress bar with rate and ETA on a terminal, sparse lines elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO, *, interval: float) -> None:
+        self.label, self.stream, self.interval = label, stream, interval
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self.last = -1.0e9
+        self.latest: Progress | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.latest = progress
+        now = time.monotonic()
+        finished = progress.total is not None and progress.done >= progress.total
+        if not finished and now - self.last < (0.1 if self.tty else self.interval):
+            return
+        self.last = now
+        self._draw(progress, now)
+
+    def _draw(self, progress: Progress, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = progress.done / elapsed
+        text = f"{self.label} {progress.done}"
+        if progress.total:
+            frac = min(progress.done / progress.total, 1.0)
+            bar = "#" * int(frac * 24)
+            eta = (progress.total - progress.done) / rate if rate > 0 else 0.0
+            text = (f"{self.label} [{bar:<24}] {progress.done}/{progress.total} "
+                    f"{progress.unit}s {rate:.1f}/s ETA {_clock(eta)}")
+        else:
+            text += f" {progress.unit}s {rate:.1f}/s"
+        if progress.status:
+            text += f" {progress.status}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.latest is not None:
+            self._draw(self.latest, time.monotonic())
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@contextmanager
+def progress_bar(label: str, *, enabled: bool = True, interval: float = 5.0
+                 ) -> Iterator[ProgressFn | None]:
+    """Yield a ``ProgressFn`` that draws on stderr (None when disabled, e.g. with ``--json``).
+
+    On a terminal the bar redraws in place; elsewhere (CI logs) a line every ``interval`` s
+    and a final one.
+    """
+    if not enabled:
+        yield None
+        return
+    bar = _Bar(label, sys.stderr, interval=interval)
+    try:
+        yield bar
+    finally:
+        bar.close()
