@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +36,8 @@ from onnx_featviz.structs import (
     ModelInfo,
     Prediction,
     Preprocessing,
+    Progress,
+    ProgressFn,
 )
 
 ModelSource = str | Path | bytes | onnx.ModelProto
@@ -75,14 +77,17 @@ class CamOptions:
 
     ``method``: a ``cams.METHODS`` name or alias; ``layer``: layer name, tensor or index (None:
     the last conv layer with spatial size > 1); ``target``: class index or label (None: top-1);
-    ``top_k``: classes listed per image in ``CamReport.top`` (None: 5); ``alpha``/``cmap``:
-    overlay blending; ``batch_size``: rows per forward pass of Score-CAM and occlusion.
+    ``top_k``: classes listed per image in ``CamReport.top`` (None: 5); ``explain_top``: one
+    CAM for each of every image's ``explain_top`` best classes (only without ``target``);
+    ``alpha``/``cmap``: overlay blending; ``batch_size``: rows per forward pass of Score-CAM,
+    Ablation-CAM and occlusion.
     """
 
     method: str = "grad_cam"
     layer: str | int | None = None
     target: int | str | None = None
     top_k: int | None = None
+    explain_top: int = 1
     alpha: float = 0.5
     cmap: str = "jet"
     batch_size: int = 32
@@ -95,9 +100,12 @@ class CamReport:
     Attributes:
         method: the registry name used; layer: the tensor the CAM was taken at; score_tensor:
             the tensor targets are scored on (pre-softmax logits when the graph ends in Softmax).
-        targets: (N,) int64 classes explained; top: per image, the best classes with
-            probabilities; cam: (N, H, W) float32 in [0, 1]; layer_cam: (N, h, w) raw map;
-        overlays: one RGB heatmap overlay per input; sources: where each input came from.
+        targets: (R,) int64 classes explained, one per CAM row (R = N inputs, or N * k with
+            ``explain_top=k``, image-major); top: per input, the best classes with
+            probabilities; cam: (R, H, W) float32 in [0, 1]; layer_cam: (R, h, w) raw map;
+        overlays: one RGB heatmap overlay per row; sources: where each input came from;
+        image_index: (R,) the input each row explains; rank: (R,) 0 for the input's best class,
+            1 for the second... (-1 when the target was given).
     """
 
     method: str
@@ -109,6 +117,8 @@ class CamReport:
     layer_cam: NDArray[np.float32]
     overlays: tuple[Image.Image, ...]
     sources: tuple[str, ...] = ()
+    image_index: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    rank: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def load_model(model: ModelSource) -> onnx.ModelProto:
@@ -413,15 +423,18 @@ class Inspector:
         return merged
 
     # -- class-activation maps -----------------------------------------------------------
-    def cam(self, images: Images, options: CamOptions) -> CamReport:
+    def cam(self, images: Images, options: CamOptions, *,
+            progress: ProgressFn | None = None) -> CamReport:
         """Return class-activation maps of ``options.method`` for each input.
 
         Gradients come from the model's own ONNX reverse graph (``autodiff``), run in the same
-        kind of session as the forward pass.
+        kind of session as the forward pass. ``progress`` is called as the forward passes of
+        Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``).
 
         Returns:
-            ``CamReport`` with ``cam`` (N, H, W) in [0, 1] at the input size, ``layer_cam``
-            (N, h, w) raw, targets (N,), overlays on the un-normalized inputs.
+            ``CamReport`` with ``cam`` (R, H, W) in [0, 1] at the input size, ``layer_cam``
+            (R, h, w) raw, targets (R,), overlays on the un-normalized inputs; R = N inputs, or
+            N * k with ``explain_top=k``.
 
         Raises:
             InputError: unknown method, target out of range, label not found, a layer without
@@ -429,30 +442,49 @@ class Inspector:
         """
         method = cams.resolve_method(options.method)
         loaded = self.load_batch(images)
-        batch = loaded.array
         layer = self.cam_layer(options.layer)
-        score, scores, score_shape = self._scores(batch)
-        targets = cams.select_targets(scores, options.target, labels=self.labels)
+        score, scores, score_shape = self._scores(loaded.array)
+        targets, index, rank = self._cam_targets(scores, options)
+        batch = loaded.array[index]
         entry = cams.METHODS[method]
         nchw = self._as_nchw(batch)
-        acts, grads = self._cam_arrays(batch, layer, score, score_shape, targets,
-                                       gradients=entry.needs_gradients)
+        acts, grads = self._cam_arrays(batch, layer, score, (len(batch), *score_shape[1:]),
+                                       targets, gradients=entry.needs_gradients)
         inputs = cams.CamInputs(
             targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
             gradients=grads, input_batch=nchw if entry.needs_input else None,
             forward=self._forward_fn(score) if entry.needs_forward else None,
             forward_from_layer=(self._layer_forward_fn(layer, score, batch)
                                 if entry.needs_layer_forward else None),
-            batch_size=options.batch_size)
+            batch_size=options.batch_size, progress=_row_progress(progress))
         result = cams.compute(method, inputs)
         probs, _ = _as_probabilities(np.asarray(scores, np.float64))
         top = tuple(self._prediction(src, score, row, options.top_k or 5, True).top
                     for src, row in zip(loaded.sources, probs, strict=True))
-        overlays = tuple(render.overlay_heatmap(pic, heat, alpha=options.alpha, cmap=options.cmap)
-                         for pic, heat in zip(self._pictures(loaded, nchw), result.cam,
-                                              strict=True))
+        pictures = self._pictures(loaded, self._as_nchw(loaded.array))
+        overlays = tuple(render.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
+                                                cmap=options.cmap)
+                         for i, heat in zip(index, result.cam, strict=True))
         return CamReport(method, layer, score, result.targets, top, result.cam,
-                         result.layer_cam, overlays, loaded.sources)
+                         result.layer_cam, overlays, loaded.sources, index, rank)
+
+    def _cam_targets(self, scores: NDArray[np.float32], options: CamOptions
+                     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """Return (targets, image index, rank) per CAM row (image-major for ``explain_top``)."""
+        n = len(scores)
+        if options.explain_top < 1:
+            raise InputError(f"explain_top must be >= 1, got {options.explain_top}")
+        if options.explain_top > 1 and options.target is not None:
+            raise InputError(f"explain_top={options.explain_top} explains each image's best "
+                             f"classes, but target={options.target!r} was also given; use one")
+        if options.explain_top == 1:
+            targets = cams.select_targets(scores, options.target, labels=self.labels)
+            rank = np.full(n, 0 if options.target is None else -1, np.int64)
+            return targets, np.arange(n, dtype=np.int64), rank
+        k = options.explain_top
+        best = cams.select_targets(scores, None, labels=self.labels, top_k=k)
+        return (best.reshape(-1), np.repeat(np.arange(n, dtype=np.int64), k),
+                np.tile(np.arange(k, dtype=np.int64), n))
 
     def cam_layer(self, layer: str | int | None = None) -> str:
         """Return the tensor a CAM uses: a conv layer's activation output, else the layer output.
@@ -706,25 +738,43 @@ def render_feature_maps(inspector: Inspector, images: Images,
 def render_cam(report: CamReport) -> Rendered:
     """Return ``<input>/cam_<method>.png`` overlays and ``<input>/cam_<method>_heatmap.png``.
 
-    Arrays: ``cam`` (N, H, W), ``layer_cam`` (N, h, w) and ``target`` (N,) for ``.npz`` export.
+    With several CAMs per input (``explain_top``) the names end in ``_top<rank>_class<index>``.
+    Arrays: ``cam`` (R, H, W), ``layer_cam`` (R, h, w), ``target`` (R,) and ``image`` (R,) (the
+    input row each CAM explains) for ``.npz`` export.
     """
+    folders = _input_folders(report.sources)
+    index = _cam_rows(report)
+    several = len(index) > len(set(index.tolist()))
     pictures: list[Picture] = []
-    for index, folder in enumerate(_input_folders(report.sources)):
-        heat = Image.fromarray(render.apply_colormap(report.cam[index], "jet"))
-        pictures += [Picture(f"{folder}/cam_{report.method}.png", report.overlays[index]),
-                     Picture(f"{folder}/cam_{report.method}_heatmap.png", heat)]
+    for row, image in enumerate(index):
+        stem = f"{folders[image]}/cam_{report.method}"
+        if several:
+            stem += f"_top{int(report.rank[row]) + 1}_class{int(report.targets[row])}"
+        heat = Image.fromarray(render.apply_colormap(report.cam[row], "jet"))
+        pictures += [Picture(f"{stem}.png", report.overlays[row]),
+                     Picture(f"{stem}_heatmap.png", heat)]
     arrays: dict[str, NDArray[np.generic]] = {
-        "cam": report.cam, "layer_cam": report.layer_cam, "target": report.targets}
+        "cam": report.cam, "layer_cam": report.layer_cam, "target": report.targets,
+        "image": index}
     return Rendered(tuple(pictures), arrays)
 
 
+def _cam_rows(report: CamReport) -> NDArray[np.int64]:
+    if len(report.image_index) == len(report.cam):
+        return report.image_index
+    return np.arange(len(report.cam), dtype=np.int64)
+
+
 def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
-    """Return per input: image, target, layer, score tensor and top classes with probabilities."""
-    return [{"image": src, "method": report.method, "target": int(report.targets[i]),
+    """Return per CAM: image, target, rank, layer, score tensor and the image's top classes."""
+    index = _cam_rows(report)
+    rank = report.rank if len(report.rank) == len(index) else np.zeros(len(index), np.int64)
+    return [{"image": report.sources[int(i)], "method": report.method,
+             "target": int(report.targets[row]), "rank": int(rank[row]),
              "layer": report.layer, "score_tensor": report.score_tensor,
              "top": [{"index": c.index, "label": c.label, "probability": c.score}
-                     for c in report.top[i]]}
-            for i, src in enumerate(report.sources)]
+                     for c in report.top[int(i)]]}
+            for row, i in enumerate(index)]
 
 
 def render_backprop(inspector: Inspector, images: Images, method: str,
@@ -1057,3 +1107,11 @@ __all__ = [
     "read_model_filters", "render_backprop", "render_cam", "render_feature_maps",
     "render_model_filters", "save_pictures",
 ]
+
+
+def _row_progress(progress: ProgressFn | None) -> cams.ProgressFn | None:
+    """Adapt a ``structs.ProgressFn`` to the ``(done, total)`` callback of ``cam``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, total: report(Progress(done, total, "row"))

@@ -15,6 +15,7 @@ from onnx_featviz.cli_options import (
     out_dir_option,
     parse_channels,
     prep_options,
+    progress_bar,
     provider_option,
     reports_errors,
 )
@@ -211,7 +212,7 @@ def _target(value: str | None) -> int | str | None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
-              "score_cam or occlusion.")
+              "score_cam, ablation_cam or occlusion.")
 @click.option("--layer", help="Target layer (name, tensor or index); default: the last conv "
               "layer with spatial size > 1.")
 @click.option("--target", help="Class index or label name (with --labels); default: top-1.")
@@ -219,6 +220,8 @@ def _target(value: str | None) -> int | str | None:
               help="Class names, one per line (default: the model's metadata).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top classes listed per image in --json.")
+@click.option("--explain-top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="One CAM for each of every image's K best classes (not with --target).")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w) and target (N,).")
@@ -227,7 +230,7 @@ def _target(value: str | None) -> int | str | None:
 @prep_options
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
-        target: str | None, labels: Path | None, top_k: int, out: Path,
+        target: str | None, labels: Path | None, top_k: int, explain_top: int, out: Path,
         save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
 
@@ -236,11 +239,14 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam models/mnist_cnn.onnx models/samples/digit_9.png
       featviz cam squeezenet.onnx cat.png --preset caffe --method score_cam --save-npz cam.npz
       featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
+      featviz cam model.onnx cat.png --explain-top 3
     """
     names = api.read_labels(labels) if labels else None
-    options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k)
-    with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
-        report = inspector.cam(api.expand_images(images), options)
+    options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
+                             explain_top=explain_top)
+    with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
+            progress_bar(f"{method} passes") as progress:
+        report = inspector.cam(api.expand_images(images), options, progress=progress)
     result = api.render_cam(report)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
     emit_written(written, as_json, {"images": api.cam_to_json(report)})

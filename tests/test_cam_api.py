@@ -235,3 +235,119 @@ def test_cli_backprop(tmp_path: Path) -> None:
                                        "--out", str(tmp_path), "--provider", "cpu"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "digit_9" / "backprop_guided.png").is_file()
+
+
+def _torch_layer_grads(net: object, x: np.ndarray, targets: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (activations, dS/dA, targets) at the last ReLU of ``_torch_net`` via autograd."""
+    torch = pytest.importorskip("torch")
+    acts = net[:5](torch.from_numpy(x))  # type: ignore[index]
+    acts.retain_grad()
+    logits = net[5:](acts)  # type: ignore[index]
+    chosen = logits.argmax(dim=1) if targets is None else torch.from_numpy(targets)
+    logits.gather(1, chosen[:, None]).sum().backward()
+    return (acts.detach().double().numpy(), acts.grad.double().numpy(), chosen.numpy())
+
+
+def _paper_cam(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The papers' definitions, written independently of ``cam.py`` (numpy float64)."""
+    if method == "grad_cam_pp":  # Chattopadhay et al. eq. 19 with the exponential score
+        num = g ** 2
+        den = 2 * g ** 2 + a.sum(axis=(2, 3), keepdims=True) * g ** 3
+        alpha = np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+        w = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))[:, :, None, None]
+        return np.maximum((w * a).sum(axis=1), 0)
+    if method == "xgrad_cam":  # Fu et al.: w_k = sum(A_k / sum(A_k) * g_k)
+        w = (a * g).sum(axis=(2, 3)) / (a.sum(axis=(2, 3)) + 1e-7)
+        return np.maximum((w[:, :, None, None] * a).sum(axis=1), 0)
+    if method == "hires_cam":  # Draelos & Carin: element-wise g * A summed over channels
+        return np.maximum((g * a).sum(axis=1), 0)
+    assert method == "layer_cam"  # Jiang et al.: ReLU(g) * A, then ReLU of the channel sum
+    return np.maximum((np.maximum(g, 0) * a).sum(axis=1), 0)
+
+
+@pytest.mark.parametrize("method", ["grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam"])
+def test_gradient_cams_match_torch_autograd(method: str) -> None:
+    net, model = _torch_net()
+    x = _batch()
+    with api.Inspector(model, "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions(method))
+    a, g, targets = _torch_layer_grads(net, x)
+    expected = _paper_cam(method, a, g)
+    np.testing.assert_array_equal(report.targets, targets)
+    assert expected.max() > 0
+    np.testing.assert_allclose(report.layer_cam, expected, atol=1e-4 * expected.max(), rtol=1e-4)
+    heat = report.cam
+    assert heat.shape == (3, 16, 16) and heat.min() >= 0 and np.isclose(heat.max(), 1.0)
+
+
+def test_explain_top_gives_one_cam_per_best_class(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    net, model = _torch_net()
+    x = _batch()
+    with api.Inspector(model, "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions("grad_cam", explain_top=3))
+        with pytest.raises(InputError, match="use one"):
+            inspector.cam(x, api.CamOptions("grad_cam", explain_top=2, target=1))
+    with torch.no_grad():
+        order = net(torch.from_numpy(x)).argsort(dim=1, descending=True)[:, :3]  # type: ignore[operator]
+    np.testing.assert_array_equal(report.targets, order.reshape(-1).numpy())
+    np.testing.assert_array_equal(report.image_index, np.repeat(np.arange(3), 3))
+    np.testing.assert_array_equal(report.rank, np.tile(np.arange(3), 3))
+    assert report.cam.shape == (9, 16, 16) and len(report.overlays) == 9
+    for rank in range(3):  # each row is the Grad-CAM of that class, from torch autograd
+        a, g, _ = _torch_layer_grads(net, x, order[:, rank].numpy())
+        w = g.mean(axis=(2, 3))[:, :, None, None]
+        expected = np.maximum((w * a).sum(axis=1), 0)
+        np.testing.assert_allclose(report.layer_cam[rank::3], expected, atol=1e-4, rtol=1e-4)
+    rendered = api.render_cam(report)
+    names = [p.name for p in rendered.pictures]
+    first = names[0].split("/")[0]
+    assert f"{first}/cam_grad_cam_top2_class{int(order[0, 1])}.png" in names
+    assert len(names) == 18 and rendered.arrays["image"].tolist() == report.image_index.tolist()
+    rows = api.cam_to_json(report)
+    assert [r["rank"] for r in rows[:3]] == [0, 1, 2]
+
+
+def test_cli_cam_explain_top(tmp_path: Path) -> None:
+    npz = tmp_path / "cam.npz"
+    result = CliRunner().invoke(main, ["cam", str(MNIST), str(DIGIT), "--explain-top", "2",
+                                       "--out", str(tmp_path / "out"), "--save-npz", str(npz),
+                                       "--provider", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = np.load(npz)
+    assert data["cam"].shape == (2, 28, 28) and data["image"].tolist() == [0, 0]
+    assert data["target"][0] == 9  # the sample is a nine
+    written = sorted(p.name for p in (tmp_path / "out" / "digit_9").iterdir())
+    assert "cam_grad_cam_top1_class9.png" in written and len(written) == 4
+
+
+@pytest.mark.slow
+def test_qdq_mnist_cam_follows_the_float_model() -> None:
+    """Gradients pass the QDQ pairs straight through: the int8 CAM matches the float one."""
+    digits = sorted((ROOT / "models" / "samples").glob("digit_*.png"))
+    with api.Inspector(MNIST, "cpu") as inspector:
+        batch = inspector.load_batch(digits).array
+        float_report = inspector.cam(batch, api.CamOptions("grad_cam"))
+    qdq = graphs.qdq_model(onnx.load(MNIST), batch)
+    assert any(n.op_type == "QuantizeLinear" for n in qdq.graph.node)
+    with api.Inspector(qdq, "cpu") as inspector:
+        report = inspector.cam(batch, api.CamOptions("grad_cam"))
+        pp = inspector.cam(batch, api.CamOptions("layer_cam"))
+    assert report.targets.tolist() == list(range(10)) == float_report.targets.tolist()
+    assert np.isfinite(report.cam).all() and np.isfinite(pp.cam).all()
+    for ours, ref in zip(report.layer_cam, float_report.layer_cam, strict=True):
+        if ref.max() == 0:  # every channel weighs in negatively (the zero): so does int8
+            assert ours.max() <= 0.05 * float_report.layer_cam.max()
+            continue
+        assert np.corrcoef(ours.ravel(), ref.ravel())[0, 1] > 0.99  # measured >= 0.9989
+        assert abs(ours.max() / ref.max() - 1) < 0.1
+
+
+def test_cam_progress_reports_forward_rows() -> None:
+    seen: list[tuple[int, int | None, str]] = []
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        inspector.cam(_batch(), api.CamOptions("score_cam", batch_size=5),
+                      progress=lambda p: seen.append((p.done, p.total, p.unit)))
+    # Score-CAM runs one masked forward row per (image, channel): 3 images x 8 channels
+    assert seen[-1] == (24, 24, "row") and [s[0] for s in seen] == [5, 10, 15, 20, 24]
