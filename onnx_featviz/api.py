@@ -79,8 +79,9 @@ class CamOptions:
     the last conv layer with spatial size > 1); ``target``: class index or label (None: top-1);
     ``top_k``: classes listed per image in ``CamReport.top`` (None: 5); ``explain_top``: one
     CAM for each of every image's ``explain_top`` best classes (only without ``target``);
-    ``alpha``/``cmap``: overlay blending; ``batch_size``: rows per forward pass of Score-CAM,
-    Ablation-CAM and occlusion.
+    ``score``: the layer or tensor holding one score per class (None: the pre-softmax logits
+    when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
+    ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion.
     """
 
     method: str = "grad_cam"
@@ -88,6 +89,7 @@ class CamOptions:
     target: int | str | None = None
     top_k: int | None = None
     explain_top: int = 1
+    score: str | int | None = None
     alpha: float = 0.5
     cmap: str = "jet"
     batch_size: int = 32
@@ -443,13 +445,18 @@ class Inspector:
         method = cams.resolve_method(options.method)
         loaded = self.load_batch(images)
         layer = self.cam_layer(options.layer)
-        score, scores, score_shape = self._scores(loaded.array)
+        entry = cams.METHODS[method]
+        score, scores, shape, acts = self._cam_forward(loaded.array, layer, options.score,
+                                                       gradients=entry.needs_gradients)
         targets, index, rank = self._cam_targets(scores, options)
         batch = loaded.array[index]
-        entry = cams.METHODS[method]
         nchw = self._as_nchw(batch)
-        acts, grads = self._cam_arrays(batch, layer, score, (len(batch), *score_shape[1:]),
-                                       targets, gradients=entry.needs_gradients)
+        grads = None
+        if entry.needs_gradients:
+            grads, acts = self._gradients(batch, score, layer, targets,
+                                          (len(batch), *shape[1:]), keep=[layer])
+        else:
+            acts = acts[index]
         inputs = cams.CamInputs(
             targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
             gradients=grads, input_batch=nchw if entry.needs_input else None,
@@ -511,17 +518,25 @@ class Inspector:
                              "pick a conv layer")
         return tensor
 
-    def score_tensor(self) -> str:
-        """Return the tensor CAM targets are scored on: pre-softmax logits, else output 0."""
-        return catalog.find_softmax_logits(self.model) or self.info.outputs[0].name
+    def score_tensor(self, score: str | int | None = None) -> str:
+        """Return the tensor CAM targets are scored on.
 
-    def _scores(self, batch: NDArray[np.generic]
+        Args:
+            score: a layer or tensor holding one score per class, (N, classes); None: the
+                pre-softmax logits when the graph ends in Softmax, else output 0.
+        """
+        if score is None:
+            return catalog.find_softmax_logits(self.model) or self.info.outputs[0].name
+        if isinstance(score, str) and score in [o.name for o in self.info.outputs]:
+            return score
+        return self.layer(score).output
+
+    def _scores(self, batch: NDArray[np.generic], score: str | int | None = None
                 ) -> tuple[str, NDArray[np.float32], tuple[int, ...]]:
         """Return the score tensor's name, its values as (N, classes) and its real shape."""
-        score = self.score_tensor()
-        values = self._run(batch, [score], exposed=self._score_exposure(score))[score]
-        flat = np.asarray(values, np.float32).reshape(len(values), -1)
-        return score, flat, tuple(values.shape)
+        name = self.score_tensor(score)
+        values = self._run(batch, [name], exposed=self._score_exposure(name))[name]
+        return name, _class_scores(values, name), tuple(values.shape)
 
     def _score_exposure(self, score: str) -> tuple[str, ...] | None:
         """The plain session serves a model output; any other score tensor must be exposed."""
@@ -551,13 +566,21 @@ class Inspector:
                              max_batch=self.max_batch)
         return [np.asarray(values[n], np.float32) for n in names]
 
-    def _cam_arrays(self, batch: NDArray[np.generic], layer: str, score: str,
-                    score_shape: tuple[int, ...], targets: NDArray[np.int64], *,
-                    gradients: bool) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
-        if not gradients:
-            return np.asarray(self.capture(batch, [layer])[layer], np.float32), None
-        grads, acts = self._gradients(batch, score, layer, targets, score_shape, keep=[layer])
-        return acts, grads
+    def _cam_forward(self, batch: NDArray[np.generic], layer: str, score: str | int | None, *,
+                     gradients: bool
+                     ) -> tuple[str, NDArray[np.float32], tuple[int, ...], NDArray[np.float32]]:
+        """One forward pass: (score tensor, (N, classes) scores, their shape, activations).
+
+        Gradient methods get the activations from their gradient pass, so only the scores are
+        fetched here (the plain session); the others take both from one exposed pass.
+        """
+        if gradients:
+            name, scores, shape = self._scores(batch, score)
+            return name, scores, shape, np.zeros((0,), np.float32)
+        name = self.score_tensor(score)
+        got = self.capture(batch, [layer, name])
+        return (name, _class_scores(got[name], name), tuple(got[name].shape),
+                np.asarray(got[layer], np.float32))
 
     def _forward_fn(self, score: str) -> cams.ForwardFn:
         exposed = self._score_exposure(score)
@@ -613,9 +636,11 @@ class Inspector:
             return list(loaded.images)
         return [_gray_picture(x) for x in nchw]
 
-    def backprop(self, images: Images, method: str, target: int | str | None = None
-                 ) -> NDArray[np.float32]:
+    def backprop(self, images: Images, method: str, target: int | str | None = None, *,
+                 score: str | int | None = None) -> NDArray[np.float32]:
         """Return input-space gradient views: ``saliency``, ``guided`` or ``guided-gradcam``.
+
+        ``score`` picks the (N, classes) tensor targets are scored on (see ``CamOptions``).
 
         Returns:
             saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1]
@@ -628,7 +653,7 @@ class Inspector:
             raise InputError(f"unknown backprop method {method!r}; choose one of "
                              f"{', '.join(BACKPROP_METHODS)}")
         batch = self.load_batch(images).array
-        score, scores, full = self._scores(batch)
+        score, scores, full = self._scores(batch, score)
         targets = cams.select_targets(scores, target, labels=self.labels)
         grads = self._as_nchw(self._gradients(batch, score, self.spec.name, targets, full,
                                               guided=method != "saliency")[0])
@@ -778,10 +803,11 @@ def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
 
 
 def render_backprop(inspector: Inspector, images: Images, method: str,
-                    target: int | str | None = None) -> Rendered:
+                    target: int | str | None = None, *,
+                    score: str | int | None = None) -> Rendered:
     """Return one ``<input>/backprop_<method>.png`` per input (see ``Inspector.backprop``)."""
     batch = inspector.load_batch(images)
-    views = inspector.backprop(batch.array, method, target)
+    views = inspector.backprop(batch.array, method, target, score=score)
     pictures = []
     for index, folder in enumerate(_input_folders(batch.sources)):
         pixels = np.round(np.clip(views[index], 0.0, 1.0) * 255).astype(np.uint8)
@@ -1115,3 +1141,21 @@ def _row_progress(progress: ProgressFn | None) -> cams.ProgressFn | None:
         return None
     report = progress
     return lambda done, total: report(Progress(done, total, "row"))
+
+
+def _class_scores(values: NDArray[np.generic], name: str) -> NDArray[np.float32]:
+    """Return (N, classes) float32 scores; trailing size-1 axes ((N, C, 1, 1) heads) are dropped.
+
+    Raises:
+        InputError: the tensor is not one score per class (a feature map, a detection head).
+    """
+    arr = np.asarray(values, np.float32)
+    shape = arr.shape
+    while arr.ndim > 2 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"tensor {name!r} has shape {shape}, not one score per class "
+                         "(N, classes); CAM targets need a classifier score: pass score= with "
+                         "the name of an (N, classes) tensor or layer (ModelInfo.layers lists "
+                         "every tensor with its shape)")
+    return arr

@@ -222,6 +222,8 @@ def _target(value: str | None) -> int | str | None:
               help="Top classes listed per image in --json.")
 @click.option("--explain-top", type=click.IntRange(min=1), default=1, show_default=True,
               help="One CAM for each of every image's K best classes (not with --target).")
+@click.option("--score", help="Tensor or layer with one score per class (default: the "
+              "logits before a final Softmax, else the first output).")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w) and target (N,).")
@@ -230,7 +232,8 @@ def _target(value: str | None) -> int | str | None:
 @prep_options
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
-        target: str | None, labels: Path | None, top_k: int, explain_top: int, out: Path,
+        target: str | None, labels: Path | None, top_k: int, explain_top: int,
+        score: str | None, out: Path,
         save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
 
@@ -243,7 +246,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
     """
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
-                             explain_top=explain_top)
+                             explain_top=explain_top, score=score)
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:
         report = inspector.cam(api.expand_images(images), options, progress=progress)
@@ -258,12 +261,14 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
 @click.option("--method", type=click.Choice(list(api.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
 @click.option("--target", help="Class index or label name; default: top-1.")
+@click.option("--score", help="Tensor or layer with one score per class (default: the "
+              "logits before a final Softmax, else the first output).")
 @out_dir_option
 @provider_option
 @prep_options
 @reports_errors
-def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None, out: Path,
-             provider: str, prep: api.PrepOptions) -> None:
+def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None,
+             score: str | None, out: Path, provider: str, prep: api.PrepOptions) -> None:
     """Draw input-gradient views of MODEL for each IMAGE (saliency, guided backprop).
 
     \b
@@ -273,5 +278,5 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
     """
     with api.Inspector(model, provider, prep=prep) as inspector:
         result = api.render_backprop(inspector, api.expand_images(images), method,
-                                     _target(target))
+                                     _target(target), score=score)
     emit_written(api.save_pictures(result.pictures, out), False)

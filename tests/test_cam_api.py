@@ -351,3 +351,33 @@ def test_cam_progress_reports_forward_rows() -> None:
                       progress=lambda p: seen.append((p.done, p.total, p.unit)))
     # Score-CAM runs one masked forward row per (image, channel): 3 images x 8 channels
     assert seen[-1] == (24, 24, "row") and [s[0] for s in seen] == [5, 10, 15, 20, 24]
+
+
+def test_non_classifier_score_explains_how_to_pick_one() -> None:
+    """A feature extractor's output is no class score; score= picks a (N, classes) tensor."""
+    model = graphs.conv_relu()
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)  # output y is (1, 1, 2, 2)
+    with api.Inspector(model, "cpu") as inspector:
+        with pytest.raises(InputError, match=r"not one score per class.*score="):
+            inspector.cam(x, api.CamOptions("grad_cam", layer=0))
+    net, cnn = _torch_net()
+    with api.Inspector(cnn, "cpu") as inspector:
+        # pick the logits explicitly: same maps as the default
+        a = inspector.cam(_batch(), api.CamOptions("grad_cam", score="y"))
+        b = inspector.cam(_batch(), api.CamOptions("grad_cam"))
+        with pytest.raises(LayerNotFoundError):
+            inspector.cam(_batch(), api.CamOptions("grad_cam", score="logitz"))
+    np.testing.assert_array_equal(a.layer_cam, b.layer_cam)
+    assert a.score_tensor == "y"
+
+
+def test_label_target_through_the_api() -> None:
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with api.Inspector(MNIST, "cpu", labels=names) as inspector:
+        report = inspector.cam([DIGIT], api.CamOptions("grad_cam", target="seven"))
+        by_index = inspector.cam([DIGIT], api.CamOptions("grad_cam", target=7))
+        with pytest.raises(InputError, match="close matches.*seven"):
+            inspector.cam([DIGIT], api.CamOptions("grad_cam", target="sevn"))
+    assert report.targets.tolist() == [7]
+    np.testing.assert_array_equal(report.layer_cam, by_index.layer_cam)
+    assert api.cam_to_json(report)[0]["rank"] == -1
