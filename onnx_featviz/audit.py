@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from onnx_featviz.errors import InputError
 from onnx_featviz.structs import ChannelStats
 
 
@@ -49,3 +52,265 @@ def merge_channel_stats(a: ChannelStats, b: ChannelStats) -> ChannelStats:
         zeros=a.zeros * wa + b.zeros * wb,
         nonfinite=a.nonfinite + b.nonfinite,
     )
+
+
+# == compare: layer drift between two runs (owner: compare) =====================================
+#: Default (min cosine, min SNR dB) per comparison class; see ``default_thresholds``.
+DRIFT_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "fp32": (0.9999, 40.0),
+    "fp16": (0.999, 30.0),
+    "bf16": (0.995, 20.0),
+    "int8": (0.98, 15.0),
+}
+_LOSS_ORDER = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSums:
+    """Running float64 sums of one tensor pair (A reference, B compared) over the inputs so far.
+
+    Constant size whatever the number of inputs. Over the elements where both values are finite:
+    ``dot`` = sum a*b, ``sq_a`` = sum a^2, ``sq_b`` = sum b^2, ``sq_err`` = sum (a - b)^2,
+    ``max_abs`` = max |a - b|. ``count``: elements seen; ``finite``: elements summed;
+    ``nonfinite``: elements where a or b is NaN/Inf and they differ (the same NaN/Inf in both
+    is not a difference).
+    """
+
+    count: int = 0
+    finite: int = 0
+    nonfinite: int = 0
+    dot: float = 0.0
+    sq_a: float = 0.0
+    sq_b: float = 0.0
+    sq_err: float = 0.0
+    max_abs: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """How far B's tensor is from A's over all inputs (definitions in ``drift_metrics``)."""
+
+    cosine: float
+    snr_db: float
+    max_abs: float
+    rel_l2: float
+    count: int
+    nonfinite: int
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """A tensor pair passes when cosine >= ``min_cosine`` and SNR >= ``min_snr_db``.
+
+    ``kind`` is the comparison class the defaults came from (``"fp32"``, ``"fp16"``,
+    ``"bf16"``, ``"int8"``), with ``"+custom"`` appended when the caller overrode a value.
+    """
+
+    min_cosine: float
+    min_snr_db: float
+    kind: str
+
+
+def add_drift(sums: DriftSums, a: NDArray[np.generic], b: NDArray[np.generic]) -> DriftSums:
+    """Return ``sums`` plus one batch of a tensor pair (float64 accumulation).
+
+    Args:
+        sums: the running sums (``DriftSums()`` to start).
+        a: reference values, any shape and real dtype (e.g. (N, C, H, W) float32).
+        b: compared values of the same shape (float16 / dequantized int8 cast beforehand).
+
+    Returns:
+        New sums; the arrays are not kept.
+
+    Raises:
+        InputError: ``a`` and ``b`` have different shapes.
+    """
+    if a.shape != b.shape:
+        raise InputError(f"tensor shapes differ: A {a.shape} vs B {b.shape}; the paired tensors "
+                         "must hold the same values in the same layout")
+    x = np.asarray(a, np.float64).reshape(-1)
+    y = np.asarray(b, np.float64).reshape(-1)
+    finite = np.isfinite(x) & np.isfinite(y)
+    bad = 0
+    if not finite.all():
+        same = (x == y) | (np.isnan(x) & np.isnan(y))
+        bad = int(np.count_nonzero(~finite & ~same))
+        x, y = x[finite], y[finite]
+    diff = x - y
+    return DriftSums(
+        count=sums.count + finite.size,
+        finite=sums.finite + x.size,
+        nonfinite=sums.nonfinite + bad,
+        dot=sums.dot + float(x @ y),
+        sq_a=sums.sq_a + float(x @ x),
+        sq_b=sums.sq_b + float(y @ y),
+        sq_err=sums.sq_err + float(diff @ diff),
+        max_abs=max(sums.max_abs, float(np.abs(diff).max(initial=0.0))),
+    )
+
+
+def drift_metrics(sums: DriftSums) -> Drift:
+    """Return the drift metrics of accumulated sums.
+
+    Each metric is taken over every element of every input at once (not averaged per input):
+
+    - cosine = sum(a*b) / sqrt(sum(a^2) * sum(b^2)); 1.0 when both are all zero, 0.0 when only
+      one is.
+    - snr_db (SNR, or SQNR for a quantized B) = 10 * log10(sum(a^2) / sum((a - b)^2)); +inf when
+      B equals A exactly, -inf when A is all zero but B is not.
+    - max_abs = max |a - b|.
+    - rel_l2 = sqrt(sum((a - b)^2) / sum(a^2)) = 10 ** (-snr_db / 20); 0.0 when B equals A,
+      +inf when A is all zero but B is not.
+
+    All four are NaN when no finite element pair was seen.
+    """
+    if sums.finite == 0:
+        nan = math.nan
+        return Drift(nan, nan, nan, nan, sums.count, sums.nonfinite)
+    norm = math.sqrt(sums.sq_a * sums.sq_b)
+    if norm > 0:
+        cosine = min(1.0, max(-1.0, sums.dot / norm))
+    else:
+        cosine = 1.0 if sums.sq_a == sums.sq_b == 0 else 0.0
+    if sums.sq_err == 0:
+        snr, rel = math.inf, 0.0
+    elif sums.sq_a == 0:
+        snr, rel = -math.inf, math.inf
+    else:
+        snr = 10.0 * math.log10(sums.sq_a / sums.sq_err)
+        rel = math.sqrt(sums.sq_err / sums.sq_a)
+    return Drift(cosine, snr, sums.max_abs, rel, sums.count, sums.nonfinite)
+
+
+def default_thresholds(precision_a: str, precision_b: str) -> Thresholds:
+    """Return the default thresholds for comparing models of two precisions.
+
+    The lossier precision decides (int8 > bf16 > fp16 > fp32). One strict tolerance would fail
+    every healthy fp16 model, so each class gets its own:
+
+    ========  ==========  =======  ==========================================================
+    class     min cosine  min SNR  why
+    ========  ==========  =======  ==========================================================
+    ``fp32``  0.9999      40 dB    same precision: another provider (CUDA, TF32 convs) or
+                                   exporter; only summation order differs (CPU vs CPU: inf)
+    ``fp16``  0.999       30 dB    11-bit mantissa: about 66 dB per op, 40-75 dB after many
+                                   layers (the MNIST CNN: about 72 dB)
+    ``bf16``  0.995       20 dB    8-bit mantissa
+    ``int8``  0.98        15 dB    8-bit activations: 25-45 dB per layer when well calibrated
+                                   (the MNIST CNN: about 40 dB); 15 dB is an error of 18 %
+    ========  ==========  =======  ==========================================================
+
+    A real fault (a wrong weight, a broken op) typically lands below 10 dB.
+
+    Args:
+        precision_a: ``"fp32"``, ``"fp16"``, ``"bf16"`` or ``"int8"``.
+        precision_b: likewise.
+
+    Raises:
+        InputError: an unknown precision.
+    """
+    for precision in (precision_a, precision_b):
+        if precision not in DRIFT_THRESHOLDS:
+            raise InputError(f"unknown precision {precision!r}; choose one of "
+                             f"{', '.join(_LOSS_ORDER)}")
+    kind = max(precision_a, precision_b, key=_LOSS_ORDER.index)
+    cosine, snr = DRIFT_THRESHOLDS[kind]
+    return Thresholds(cosine, snr, kind)
+
+
+def check_drift(drift: Drift, thresholds: Thresholds) -> str | None:
+    """Return why ``drift`` breaks ``thresholds`` (None when it passes).
+
+    Differing NaN/Inf values and NaN metrics always break.
+    """
+    if drift.nonfinite:
+        return f"{drift.nonfinite} values are NaN/Inf in one model only"
+    if drift.count == 0 or math.isnan(drift.cosine):
+        return "no values were compared"
+    reasons = []
+    if not drift.cosine >= thresholds.min_cosine:
+        reasons.append(f"cosine {drift.cosine:.6f} < {thresholds.min_cosine:g}")
+    if not drift.snr_db >= thresholds.min_snr_db:
+        reasons.append(f"SNR {drift.snr_db:.2f} dB < {thresholds.min_snr_db:g} dB")
+    return "; ".join(reasons) or None
+
+
+def first_divergent(drifts: Sequence[Drift], thresholds: Thresholds) -> int | None:
+    """Return the index of the first drift (in graph order) that breaks ``thresholds``."""
+    return next((i for i, d in enumerate(drifts) if check_drift(d, thresholds) is not None),
+                None)
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementSums:
+    """Running sums for a classifier output: inputs seen, top-1 agreements, |delta prob|."""
+
+    count: int = 0
+    agree: int = 0
+    dprob_sum: float = 0.0
+    dprob_max: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """How often B predicts A's class, and how much the probability of A's class moves.
+
+    ``top1_agreement`` in [0, 1]: fraction of inputs whose top-1 class is the same;
+    ``mean_abs_dprob``/``max_abs_dprob``: mean / max over inputs of |p_A(c) - p_B(c)| with c
+    A's top-1 class (probabilities in [0, 1]); NaN without inputs.
+    """
+
+    top1_agreement: float
+    mean_abs_dprob: float
+    max_abs_dprob: float
+    count: int
+
+
+def add_agreement(sums: AgreementSums, a: NDArray[np.generic],
+                  b: NDArray[np.generic]) -> AgreementSums:
+    """Return ``sums`` plus one batch of classifier scores.
+
+    Args:
+        sums: the running sums (``AgreementSums()`` to start).
+        a: (N, K) scores of A: logits, or probabilities (rows >= 0 summing to 1).
+        b: (N, K) scores of B. Softmax is applied to both unless both are probabilities.
+            A NaN probability counts as a change of 1.
+
+    Raises:
+        InputError: the shapes differ or are not (N, K).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise InputError(f"classifier scores must be two (N, K) arrays of one shape; got A "
+                         f"{a.shape}, B {b.shape}")
+    pa, pb = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not (_are_probabilities(pa) and _are_probabilities(pb)):
+        pa, pb = _softmax(pa), _softmax(pb)
+    rows = np.arange(len(pa))
+    top_a = np.argmax(np.nan_to_num(pa, nan=-np.inf), axis=1)
+    top_b = np.argmax(np.nan_to_num(pb, nan=-np.inf), axis=1)
+    delta = np.abs(pa[rows, top_a] - pb[rows, top_a])
+    delta[~np.isfinite(delta)] = 1.0
+    return AgreementSums(
+        count=sums.count + len(pa),
+        agree=sums.agree + int(np.count_nonzero(top_a == top_b)),
+        dprob_sum=sums.dprob_sum + float(delta.sum()),
+        dprob_max=max(sums.dprob_max, float(delta.max(initial=0.0))),
+    )
+
+
+def agreement_metrics(sums: AgreementSums) -> Agreement:
+    """Return top-1 agreement and |delta prob| of accumulated sums (see ``Agreement``)."""
+    if sums.count == 0:
+        return Agreement(math.nan, math.nan, math.nan, 0)
+    return Agreement(sums.agree / sums.count, sums.dprob_sum / sums.count, sums.dprob_max,
+                     sums.count)
+
+
+def _are_probabilities(scores: NDArray[np.float64]) -> bool:
+    return bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-2))
+
+
+def _softmax(scores: NDArray[np.float64]) -> NDArray[np.float64]:
+    shifted = np.exp(scores - np.max(scores, axis=1, keepdims=True))
+    out: NDArray[np.float64] = shifted / shifted.sum(axis=1, keepdims=True)
+    return out

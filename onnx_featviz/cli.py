@@ -224,16 +224,21 @@ def _target(value: str | None) -> int | str | None:
               help="One CAM for each of every image's K best classes (not with --target).")
 @click.option("--score", help="Tensor or layer with one score per class (default: the "
               "logits before a final Softmax, else the first output).")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Heatmap opacity in the overlay.")
+@click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=32,
+              show_default=True, help="Rows per forward pass (Score-CAM, Ablation, occlusion).")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
-              help="Also save cam (N,H,W), layer_cam (N,h,w) and target (N,).")
+              help="Also save cam (N,H,W), layer_cam (N,h,w), target (N,) and image (N,).")
 @click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
 @provider_option
 @prep_options
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
         target: str | None, labels: Path | None, top_k: int, explain_top: int,
-        score: str | None, out: Path,
+        score: str | None, alpha: float, cmap: str, batch_size: int, out: Path,
         save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
 
@@ -246,7 +251,8 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
     """
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
-                             explain_top=explain_top, score=score)
+                             explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
+                             batch_size=batch_size)
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:
         report = inspector.cam(api.expand_images(images), options, progress=progress)
