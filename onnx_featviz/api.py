@@ -449,16 +449,14 @@ class Inspector:
         score, scores, shape, acts = self._cam_forward(loaded.array, layer, options.score,
                                                        gradients=entry.needs_gradients)
         targets, index, rank = self._cam_targets(scores, options)
-        batch = loaded.array[index]
-        nchw = self._as_nchw(batch)
-        grads = None
-        if entry.needs_gradients:
+        grads, batch, cam_targets = None, loaded.array, targets.reshape(len(scores), -1)
+        if entry.needs_gradients:  # each (image, class) row needs its own reverse pass
+            batch, cam_targets = loaded.array[index], targets
             grads, acts = self._gradients(batch, score, layer, targets,
                                           (len(batch), *shape[1:]), keep=[layer])
-        else:
-            acts = acts[index]
+        nchw = self._as_nchw(batch)
         inputs = cams.CamInputs(
-            targets=targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
+            targets=cam_targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
             gradients=grads, input_batch=nchw if entry.needs_input else None,
             forward=self._forward_fn(score) if entry.needs_forward else None,
             forward_from_layer=(self._layer_forward_fn(layer, score, batch)

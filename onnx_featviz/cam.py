@@ -80,7 +80,8 @@ class CamInputs:
     """Everything a CAM method may use; which fields each method needs is in ``METHODS``.
 
     Attributes:
-        targets: (N,) int class index per image (the score the gradients were taken of).
+        targets: (N,) int class index per image (the score the gradients were taken of); the
+            forward-pass methods also take (N, T): T maps per image from the same passes.
         input_size: (H, W) of the model input; heatmaps are returned at this size.
         activations: (N, K, h, w) float target-layer activations.
         gradients: (N, K, h, w) dS/dA for each image's target score S, or None.
@@ -376,7 +377,7 @@ def _orient(proj: NDArray[np.float64], reference: NDArray[np.float64]) -> NDArra
 
 def _score_rows(scores: NDArray[np.floating], rows: int, classes: NDArray[np.intp],
                 what: str) -> NDArray[np.float64]:
-    """Pick each row's target score from a (rows, classes) output, checking its shape."""
+    """Pick each row's target scores (classes: (rows, T)) from a (rows, classes) output."""
     out = np.asarray(scores, dtype=np.float64)
     if out.ndim == 1 and rows == out.shape[0]:
         out = out[:, None]
@@ -387,22 +388,26 @@ def _score_rows(scores: NDArray[np.floating], rows: int, classes: NDArray[np.int
         raise InputError(f"target class {int(classes.max())} is out of range for the "
                          f"{out.shape[1]} scores {what} returned; pick a target in "
                          f"0..{out.shape[1] - 1}")
-    return out[np.arange(rows), classes]
+    return np.take_along_axis(out, classes, axis=1)
 
 
 def _run_batched(total: int, batch_size: int, make_batch: Callable[[int, int], FloatArray],
                  call: Callable[[FloatArray, int, int], NDArray[np.float64]],
                  progress: ProgressFn | None) -> NDArray[np.float64]:
-    """Evaluate rows [0, total) in chunks: ``call(make_batch(i, j), i, j)`` -> (j - i,) scores."""
+    """Evaluate rows [0, total) in chunks: ``call(make_batch(i, j), i, j)`` -> (j - i, T).
+
+    Returns:
+        (total, T) float64 scores.
+    """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    out = np.empty(total, dtype=np.float64)
+    parts = []
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
-        out[start:stop] = call(make_batch(start, stop), start, stop)
+        parts.append(call(make_batch(start, stop), start, stop))
         if progress is not None:
             progress(stop, total)
-    return out
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float64)
 
 
 def _softmax(x: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
@@ -419,18 +424,19 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     (M - min) / (max - min + 1e-8)) masks the input: x * M_k; s_k is its target score;
     w = softmax_k(s) (as pytorch-grad-cam ``score_cam.py``; the paper's softmax of the score
     increase over a baseline is the same, softmax being shift-invariant); map = ReLU(sum w_k A_k).
-    Runs N * K forward rows in chunks of ``batch_size``.
+    Runs N * K forward rows in chunks of ``batch_size``; with T targets per image the same rows
+    serve all of them.
 
     Args:
         activations: (N, K, h, w) layer activations.
         input_batch: (N, C, H, W) float model input.
-        targets: (N,) target class per image.
+        targets: (N,) target class per image, or (N, T) several per image.
         forward: (B, C, H, W) -> (B, classes) scores.
         batch_size: rows per forward call.
         progress: ``progress(done_rows, N * K)`` after each call.
 
     Returns:
-        (N, h, w) float32 raw map.
+        (N * T, h, w) float32 raw maps, image-major ((N, h, w) for (N,) targets).
     """
     acts = _as_layer(activations, "activations")
     x = _as_input(input_batch, acts.shape[0]).astype(np.float32)
@@ -453,8 +459,8 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
         return _score_rows(forward(batch), j - i, cls[i:j], "forward")
 
-    scores = _run_batched(n * k, batch_size, masked, call, progress).reshape(n, k)
-    return _relu_sum(_softmax(scores, axis=1), acts)
+    scores = _run_batched(n * k, batch_size, masked, call, progress).reshape(n, k, -1)
+    return _relu_sum_targets(_softmax(scores, axis=1), acts)
 
 
 def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integer],
@@ -469,13 +475,13 @@ def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integ
 
     Args:
         activations: (N, K, h, w) layer activations.
-        targets: (N,) target class per image.
+        targets: (N,) target class per image, or (N, T) several (the rows serve all).
         forward_from_layer: (layer batch, image_index) -> (B, classes) scores.
         batch_size: rows per call.
         progress: ``progress(done_rows, N * (K + 1))`` after each call.
 
     Returns:
-        (N, h, w) float32 raw map.
+        (N * T, h, w) float32 raw maps, image-major.
     """
     acts = _as_layer(activations, "activations")
     n, k = acts.shape[:2]
@@ -494,22 +500,32 @@ def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integ
         return _score_rows(forward_from_layer(batch, index), j - i, cls[i:j],
                            "forward_from_layer")
 
-    scores = _run_batched(n * (k + 1), batch_size, ablated, call, progress).reshape(n, k + 1)
+    scores = _run_batched(n * (k + 1), batch_size, ablated, call, progress).reshape(n, k + 1, -1)
     base = scores[:, k:]
     base = np.where(np.abs(base) < _ABLATION_EPS, np.where(base < 0, -1.0, 1.0) * _ABLATION_EPS,
                     base)
-    return _relu_sum((scores[:, k:] - scores[:, :k]) / base, acts)
+    return _relu_sum_targets((scores[:, k:] - scores[:, :k]) / base, acts)
 
 
 def _row_targets(targets: NDArray[np.integer], n: int, per_image: int) -> NDArray[np.intp]:
-    """(N,) targets -> one class per forward row (each image's target repeated per_image times)."""
+    """(N,) or (N, T) targets -> (N * per_image, T) classes per forward row (image-major)."""
     cls = np.asarray(targets)
-    if cls.shape != (n,) or not np.issubdtype(cls.dtype, np.integer):
-        raise InputError(f"expected targets as {n} ints (one class per image), got "
-                         f"{cls.dtype} array of shape {cls.shape}")
-    if n and cls.min() < 0:
+    if cls.ndim == 1:
+        cls = cls[:, None]
+    if cls.ndim != 2 or cls.shape[0] != n or not np.issubdtype(cls.dtype, np.integer):
+        raise InputError(f"expected targets as {n} ints (one class per image) or (N={n}, T) "
+                         f"ints, got {cls.dtype} array of shape {np.shape(targets)}")
+    if cls.size and cls.min() < 0:
         raise InputError(f"target {int(cls.min())} is negative; class indices start at 0")
-    return np.repeat(cls.astype(np.intp), per_image)
+    return np.repeat(cls.astype(np.intp), per_image, axis=0)
+
+
+def _relu_sum_targets(weights: NDArray[np.float64], acts: NDArray[np.float64]) -> FloatArray:
+    """ReLU(sum_k w_kt A_k) for weights (N, K, T), acts (N, K, h, w) -> (N * T, h, w)."""
+    n, _, h, w = acts.shape
+    maps = np.einsum("nkt,nkhw->nthw", weights, acts, optimize=True)
+    out: FloatArray = np.maximum(maps, 0.0).reshape(n * weights.shape[2], h, w).astype(np.float32)
+    return out
 
 
 def _as_input(input_batch: NDArray[np.floating], n: int) -> NDArray[np.float64]:
@@ -565,14 +581,14 @@ def occlusion(input_batch: NDArray[np.floating], *, targets: NDArray[np.integer]
 
     Args:
         input_batch: (N, C, H, W) float model input.
-        targets: (N,) target class per image.
+        targets: (N,) target class per image, or (N, T) several (the rows serve all).
         forward: (B, C, H, W) -> (B, classes) scores.
         options: window, stride and fill value.
         batch_size: rows per forward call.
         progress: ``progress(done_rows, N * (P + 1))`` after each call.
 
     Returns:
-        (N, gh, gw) float32 score drops (after ReLU) on the grid of window positions.
+        (N * T, gh, gw) float32 score drops (after ReLU) on the grid of window positions.
     """
     x = np.asarray(input_batch, dtype=np.float64)
     if x.ndim != 4:
@@ -595,9 +611,9 @@ def occlusion(input_batch: NDArray[np.floating], *, targets: NDArray[np.integer]
     def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
         return _score_rows(forward(batch), j - i, cls[i:j], "forward")
 
-    scores = _run_batched(n * per, batch_size, occluded, call, progress).reshape(n, per)
-    drops = scores[:, :1] - scores[:, 1:]
-    return np.maximum(drops, 0.0).reshape(n, rows.size, cols.size).astype(np.float32)
+    scores = _run_batched(n * per, batch_size, occluded, call, progress).reshape(n, per, -1)
+    drops = (scores[:, :1] - scores[:, 1:]).transpose(0, 2, 1)  # (N, T, P)
+    return np.maximum(drops, 0.0).reshape(-1, rows.size, cols.size).astype(np.float32)
 
 
 def occlusion_to_pixels(grid: NDArray[np.floating], size: tuple[int, int], *,
@@ -805,7 +821,8 @@ def compute(method: str, inputs: CamInputs) -> CamResult:
         inputs: what the method needs (``METHODS[name]`` flags say which fields).
 
     Returns:
-        ``CamResult`` with ``layer_cam`` (N, h, w) raw and ``cam`` (N, H, W) in [0, 1].
+        ``CamResult`` with ``layer_cam`` (R, h, w) raw and ``cam`` (R, H, W) in [0, 1], one row
+        per target (R = N, or N * T image-major for (N, T) targets).
 
     Raises:
         InputError: unknown method, a needed input missing, inconsistent shapes, a layer without
@@ -815,9 +832,11 @@ def compute(method: str, inputs: CamInputs) -> CamResult:
     entry = METHODS[name]
     _validate(entry, name, inputs)
     raw = entry.fn(inputs)
+    targets = np.asarray(inputs.targets, dtype=np.int64).reshape(-1)
+    if len(raw) < len(targets):  # a class-independent map (Eigen-CAM) serves every target
+        raw = np.repeat(raw, len(targets) // len(raw), axis=0)
     size = _check_size(inputs.input_size)
     full = entry.to_input(raw, inputs) if entry.to_input else upsample_bilinear(raw, size)
-    targets = np.asarray(inputs.targets, dtype=np.int64)
     return CamResult(name, raw, normalize_heatmaps(full), targets)
 
 

@@ -381,3 +381,24 @@ def test_label_target_through_the_api() -> None:
     assert report.targets.tolist() == [7]
     np.testing.assert_array_equal(report.layer_cam, by_index.layer_cam)
     assert api.cam_to_json(report)[0]["rank"] == -1
+
+
+@pytest.mark.parametrize("method", ["score_cam", "ablation_cam", "occlusion", "eigen_cam"])
+def test_explain_top_forward_methods_share_passes(method: str) -> None:
+    """T targets per image reuse the same masked/ablated/occluded rows: same maps, 1/T rows."""
+    x = _batch()
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        seen: list[int] = []
+        top = inspector.cam(x, api.CamOptions(method, explain_top=3, batch_size=16),
+                            progress=lambda p: seen.append(p.done))
+        single = []
+        for rank in range(3):
+            targets = top.targets[rank::3]
+            rows = [inspector.cam(x[i:i + 1], api.CamOptions(method, target=int(t)))
+                    for i, t in enumerate(targets)]
+            single.append(np.concatenate([r.layer_cam for r in rows]))
+    for rank in range(3):
+        np.testing.assert_allclose(top.layer_cam[rank::3], single[rank], rtol=1e-5, atol=1e-6)
+    per_image = {"score_cam": 8, "ablation_cam": 9, "occlusion": None, "eigen_cam": 0}[method]
+    if per_image is not None:  # 8 channels at r2; ablation adds the unablated row
+        assert (seen[-1] if seen else 0) == 3 * per_image
