@@ -459,6 +459,8 @@ class Inspector:
             targets=cam_targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
             gradients=grads, input_batch=nchw if entry.needs_input else None,
             forward=self._forward_fn(score) if entry.needs_forward else None,
+            forward_masked=(self._masked_forward_fn(score, nchw, acts.shape[2:])
+                            if method == "score_cam" else None),
             forward_from_layer=(self._layer_forward_fn(layer, score, batch)
                                 if entry.needs_layer_forward else None),
             batch_size=options.batch_size, progress=_row_progress(progress))
@@ -587,6 +589,42 @@ class Inspector:
             model_rows = self._from_nchw(np.asarray(rows, np.float32))
             values = self._run(model_rows, [score], exposed=exposed)[score]
             return np.asarray(values, np.float32).reshape(len(values), -1)
+
+        return forward
+
+    def _masked_forward_fn(self, score: str, images: NDArray[np.float32],
+                           map_size: tuple[int, ...]) -> cams.MaskedForwardFn:
+        """Score-CAM rows masked inside the session (``rewrite.mask_input``).
+
+        Only the layer maps, a row -> image index and the images a call uses are fed; the
+        model's fixed batch size (Caffe2 zoo: 1), if any, bounds the rows per call.
+        """
+        size = (int(map_size[0]), int(map_size[1]))
+        key = ("mask", (score, *map(str, size)))
+        if key not in self._sessions:
+            outputs = [o.name for o in self.info.outputs]
+            base = self.model if score in outputs else rewrite.expose_tensors(self.model, [score])
+            masked = rewrite.mask_input(base, map_size=size, input_size=images.shape[2:4],
+                                        layout=self.spec.layout)
+            self._sessions[key] = runtime.Session(masked, self.provider)
+        session = self._sessions[key]
+        name = _exposed_name(session, score)
+        first = self.spec.shape[0] if self.spec.shape else None
+        fixed = first if isinstance(first, int) and first > 0 else None
+
+        def forward(maps: NDArray[np.float32], image_index: NDArray[np.intp]
+                    ) -> NDArray[np.floating]:
+            step = fixed or len(maps)
+            parts = []
+            for start in range(0, len(maps), step):
+                used, local = np.unique(image_index[start:start + step], return_inverse=True)
+                feeds: dict[str, NDArray[np.generic]] = {
+                         rewrite.MASK_IMAGES: images[used],
+                         rewrite.MASK_INDEX: local.astype(np.int64),
+                         rewrite.MASK_MAPS: np.asarray(maps[start:start + step], np.float32)}
+                parts.append(np.asarray(session.run(feeds, [name], split=False)[name]))
+            values = np.concatenate(parts)
+            return values.reshape(len(values), -1).astype(np.float32)
 
         return forward
 

@@ -52,6 +52,10 @@ LayerForwardFn = Callable[[FloatArray, NDArray[np.intp]], NDArray[np.floating]]
 
 ``image_index[b]`` is the input image row ``b`` derives from, so the caller can feed any other
 tensor the rest of the graph needs (a skip connection from before the layer) from that image."""
+MaskedForwardFn = Callable[[FloatArray, NDArray[np.intp]], NDArray[np.floating]]
+"""(layer maps (B, h, w), image_index (B,)) -> (B, classes) scores of
+``input[image_index[b]] * minmax(upsample(maps[b]))``: Score-CAM's masked rows, masks built
+where the model runs (see ``rewrite.mask_input``)."""
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(done, total)`` with ``done`` strictly increasing up to ``total``."""
 
@@ -88,6 +92,8 @@ class CamInputs:
         input_batch: (N, C, H, W) float model input (NCHW), or None.
         forward: batch -> scores, for Score-CAM and occlusion (see ``ForwardFn``).
         forward_from_layer: layer batch -> scores, for Ablation-CAM (see ``LayerForwardFn``).
+        forward_masked: optional faster Score-CAM path that masks on the device
+            (``MaskedForwardFn``); ``forward`` is used when it is None.
         batch_size: rows per ``forward``/``forward_from_layer`` call (>= 1).
         progress: called after each call as ``progress(done_rows, total_rows)``.
         occlusion: window settings for the occlusion method.
@@ -100,6 +106,7 @@ class CamInputs:
     input_batch: NDArray[np.floating] | None = None
     forward: ForwardFn | None = None
     forward_from_layer: LayerForwardFn | None = None
+    forward_masked: MaskedForwardFn | None = None
     batch_size: int = 32
     progress: ProgressFn | None = None
     occlusion: OcclusionOptions = field(default_factory=OcclusionOptions)
@@ -417,7 +424,8 @@ def _softmax(x: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
 
 def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floating], *,
               targets: NDArray[np.integer], forward: ForwardFn, batch_size: int = 32,
-              progress: ProgressFn | None = None) -> FloatArray:
+              progress: ProgressFn | None = None,
+              forward_masked: MaskedForwardFn | None = None) -> FloatArray:
     """Score-CAM: softmax-weighted channels, weights from forward passes of masked inputs.
 
     For image n and channel k, M_k = minmax(upsample(A_k)) (bilinear to the input size, then
@@ -434,6 +442,8 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
         forward: (B, C, H, W) -> (B, classes) scores.
         batch_size: rows per forward call.
         progress: ``progress(done_rows, N * K)`` after each call.
+        forward_masked: when given, rows are fed as (layer map, image index) and masked where
+            the model runs (no (rows, C, H, W) masks on the host); same scores.
 
     Returns:
         (N * T, h, w) float32 raw maps, image-major ((N, h, w) for (N,) targets).
@@ -459,6 +469,18 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
         return _score_rows(forward(batch), j - i, cls[i:j], "forward")
 
+    def maps(i: int, j: int) -> FloatArray:
+        img, ch = np.divmod(np.arange(i, j), k)
+        return acts32[img, ch]
+
+    def call_masked(rows: FloatArray, i: int, j: int) -> NDArray[np.float64]:
+        assert forward_masked is not None
+        index = (np.arange(i, j) // k).astype(np.intp)
+        return _score_rows(forward_masked(rows, index), j - i, cls[i:j], "forward_masked")
+
+    if forward_masked is not None:
+        scores = _run_batched(n * k, batch_size, maps, call_masked, progress).reshape(n, k, -1)
+        return _relu_sum_targets(_softmax(scores, axis=1), acts)
     scores = _run_batched(n * k, batch_size, masked, call, progress).reshape(n, k, -1)
     return _relu_sum_targets(_softmax(scores, axis=1), acts)
 
@@ -729,7 +751,7 @@ def _score(inputs: CamInputs) -> FloatArray:
     assert inputs.forward is not None
     return score_cam(inputs.activations, inputs.input_batch, targets=inputs.targets,
                      forward=inputs.forward, batch_size=inputs.batch_size,
-                     progress=inputs.progress)
+                     progress=inputs.progress, forward_masked=inputs.forward_masked)
 
 
 def _ablation(inputs: CamInputs) -> FloatArray:

@@ -162,13 +162,16 @@ class Session:
             self._tmp = None
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]], outputs: Sequence[str] | None = None,
-            *, max_batch: int | None = None) -> dict[str, NDArray[np.generic]]:
+            *, max_batch: int | None = None, split: bool = True
+            ) -> dict[str, NDArray[np.generic]]:
         """Run the model, splitting the batch (axis 0 of every feed) into chunks of ``max_batch``.
 
         Args:
             feeds: input name -> array, batch first.
             outputs: output names to fetch (default: all graph outputs).
             max_batch: largest batch per call (None: the whole batch at once).
+            split: False runs the feeds as given in one call (inputs whose first axes differ,
+                e.g. images plus a row -> image index); the caller sizes the call.
 
         Returns:
             Output name -> array, the chunks concatenated along axis 0.
@@ -178,6 +181,8 @@ class Session:
         """
         names = list(outputs) if outputs is not None else list(self.output_names)
         self._check_feeds(feeds)
+        if not split:
+            return self._run_once(feeds, names)
         total = _batch_size(feeds)
         fixed = self._fixed_batch()  # e.g. Caffe2 zoo models take exactly one image per run
         step = min(v for v in (max_batch, fixed, total) if v) if total else total

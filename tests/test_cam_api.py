@@ -402,3 +402,57 @@ def test_explain_top_forward_methods_share_passes(method: str) -> None:
     per_image = {"score_cam": 8, "ablation_cam": 9, "occlusion": None, "eigen_cam": 0}[method]
     if per_image is not None:  # 8 channels at r2; ablation adds the unablated row
         assert (seen[-1] if seen else 0) == 3 * per_image
+
+
+def _host_masked(images: np.ndarray, index: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Score-CAM's masked inputs built on the host with the numpy reference upsampling."""
+    from onnx_featviz import cam as cams
+
+    up = cams.upsample_bilinear(maps, images.shape[2:]).astype(np.float64)
+    lo = up.min(axis=(1, 2), keepdims=True)
+    hi = up.max(axis=(1, 2), keepdims=True)
+    return (images[index] * ((up - lo) / (hi - lo + 1e-8))[:, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["nchw", "fp16", "nhwc"])
+def test_mask_input_equals_host_masks(kind: str) -> None:
+    base = {"nchw": graphs.small_cnn, "fp16": lambda: graphs.fp16_model(graphs.small_cnn()),
+            "nhwc": graphs.nhwc_keras_style}[kind]()
+    size = (8, 8) if kind == "nhwc" else (16, 16)
+    rng = np.random.default_rng(3)
+    images = rng.standard_normal((3, 3, *size)).astype(np.float32)
+    index = np.array([0, 1, 1, 0, 2], np.int64)
+    maps = rng.random((5, 3, 5)).astype(np.float32)
+    before = base.SerializeToString()
+    masked = rewrite.mask_input(base, map_size=(3, 5), input_size=size,
+                                layout="NHWC" if kind == "nhwc" else "NCHW")
+    assert base.SerializeToString() == before and masked.ir_version == base.ir_version
+    onnx.checker.check_model(masked, full_check=True)
+    out = base.graph.output[0].name
+    got = ort.InferenceSession(masked.SerializeToString(), providers=["CPUExecutionProvider"]
+                               ).run([out], {rewrite.MASK_IMAGES: images,
+                                             rewrite.MASK_INDEX: index,
+                                             rewrite.MASK_MAPS: maps})[0]
+    x = _host_masked(images, index, maps)
+    if kind == "nhwc":
+        x = x.transpose(0, 2, 3, 1)
+    if kind == "fp16":
+        x = x.astype(np.float16)
+    want = ort.InferenceSession(base.SerializeToString(), providers=["CPUExecutionProvider"]
+                                ).run([out], {base.graph.input[0].name: x})[0]
+    tol = 1e-2 if kind == "fp16" else 1e-5
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=tol,
+                               rtol=tol)
+
+
+def test_score_cam_device_masks_equal_host_masks() -> None:
+    from onnx_featviz import cam as cams
+
+    x = _batch()
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        report = inspector.cam(x, api.CamOptions("score_cam", batch_size=7))
+        acts = inspector.capture(x, ["r2"])["r2"]
+        host = cams.score_cam(acts, x, targets=report.targets,
+                              forward=inspector._forward_fn("logits"), batch_size=7)
+        assert any(key[0] == "mask" for key in inspector._sessions)  # the device path ran
+    np.testing.assert_allclose(report.layer_cam, host, rtol=1e-5, atol=1e-6)
