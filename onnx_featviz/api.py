@@ -81,7 +81,8 @@ class CamOptions:
     CAM for each of every image's ``explain_top`` best classes (only without ``target``);
     ``score``: the layer or tensor holding one score per class (None: the pre-softmax logits
     when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
-    ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion.
+    ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion;
+    ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only).
     """
 
     method: str = "grad_cam"
@@ -93,6 +94,7 @@ class CamOptions:
     alpha: float = 0.5
     cmap: str = "jet"
     batch_size: int = 32
+    overlays: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,14 +448,8 @@ class Inspector:
         loaded = self.load_batch(images)
         layer = self.cam_layer(options.layer)
         entry = cams.METHODS[method]
-        score, scores, shape, acts = self._cam_forward(loaded.array, layer, options.score,
-                                                       gradients=entry.needs_gradients)
-        targets, index, rank = self._cam_targets(scores, options)
-        grads, batch, cam_targets = None, loaded.array, targets.reshape(len(scores), -1)
-        if entry.needs_gradients:  # each (image, class) row needs its own reverse pass
-            batch, cam_targets = loaded.array[index], targets
-            grads, acts = self._gradients(batch, score, layer, targets,
-                                          (len(batch), *shape[1:]), keep=[layer])
+        run = self._cam_pass(loaded.array, layer, entry, options)
+        score, scores, targets, index, rank, batch, cam_targets, acts, grads = run
         nchw = self._as_nchw(batch)
         inputs = cams.CamInputs(
             targets=cam_targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
@@ -468,12 +464,63 @@ class Inspector:
         probs, _ = _as_probabilities(np.asarray(scores, np.float64))
         top = tuple(self._prediction(src, score, row, options.top_k or 5, True).top
                     for src, row in zip(loaded.sources, probs, strict=True))
-        pictures = self._pictures(loaded, self._as_nchw(loaded.array))
-        overlays = tuple(render.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
-                                                cmap=options.cmap)
-                         for i, heat in zip(index, result.cam, strict=True))
+        overlays: tuple[Image.Image, ...] = ()
+        if options.overlays:
+            pictures = self._pictures(loaded, self._as_nchw(loaded.array))
+            overlays = tuple(render.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
+                                                    cmap=options.cmap)
+                             for i, heat in zip(index, result.cam, strict=True))
         return CamReport(method, layer, score, result.targets, top, result.cam,
                          result.layer_cam, overlays, loaded.sources, index, rank)
+
+    def _cam_pass(self, batch: NDArray[np.generic], layer: str, entry: cams.CamMethod,
+                  options: CamOptions) -> tuple[Any, ...]:
+        """Run what a method needs before ``cam.compute``.
+
+        Returns:
+            (score tensor, (N, classes) scores, targets (R,), image index (R,), rank (R,),
+            the batch the method sees, its targets, activations, gradients or None).
+        """
+        n = len(batch)
+        if entry.needs_gradients and options.target is None and options.explain_top == 1:
+            score, scores, targets, grads, acts = self._top1_gradients(batch, layer,
+                                                                        options.score)
+            index, rank = np.arange(n, dtype=np.int64), np.zeros(n, np.int64)
+            return score, scores, targets, index, rank, batch, targets, acts, grads
+        score, scores, shape, acts = self._cam_forward(batch, layer, options.score,
+                                                       gradients=entry.needs_gradients)
+        targets, index, rank = self._cam_targets(scores, options)
+        if not entry.needs_gradients:  # the forward-pass methods serve T targets per image
+            return (score, scores, targets, index, rank, batch, targets.reshape(n, -1), acts,
+                    None)
+        rows = batch[index]  # each (image, class) row needs its own reverse pass
+        grads, acts = self._gradients(rows, score, layer, targets, (len(rows), *shape[1:]),
+                                      keep=[layer])
+        return score, scores, targets, index, rank, rows, targets, acts, grads
+
+    def _top1_gradients(self, batch: NDArray[np.generic], layer: str,
+                        score: str | int | None) -> tuple[str, NDArray[np.float32],
+                                                          NDArray[np.int64],
+                                                          NDArray[np.float32],
+                                                          NDArray[np.float32]]:
+        """One call: scores, each row's top-1 class, its gradient at ``layer``, activations.
+
+        The gradient model's seed is the one-hot arg-max of the score computed in the graph
+        (``autodiff.seed_top1``), so no separate forward pass picks the classes.
+        """
+        name = self.score_tensor(score)
+        key = ("top1", (name, layer))
+        if key not in self._sessions:
+            grad = autodiff.differentiate(self.model, of=name, wrt=[layer], keep_outputs=[layer])
+            fused = autodiff.seed_top1(grad)
+            self._grads[key] = fused
+            self._sessions[key] = runtime.Session(fused.model, self.provider)
+        session, fused = self._sessions[key], self._grads[key]
+        names = [name, fused.outputs[-1], fused.gradient(layer), layer]
+        values = session.run({self.spec.name: batch}, names, max_batch=self.max_batch)
+        scores = _class_scores(values[name], name)
+        return (name, scores, np.asarray(values[names[1]], np.int64),
+                np.asarray(values[names[2]], np.float32), np.asarray(values[layer], np.float32))
 
     def _cam_targets(self, scores: NDArray[np.float32], options: CamOptions
                      ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
@@ -812,8 +859,9 @@ def render_cam(report: CamReport) -> Rendered:
         if several:
             stem += f"_top{int(report.rank[row]) + 1}_class{int(report.targets[row])}"
         heat = Image.fromarray(render.apply_colormap(report.cam[row], "jet"))
-        pictures += [Picture(f"{stem}.png", report.overlays[row]),
-                     Picture(f"{stem}_heatmap.png", heat)]
+        if report.overlays:
+            pictures.append(Picture(f"{stem}.png", report.overlays[row]))
+        pictures.append(Picture(f"{stem}_heatmap.png", heat))
     arrays: dict[str, NDArray[np.generic]] = {
         "cam": report.cam, "layer_cam": report.layer_cam, "target": report.targets,
         "image": index}

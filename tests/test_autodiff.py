@@ -474,3 +474,30 @@ def test_squeezenet_caffe2_fp16_opset7() -> None:
     np.testing.assert_allclose(probs, run(model, {"data_0": x})[0], atol=1e-4)
     assert gx.dtype == np.float32 and gx.shape == x.shape and np.isfinite(gx).all()
     assert np.abs(gconv).max() > 0 and np.isfinite(gconv).all()
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_seed_top1_equals_an_explicit_one_hot_seed(fp16: bool) -> None:
+    from onnx_featviz.autodiff import seed_top1
+
+    model = graphs.small_cnn()
+    if fp16:
+        model = graphs.fp16_model(model)
+    dtype = np.float16 if fp16 else np.float32
+    x = np.random.default_rng(5).standard_normal((4, 3, 16, 16)).astype(dtype)
+    grad = differentiate(model, of="logits", wrt=["r2"], keep_outputs=["r2"])
+    before = grad.model.SerializeToString()
+    fused = seed_top1(grad)
+    assert grad.model.SerializeToString() == before and fused.seed == ""
+    assert [i.name for i in fused.model.graph.input] == ["x"]
+    onnx.checker.check_model(fused.model, full_check=True)
+    names = [o.name for o in fused.model.graph.output]
+    got = dict(zip(names, run(fused.model, {"x": x}), strict=True))
+    logits = run(model, {"x": x})[0]
+    top = logits.reshape(4, -1).argmax(axis=1)
+    np.testing.assert_array_equal(got[fused.outputs[-1]], top)
+    seed = np.zeros(logits.shape, dtype)
+    seed[np.arange(4), top] = 1
+    ref = dict(zip([o.name for o in grad.model.graph.output],
+                   run(grad.model, {"x": x, grad.seed: seed}), strict=True))
+    np.testing.assert_array_equal(got[grad.gradient("r2")], ref[grad.gradient("r2")])

@@ -456,3 +456,13 @@ def test_score_cam_device_masks_equal_host_masks() -> None:
                               forward=inspector._forward_fn("logits"), batch_size=7)
         assert any(key[0] == "mask" for key in inspector._sessions)  # the device path ran
     np.testing.assert_allclose(report.layer_cam, host, rtol=1e-5, atol=1e-6)
+
+
+def test_cam_without_overlays_gives_arrays_only() -> None:
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        full = inspector.cam(_batch(), api.CamOptions("grad_cam"))
+        bare = inspector.cam(_batch(), api.CamOptions("grad_cam", overlays=False))
+    assert bare.overlays == () and len(full.overlays) == 3
+    np.testing.assert_array_equal(bare.cam, full.cam)
+    names = [p.name for p in api.render_cam(bare).pictures]
+    assert len(names) == 3 and all(n.endswith("_heatmap.png") for n in names)

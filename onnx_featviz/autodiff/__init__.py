@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from onnx_featviz.autodiff.graph import GradModel, differentiate, grad_name
+from onnx_featviz.autodiff.graph import GradModel, differentiate, grad_name, seed_top1
 from onnx_featviz.autodiff.rules import LIMITS, RULES
 
-__all__ = ["GradModel", "LIMITS", "RULES", "differentiate", "grad_name"]
+__all__ = ["GradModel", "LIMITS", "RULES", "differentiate", "grad_name", "seed_top1"]

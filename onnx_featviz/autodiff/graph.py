@@ -270,3 +270,71 @@ def _assemble(model: onnx.ModelProto, ctx: Emitter, types: Types, seed_name: str
         raise ModelError(f"the gradient graph failed the ONNX checker: {err}; please report "
                          "this model's op list") from err
     return model
+
+
+TOP1_PREFIX = "featviz/top1/"
+
+
+def seed_top1(grad: GradModel) -> GradModel:
+    """Return a copy of ``grad`` whose seed is each row's one-hot arg-max of ``of`` (no input).
+
+    Explaining every row's best class then needs one session call instead of a forward pass
+    to pick the classes and a second one with the seed. The seed input is removed; an int64
+    output ``featviz/top1/<of>`` (N,) holds the classes chosen (ties: the first index, as
+    numpy's ``argmax``). ``of`` is flattened per row, so (N, K, 1, 1) heads work too.
+
+    Args:
+        grad: a ``differentiate`` result (not modified).
+
+    Returns:
+        The new ``GradModel`` (``seed`` is empty: nothing to feed).
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(grad.model)
+    graph = model.graph
+    of = grad.outputs[0]
+    seed = next(v for v in graph.input if v.name == grad.seed)
+    elem = seed.type.tensor_type.elem_type
+    pre = f"{TOP1_PREFIX}{of}"
+
+    def const(key: str, value: list[int]) -> str:
+        name = f"{pre}/{key}"
+        return _const_node(nodes, name, value)
+
+    nodes: list[onnx.NodeProto] = []
+    flat = f"{pre}/flat"
+    nodes.append(helper.make_node("Reshape", [of, const("flat_shape", [0, -1])], [flat],
+                                  name=flat))
+    nodes.append(helper.make_node("ArgMax", [flat], [pre], name=pre, axis=1, keepdims=0))
+    shape = f"{pre}/shape"
+    nodes.append(helper.make_node("Shape", [flat], [shape], name=shape))
+    depth = f"{pre}/depth"
+    nodes.append(helper.make_node("Gather", [shape, const("one", [1])], [depth], name=depth,
+                                  axis=0))
+    onehot = f"{pre}/onehot"
+    values = f"{pre}/values"
+    nodes.append(helper.make_node("Constant", [], [values], name=values,
+                                  value=helper.make_tensor(values, TensorProto.FLOAT, [2],
+                                                           [0.0, 1.0])))
+    nodes.append(helper.make_node("OneHot", [pre, depth, values], [onehot], name=onehot,
+                                  axis=-1))
+    cast = f"{pre}/cast"
+    nodes.append(helper.make_node("Cast", [onehot], [cast], name=cast, to=elem))
+    full = f"{pre}/of_shape"
+    nodes.append(helper.make_node("Shape", [of], [full], name=full))
+    nodes.append(helper.make_node("Reshape", [cast, full], [grad.seed], name=grad.seed))
+    first = next(i for i, n in enumerate(graph.node) if grad.seed in n.input)
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*old[:first], *nodes, *old[first:]])
+    kept = [v for v in graph.input if v.name != grad.seed]
+    del graph.input[:]
+    graph.input.extend(kept)
+    graph.output.append(helper.make_tensor_value_info(pre, TensorProto.INT64, [None]))
+    return GradModel(model, "", grad.gradients, (*grad.outputs, pre))
+
+
+def _const_node(nodes: list[onnx.NodeProto], name: str, value: list[int]) -> str:
+    tensor = helper.make_tensor(name, TensorProto.INT64, [len(value)], value)
+    nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+    return name

@@ -2,7 +2,8 @@
 
 Run from the repo root: ``python tools/bench/bench_cam.py [--depth 18] [--images 8] [--reps 3]``.
 
-Each method runs through ``Inspector.cam`` / ``Inspector.backprop`` (target selection, the
+Each method runs through ``Inspector.cam`` (``overlays=False``, like the baseline) /
+``Inspector.backprop`` (target selection, the
 ONNX reverse graph, heatmaps at the input size) on a ResNet from ``tools/bench/nets.py``. The
 baseline, measured in the same run, is the same network in torch computing the method the way
 pytorch-grad-cam 1.5.7 does (forward hooks on ``layer4``, ``backward()``, Eigen-CAM's full SVD,
@@ -188,7 +189,7 @@ def measure(depth: int, n_images: int, size: int, provider: str, reps: int,
                 ours = best_of(lambda: insp.backprop(x, "guided"), reps)
                 theirs = best_of(base.guided, reps)
             else:
-                opts = api.CamOptions(method, batch_size=32)
+                opts = api.CamOptions(method, batch_size=32, overlays=False)
                 ours = best_of(lambda o=opts: insp.cam(x, o), reps)
                 theirs = best_of(_baseline(base, method), reps)
             rows.append((method, ours, theirs, plain))
