@@ -410,18 +410,36 @@ class Inspector:
 
     def stats(self, images: Images, layers: Sequence[str | int] | None = None, *,
               stage: str = "conv") -> dict[str, ChannelStats]:
-        """Return per-channel statistics of ``layers`` over all inputs, reduced on the device."""
+        """Return per-channel statistics of ``layers`` over all inputs, reduced on the device.
+
+        Each chunk of ``max_batch`` rows runs once with the reductions of
+        ``rewrite.append_channel_stats`` (only (N, C) statistics leave the device); a chunk
+        whose sums come out non-finite runs once more to count its NaN/Inf
+        (``rewrite.append_nonfinite_counts``). Chunks are merged in float64
+        (``audit.merge_channel_stats``); ``at_low`` / ``at_high`` are set for Clip outputs.
+
+        Returns:
+            Tensor name -> ``ChannelStats``, in the order of ``layer_tensors``.
+        """
         batch = self.load_batch(images).array
         tensors = self.layer_tensors(layers, stage)
-        names = [rewrite.stat_output(s, t) for t in tensors for s in rewrite.STAT_NAMES]
         session = self.session(tensors, stats=True)
+        names = [n for n in session.output_names if n.startswith("featviz/stats/")]
+        counts = ("nonfinite", tuple(tensors))
+        low_zero = {t: b[0] == 0.0 for t, b in rewrite.clip_bounds(self.model, tensors).items()}
         merged: dict[str, ChannelStats] = {}
-        step = self.max_batch or len(batch)
+        step = min(v for v in (self.max_batch, self.spec.batch, len(batch)) if v)
         for start in range(0, len(batch), step):
-            rows = batch[start:start + step]
-            values = session.run({self.spec.name: rows}, names)
+            feed = {self.spec.name: batch[start:start + step]}
+            values = session.run(feed, names, split=False)
+            if not all(np.isfinite(values[rewrite.stat_output("sum", t)]).all() for t in tensors):
+                if counts not in self._sessions:
+                    self._sessions[counts] = runtime.Session(
+                        rewrite.append_nonfinite_counts(self.model, tensors), self.provider)
+                wanted = [rewrite.stat_output(rewrite.NONFINITE_STAT, t) for t in tensors]
+                values.update(self._sessions[counts].run(feed, wanted, split=False))
             for tensor in tensors:
-                part = _batch_stats(values, tensor, self.info.layer(tensor), len(rows))
+                part = _batch_stats(values, tensor, low_zero[tensor])
                 old = merged.get(tensor)
                 merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
         return merged
@@ -1201,12 +1219,18 @@ def plan_groups(plan: Sequence[tuple[slice, list[str]]]) -> list[tuple[list[str]
     return out
 
 
-def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, layer: Layer,
-                 rows: int) -> ChannelStats:
-    reduced = {s: values[rewrite.stat_output(s, tensor)] for s in rewrite.STAT_NAMES}
-    shape = layer.shape or ()
-    per_sample = int(np.prod([d for d in shape[2:] if isinstance(d, int)] or [1]))
-    return audit.batch_channel_stats(reduced, rows * per_sample)
+def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, low_zero: bool
+                 ) -> ChannelStats:
+    """``ChannelStats`` of one chunk from the session's (N, C) reductions of ``tensor``.
+
+    ``low_zero``: the tensor is a Clip output with lower bound 0, whose ``at_low`` is ``zeros``.
+    """
+    stats = (*rewrite.STAT_NAMES, *rewrite.BOUND_STAT_NAMES, rewrite.NONFINITE_STAT)
+    reduced = {s: values[rewrite.stat_output(s, tensor)] for s in stats
+               if rewrite.stat_output(s, tensor) in values}
+    if low_zero:
+        reduced["at_low"] = reduced["zeros"]
+    return audit.batch_channel_stats(reduced)
 
 
 __all__ = [

@@ -177,7 +177,9 @@ class ChannelStats:
 
     ``count`` is the number of values per channel; ``var`` is the population variance;
     ``zeros`` is the fraction of exact zeros; ``nonfinite`` the count of NaN/Inf values (a
-    channel holding any has NaN/Inf in its other statistics).
+    channel holding any has NaN/Inf in its other statistics). For a tensor made by a Clip,
+    ``at_low`` / ``at_high`` are the fractions of values equal to its lower / upper bound
+    (None when there is no such constant bound).
     """
 
     count: int
@@ -187,6 +189,8 @@ class ChannelStats:
     max: NDArray[np.float64]
     zeros: NDArray[np.float64]
     nonfinite: NDArray[np.int64]
+    at_low: NDArray[np.float64] | None = None
+    at_high: NDArray[np.float64] | None = None
 
     @property
     def std(self) -> NDArray[np.float64]:

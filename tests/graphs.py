@@ -632,3 +632,106 @@ def legacy_opset7() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=3)
     onnx.checker.check_model(model)
     return model
+
+
+# == stats helper: dataset-statistics fixtures ====================================================
+def conv_clip_channels(opset: int = 13) -> onnx.ModelProto:
+    """Clip(-1, 6) after a 3-channel conv; channel 1 pinned at 6, channel 2 at -1.
+
+    x(N,1,6,6) -> Conv "conv" [w (3,1,3,3) = 0.1, b = (0, 100, -100)] -> c (N,3,4,4)
+      -> Clip "clip" [min -1, max 6: inputs from opset 11, attributes before] -> y
+    """
+    inits = [_init("w", np.full((3, 1, 3, 3), 0.1, np.float32)),
+             _init("b", np.array([0.0, 100.0, -100.0], np.float32))]
+    if opset >= 11:
+        inits += [_init("lo", np.array(-1.0, np.float32)), _init("hi", np.array(6.0, np.float32))]
+        clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip")
+    else:
+        clip = helper.make_node("Clip", ["c"], ["y"], name="clip", min=-1.0, max=6.0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"), clip],
+        "conv_clip_channels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])], inits)
+    return make(graph, opset)
+
+
+def conv_relu6_saturated() -> onnx.ModelProto:
+    """ReLU6 (Clip 0..6) after a conv whose channel 2 is pushed to the upper bound.
+
+    x(N,3,8,8) -> Conv "conv" [w (4,3,3,3) rng(3) * 0.3, b = (0, 0, 50, 0), pad 1] -> c
+      -> Clip "relu6" [0, 6] -> y (N,4,8,8)
+    """
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")],
+        "conv_relu6_saturated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [_init("w", _rng_weight(rng, (4, 3, 3, 3))),
+         _init("b", np.array([0.0, 0.0, 50.0, 0.0], np.float32)),
+         _init("lo", np.array(0.0, np.float32)), _init("hi", np.array(6.0, np.float32))])
+    return make(graph)
+
+
+def conv_relu_dead_channel(channel: int = 1) -> onnx.ModelProto:
+    """Two conv+ReLU layers; conv1's ``channel`` has zero weights and bias (a dead channel).
+
+    x(N,3,8,8) -> Conv "conv1" [w1 (4,3,3,3) rng(4) * 0.3, w1[channel] = 0, b1 = 0.1,
+      b1[channel] = 0, pad 1] -> c1 -> Relu "relu1" -> r1
+      -> Conv "conv2" [w2 (6,4,3,3) rng(4) * 0.3, pad 1] -> c2 -> Relu "relu2" -> r2 (N,6,8,8)
+    """
+    rng = np.random.default_rng(4)
+    w1 = _rng_weight(rng, (4, 3, 3, 3))
+    b1 = np.full((4,), 0.1, np.float32)
+    w1[channel], b1[channel] = 0.0, 0.0
+    pads = [1, 1, 1, 1]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=pads),
+         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=pads),
+         helper.make_node("Relu", ["c2"], ["r2"], name="relu2")],
+        "conv_relu_dead_channel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["N", 6, 8, 8])],
+        [_init("w1", w1), _init("b1", b1), _init("w2", _rng_weight(rng, (6, 4, 3, 3)))])
+    return make(graph)
+
+
+def log_of_negative() -> onnx.ModelProto:
+    """A NaN planted in a middle layer: Log of a channel that is always negative.
+
+    x(N,1,6,6) -> Conv "conv1" [w (2,1,3,3) = 0.01, b = (-10, 10)] -> c1 (N,2,4,4)
+      -> Log "log" -> l (channel 0 NaN) -> Conv "conv2" [w (2,2,1,1) = 1] -> c2 (NaN)
+      -> Relu "relu2" -> y (N,2,4,4)
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+         helper.make_node("Log", ["c1"], ["l"], name="log"),
+         helper.make_node("Conv", ["l", "w2"], ["c2"], name="conv2"),
+         helper.make_node("Relu", ["c2"], ["y"], name="relu2")],
+        "log_of_negative",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [_init("w1", np.full((2, 1, 3, 3), 0.01, np.float32)),
+         _init("b1", np.array([-10.0, 10.0], np.float32)),
+         _init("w2", np.ones((2, 2, 1, 1), np.float32))])
+    return make(graph)
+
+
+def offset_conv(offset: float = 1000.0) -> onnx.ModelProto:
+    """Activations with a large mean and a small spread (numerical-stability fixture).
+
+    x(N,2,5,5) -> Conv "conv" [w (3,2,1,1) = 0.01, b = offset * (1, -1, 0.5)] -> c (N,3,5,5)
+      -> Relu "relu" -> y
+    """
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+         helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        "offset_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 5, 5])],
+        [_init("w", np.full((3, 2, 1, 1), 0.01, np.float32)),
+         _init("b", (offset * np.array([1.0, -1.0, 0.5])).astype(np.float32))])
+    return make(graph)

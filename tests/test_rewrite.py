@@ -245,16 +245,53 @@ def planted_input() -> NDArray[np.float32]:
     return x
 
 
+def per_sample_reference(value: NDArray[np.generic]) -> dict[str, NDArray[np.float64]]:
+    """Numpy per-sample, per-channel mean, variance, extremes and counts (float64)."""
+    x = np.asarray(value, np.float64)
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    return {"shift": flat[0, :, 0], "mean": flat.mean(axis=2), "var": flat.var(axis=2),
+            "min": flat.min(axis=2), "max": flat.max(axis=2), "zeros": (flat == 0).sum(axis=2),
+            "nonfinite": (~np.isfinite(flat)).sum(axis=2)}
+
+
+def per_sample_found(got: Mapping[str, NDArray[np.generic]], tensor: str, channels: int
+                     ) -> dict[str, NDArray[np.float64]]:
+    """Mean and variance per sample from the shifted sums (K + S1 / L, S2 / L - (S1 / L)^2)."""
+    positions = int(got[rewrite.stat_output("count", tensor)]) // (
+        got[rewrite.stat_output("sum", tensor)].shape[0] * channels)
+    shift = got[rewrite.stat_output("shift", tensor)].astype(np.float64).reshape(1, channels)
+    s1 = got[rewrite.stat_output("sum", tensor)].astype(np.float64) / positions
+    s2 = got[rewrite.stat_output("sumsq", tensor)].astype(np.float64) / positions
+    return {"shift": shift[0], "mean": shift + s1, "var": s2 - s1 * s1}
+
+
 def assert_stats(got: Mapping[str, NDArray[np.generic]], tensor: str,
                  value: NDArray[np.generic], clean: list[int], rtol: float = 1e-5) -> None:
-    """Compare every stat with numpy; value stats only on channels free of NaN/Inf."""
-    ref = reference.channel_stats(value)
-    for stat in rewrite.STAT_NAMES:
-        out = got[rewrite.stat_output(stat, tensor)]
-        assert out.dtype == np.float32 and out.shape == (value.shape[1],)
-        picked = slice(None) if stat in ("zeros", "nonfinite") else clean
-        np.testing.assert_allclose(out[picked], ref[stat][picked], rtol=rtol, atol=ATOL,
-                                   err_msg=f"{stat} of {tensor}")
+    """Compare every reduction with numpy per sample; sums only on channels free of NaN/Inf."""
+    ref = per_sample_reference(value)
+    n, c = value.shape[:2]
+    assert int(got[rewrite.stat_output("count", tensor)]) == value.size
+    shift = got[rewrite.stat_output("shift", tensor)]
+    assert shift.dtype == np.float32 and shift.shape == (1, c, *[1] * (value.ndim - 2))
+    found = per_sample_found(got, tensor, c)
+    for stat in ("shift", "mean", "var", "min", "max", "zeros"):
+        out = found[stat] if stat in found else got[rewrite.stat_output(stat, tensor)]
+        if stat not in found:
+            assert out.dtype == np.float32 and out.shape == (n, c), stat
+        picked = slice(None) if stat == "zeros" else clean
+        cols = (Ellipsis, picked)
+        scale = float(np.abs(ref[stat][..., clean]).max(initial=1.0))
+        np.testing.assert_allclose(out[cols], ref[stat][cols], rtol=rtol,
+                                   atol=ATOL * scale, err_msg=f"{stat} of {tensor}")
+
+
+def run_nonfinite(model: onnx.ModelProto, tensors: list[str],
+                  feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
+    before = model.SerializeToString()
+    out = rewrite.append_nonfinite_counts(model, tensors)
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(out)
+    return run(out, feeds)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -267,10 +304,16 @@ def test_channel_stats_equal_numpy(opset: int) -> None:
     got = run(out, {"x": x})
     assert_stats(got, "x", x, clean=[2])
     assert_stats(got, "r", reference.relu(x), clean=[2])
-    np.testing.assert_array_equal(got[rewrite.stat_output("nonfinite", "x")], [1, 2, 0])
+    # NaN / Inf make the channel's sum non-finite: that is how a batch is flagged for a recount
+    assert not np.isfinite(got[rewrite.stat_output("sum", "x")][:, :2].sum(axis=0)).any()
+    counts = run_nonfinite(model, ["x", "r"], {"x": x})
+    np.testing.assert_array_equal(counts[rewrite.stat_output("nonfinite", "x")],
+                                  per_sample_reference(x)["nonfinite"])
+    np.testing.assert_array_equal(counts[rewrite.stat_output("nonfinite", "x")].sum(axis=0),
+                                  [1, 2, 0])
     np.testing.assert_array_equal(got["y"], run(model, {"x": x})["y"])
     added = len(out.graph.node) - len(model.graph.node)
-    assert added <= 2 * 30  # a few nodes per tensor keeps the on-device cost small
+    assert added <= 2 * 14  # a few nodes per tensor keeps the on-device cost small
 
 
 def test_channel_stats_idempotent_and_named() -> None:
@@ -279,14 +322,49 @@ def test_channel_stats_idempotent_and_named() -> None:
     assert once.SerializeToString() == checked_stats(once, ["r", "r"]).SerializeToString()
     assert [o.name for o in once.graph.output][1:] == [
         rewrite.stat_output(s, "r") for s in rewrite.STAT_NAMES]
-    assert rewrite.stat_output("var", "r") == "featviz/stats/var/r"
+    assert rewrite.stat_output("sumsq", "r") == "featviz/stats/sumsq/r"
     assert all(n.name.startswith("featviz/") for n in once.graph.node[len(model.graph.node):])
     with pytest.raises(InputError, match="unknown statistic"):
         rewrite.stat_output("median", "r")
     with pytest.raises(ModelError, match="at least 2 dims"):
         rewrite.append_channel_stats(graphs.small_cnn(), ["f", "fc_b"])
+    with pytest.raises(ModelError, match="at least 2 dims"):
+        rewrite.append_nonfinite_counts(graphs.small_cnn(), ["fc_b"])
 
 
+def test_channel_stats_large_mean_small_spread() -> None:
+    """Shifting by a value of the channel keeps the variance when |mean| >> std."""
+    model = graphs.relu_probe(13)
+    x = (1000.0 + 0.01 * np.random.default_rng(1).standard_normal((2, 3, 4, 5))
+         ).astype(np.float32)
+    got = run(checked_stats(model, ["x"]), {"x": x})
+    found = per_sample_found(got, "x", 3)
+    ref = per_sample_reference(x)
+    np.testing.assert_allclose(found["var"], ref["var"], rtol=1e-5)
+    np.testing.assert_allclose(found["mean"], ref["mean"], rtol=1e-9)
+    # the same sums without the shift lose the spread entirely in float32
+    unshifted = x.reshape(2, 3, -1).astype(np.float32)
+    naive = (unshifted * unshifted).mean(axis=2) - unshifted.mean(axis=2) ** 2
+    assert np.abs(naive / ref["var"] - 1).max() > 0.5
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_clip_bound_counts(opset: int) -> None:
+    model = graphs.conv_clip_channels(opset)
+    assert rewrite.clip_bounds(model, ["y", "c"]) == {"y": (-1.0, 6.0), "c": (None, None)}
+    out = checked_stats(model, ["y", "c"])
+    names = [o.name for o in out.graph.output]
+    assert rewrite.stat_output("at_high", "y") in names
+    assert rewrite.stat_output("at_low", "c") not in names
+    x = np.random.default_rng(0).standard_normal((3, 1, 6, 6)).astype(np.float32) * 4
+    got = run(out, {"x": x})
+    y = run(rewrite.expose_tensors(model, ["y"]), {"x": x})["y"]
+    for stat, bound in (("at_low", -1.0), ("at_high", 6.0)):
+        np.testing.assert_array_equal(got[rewrite.stat_output(stat, "y")],
+                                      (y == np.float32(bound)).sum(axis=(2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_channel_stats_fp16_and_quantized() -> None:
     model = graphs.relu_probe(13, elem_type=TensorProto.FLOAT16)
     x = planted_input().astype(np.float16)

@@ -1,0 +1,474 @@
+"""Stream a dataset (DATA) through a model in model-ready batches, in constant memory.
+
+DATA is one of:
+
+- an image file (``.png .jpg .jpeg .bmp .tif .tiff .webp .gif``, any case);
+- a folder, searched recursively for those image files (sorted; names starting with ``.``
+  skipped);
+- a ``.npy`` or ``.npz`` array file (every array of a ``.npz``, in file order);
+- an MNIST IDX images file (magic 2051, e.g. ``t10k-images-idx3-ubyte.gz``), gzip-compressed or
+  raw.
+
+Images are loaded, resized and normalized with the ``Inspector``'s preprocessing (so mixed image
+sizes are fine). Arrays are mapped onto the model input by dtype:
+
+- a float array is taken as model-ready values (already normalized): it must match the input's
+  shape in the input's layout (NCHW or NHWC), in the other of the two (it is transposed), or
+  lack only a 1-channel axis (it is added); its values are fed as they are (cast to the input
+  dtype);
+- an array of the input's own integer dtype that matches the input shape is fed as it is;
+- a uint8 array is otherwise a stack of images, 0..255: ``(N, H, W)`` gray, ``(N, H, W, C)`` or
+  ``(N, C, H, W)`` with C in 1, 3, 4; each is preprocessed like an image file (resized to the
+  model size, scaled and normalized). MNIST IDX files are read this way.
+
+Files are read incrementally: ``.npy``/``.npz`` arrays (C order) and IDX files a batch of rows
+at a time (gzip decompressed as a stream), a folder one image at a time, so memory does not grow
+with the dataset. An image that cannot be read or converted, an array of a ``.npz`` that cannot
+be mapped and the missing rows of a truncated file are skipped with a logged warning and listed in
+``DataStream.skipped``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+import onnx_featviz.fileio as fileio
+import onnx_featviz.preprocess as preprocess
+from onnx_featviz import api
+from onnx_featviz.errors import InputError
+from onnx_featviz.structs import InputSpec
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = fileio.IMAGE_EXTENSIONS
+ARRAY_EXTENSIONS = (".npy", ".npz")
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+DATA_KINDS = (f"an image file ({' '.join(IMAGE_EXTENSIONS)}), a folder of such images "
+              "(searched recursively), a .npy/.npz array file or an MNIST IDX images file "
+              "(magic 2051, .gz or raw)")
+_GZIP_MAGIC = b"\x1f\x8b"
+_IMAGE_CHANNELS = (1, 3, 4)
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, struct.error)
+
+Chunk = tuple[tuple[str, ...], NDArray[np.generic]]
+"""Model-ready rows ``(k, ...)`` and one source name per row."""
+SkipFn = Callable[[str, str, int], None]
+"""Record ``count`` unreadable items under one source name with a reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataBatch:
+    """Model-ready rows and where each came from.
+
+    Attributes:
+        batch: ``(N, ...)`` rows in the model input's layout and dtype.
+        sources: one per row: ``"path/img.png"``, ``"x.npz[17]"``, ``"x.npz:key[17]"``,
+            ``"t10k-images-idx3-ubyte.gz[42]"``.
+    """
+
+    batch: NDArray[np.generic]
+    sources: tuple[str, ...]
+
+
+class DataStream:
+    """Iterable of ``DataBatch`` over one DATA path; made by ``open_data``.
+
+    Each iteration reads DATA again from the start and resets ``skipped`` and ``done``.
+
+    Attributes:
+        path: the DATA path; kind: ``"image"``, ``"folder"``, ``"array"`` or ``"idx"``.
+        total: rows (inputs) expected: files listed, array rows, IDX count; None if unknown.
+        skipped: ``(source, reason)`` per unreadable item, growing while iterating.
+        done: inputs consumed so far (rows yielded plus items skipped), for progress.
+        batch_size: rows per batch (the last batch, and one before a change of image shape
+            when the model has a dynamic size, may hold fewer).
+    """
+
+    def __init__(self, path: Path, kind: str, total: int | None, batch_size: int,
+                 chunks: Callable[[SkipFn], Iterator[Chunk]]) -> None:
+        self.path, self.kind, self.total, self.batch_size = path, kind, total, batch_size
+        self.skipped: list[tuple[str, str]] = []
+        self.done = 0
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[DataBatch]:
+        self.skipped = []
+        self.done = 0
+        yielded = 0
+        for batch in _rebatch(self._chunks(self._skip), self.batch_size):
+            yielded += len(batch.batch)
+            self.done += len(batch.batch)
+            yield batch
+        if yielded == 0:
+            first = f"; first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+            raise InputError(f"no input in {self.path} could be read ({len(self.skipped)} "
+                             f"skipped{first}); give {DATA_KINDS}")
+
+    def _skip(self, source: str, reason: str, count: int = 1) -> None:
+        log.warning("skipped %s: %s", source, reason)
+        self.skipped.append((source, reason))
+        self.done += count
+
+
+def open_data(inspector: api.Inspector, data: Path | str, *, batch_size: int = 32
+              ) -> DataStream:
+    """Open DATA (see the module docstring for the kinds and the array mapping) for streaming.
+
+    Nothing but headers and the folder listing is read here; rows are read while iterating.
+
+    Args:
+        inspector: the model's ``Inspector`` (its input spec and preprocessing are used).
+        data: an image file, a folder, a ``.npy``/``.npz`` file or an MNIST IDX images file.
+        batch_size: rows per ``DataBatch`` (at least 1).
+
+    Returns:
+        A ``DataStream``; iterate it for ``DataBatch`` es.
+
+    Raises:
+        InputError: missing path, empty folder, unknown format, an IDX labels file, a
+            ``.npy``/``.npz`` none of whose arrays fit the model input, unreadable headers, or
+            ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    path = Path(data)
+    if path.is_dir():
+        return _folder_stream(inspector, path, batch_size)
+    if not path.is_file():
+        raise InputError(f"DATA {path} does not exist; give {DATA_KINDS}")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        _require_images(inspector.spec)
+        return DataStream(path, "image", 1, batch_size,
+                          lambda skip: _image_chunks(inspector, [path], skip))
+    if suffix in ARRAY_EXTENSIONS:
+        return _array_stream(inspector, path, batch_size)
+    return _idx_stream(inspector, path, batch_size)
+
+
+# -- re-batching ---------------------------------------------------------------------------------
+def _rebatch(chunks: Iterator[Chunk], size: int) -> Iterator[DataBatch]:
+    """Cut chunks into batches of ``size`` rows; a change of row shape ends a batch early."""
+    pending: list[Chunk] = []
+    count = 0
+    for sources, rows in chunks:
+        if pending and pending[0][1].shape[1:] != rows.shape[1:]:
+            yield _joined(pending)
+            pending, count = [], 0
+        pending.append((sources, rows))
+        count += len(rows)
+        while count >= size:
+            joined = _joined(pending)
+            yield DataBatch(joined.batch[:size], joined.sources[:size])
+            rest = joined.batch[size:]
+            pending = [(joined.sources[size:], rest)] if len(rest) else []
+            count = len(rest)
+    if pending:
+        yield _joined(pending)
+
+
+def _joined(chunks: list[Chunk]) -> DataBatch:
+    if len(chunks) == 1:
+        return DataBatch(chunks[0][1], chunks[0][0])
+    return DataBatch(np.concatenate([rows for _, rows in chunks]),
+                     tuple(s for sources, _ in chunks for s in sources))
+
+
+# -- images --------------------------------------------------------------------------------------
+def _require_images(spec: InputSpec) -> None:
+    if spec.layout not in ("NCHW", "NHWC", "NHW") or np.dtype(spec.dtype).kind not in "fiu":
+        raise InputError(f"model input {spec.name!r} ({spec.dtype}, shape {spec.shape}) does not "
+                         "take images; give DATA as a .npy/.npz array of that shape")
+
+
+def _folder_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+    files = fileio.list_images(path)  # raises InputError for an empty folder
+    _require_images(inspector.spec)
+    return DataStream(path, "folder", len(files), batch_size,
+                      lambda skip: _image_chunks(inspector, files, skip))
+
+
+def _image_chunks(inspector: api.Inspector, files: list[Path], skip: SkipFn
+                  ) -> Iterator[Chunk]:
+    """One single-row chunk per readable image; unreadable ones are skipped."""
+    for file in files:
+        try:
+            image = fileio.load_image(file)
+            row = preprocess.image_to_array(image, inspector.spec, inspector.preprocessing)
+        except InputError as err:
+            skip(str(file), str(err), 1)
+            continue
+        yield (str(file),), row[None]
+
+
+# -- arrays --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _ArrayHeader:
+    """Shape and dtype of an array stored in C or Fortran order."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran: bool
+
+
+def _array_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+    """Check every array's header now; stream the arrays that map onto the model input."""
+    headers = _read_headers(path)
+    plans: dict[str, Callable[[NDArray[np.generic]], NDArray[np.generic]]] = {}
+    refused: list[tuple[str, str]] = []
+    for key, header in headers.items():
+        plan = _array_plan(inspector, header)
+        if isinstance(plan, str):
+            refused.append((_array_name(path, key, len(headers)), plan))
+        else:
+            plans[key] = plan
+    if not plans:
+        raise InputError(refused[0][1] if len(refused) == 1 else
+                         "no array of " + str(path) + " fits the model: "
+                         + "; ".join(f"{name}: {why}" for name, why in refused))
+    total = sum(headers[key].shape[0] for key in plans)
+
+    def chunks(skip: SkipFn) -> Iterator[Chunk]:
+        for name, why in refused:
+            skip(name, why, 0)
+        with ExitStack() as stack:
+            for key, plan in plans.items():
+                name = _array_name(path, key, len(headers))
+                fh = _open_member(stack, path, key)
+                for start, rows in _row_chunks(fh, name, batch_size, skip):
+                    yield tuple(f"{name}[{start + i}]" for i in range(len(rows))), plan(rows)
+    return DataStream(path, "array", total, batch_size, chunks)
+
+
+def _array_name(path: Path, key: str, keys: int) -> str:
+    return str(path) if keys == 1 or path.suffix.lower() == ".npy" else f"{path}:{key}"
+
+
+def _read_headers(path: Path) -> dict[str, _ArrayHeader]:
+    """Read the header of the ``.npy`` or of every array of the ``.npz`` (file order)."""
+    fix = "save it with np.save/np.savez (numeric arrays, no pickled objects)"
+    try:
+        with ExitStack() as stack:
+            if path.suffix.lower() == ".npy":
+                return {path.stem: _npy_header(stack.enter_context(path.open("rb")))}
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            members = [m for m in archive.namelist() if m.endswith(".npy")]
+            if not members:
+                raise InputError(f"array file {path} holds no arrays; {fix}")
+            return {m[:-4]: _npy_header(stack.enter_context(archive.open(m)))
+                    for m in members}
+    except _READ_ERRORS as err:
+        raise InputError(f"cannot read array file {path} ({type(err).__name__}: {err}); "
+                         f"{fix}") from err
+
+
+def _npy_header(fh: IO[bytes]) -> _ArrayHeader:
+    version = np.lib.format.read_magic(fh)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read(fh)
+    return _ArrayHeader(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran))
+
+
+def _open_member(stack: ExitStack, path: Path, key: str) -> IO[bytes]:
+    """Open the ``.npy`` file or one ``.npz`` member positioned at its header."""
+    if path.suffix.lower() == ".npy":
+        return stack.enter_context(path.open("rb"))
+    archive = stack.enter_context(zipfile.ZipFile(path))
+    return stack.enter_context(archive.open(f"{key}.npy"))
+
+
+def _row_chunks(fh: IO[bytes], name: str, rows_per_chunk: int, skip: SkipFn
+                ) -> Iterator[tuple[int, NDArray[np.generic]]]:
+    """Yield ``(first row index, rows)`` from a ``.npy`` stream, ``rows_per_chunk`` at a time.
+
+    A Fortran-order array is read whole (its rows are not contiguous on disk). A truncated or
+    corrupt stream ends the array: the rows not read are skipped as one item.
+    """
+    header = _npy_header(fh)
+    count = header.shape[0]
+    if header.fortran:
+        whole = np.lib.format.read_array(fh, allow_pickle=False)
+        for start in range(0, count, rows_per_chunk):
+            yield start, whole[start:start + rows_per_chunk]
+        return
+    item_shape = header.shape[1:]
+    row_bytes = header.dtype.itemsize * math.prod(item_shape)
+    for start in range(0, count, rows_per_chunk):
+        want = min(rows_per_chunk, count - start)
+        try:
+            data = _read_exact(fh, want * row_bytes)
+        except _READ_ERRORS as err:
+            skip(f"{name}[{start}:{count}]", f"cannot read rows ({type(err).__name__}: {err})",
+                 count - start)
+            return
+        if data is None:
+            skip(f"{name}[{start}:{count}]", "the file ends early (truncated)", count - start)
+            return
+        yield start, np.frombuffer(data, header.dtype).reshape(want, *item_shape)
+
+
+def _read_exact(fh: IO[bytes], size: int) -> bytes | None:
+    """Read exactly ``size`` bytes, or return None at an early end of file."""
+    parts, left = [], size
+    while left:
+        part = fh.read(left)
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+Plan = Callable[[NDArray[np.generic]], NDArray[np.generic]]
+
+
+def _array_plan(inspector: api.Inspector, header: _ArrayHeader) -> Plan | str:
+    """Return how rows of this array become model input rows, or why they cannot."""
+    spec = inspector.spec
+    item = header.shape[1:]
+    dtype = header.dtype
+    if len(header.shape) == 0 or dtype.kind not in "fiub":
+        return (f"array of shape {header.shape} and dtype {dtype} holds no numeric rows; "
+                "give an (N, ...) array of numbers")
+    want = _item_shape(spec)
+    same_kind = dtype.kind == "f" and np.dtype(spec.dtype).kind == "f" or dtype == spec.dtype
+    if same_kind:
+        plan = _value_plan(spec, item, want)
+        if plan is not None:
+            return plan
+    if dtype == np.uint8 and _image_like(item) and spec.layout in ("NCHW", "NHWC", "NHW"):
+        return _image_plan(inspector, item)
+    return (f"an array of {dtype} rows {item} does not fit model input {spec.name!r} "
+            f"({spec.dtype}, rows {want}): float arrays are fed as they are and must match the "
+            f"input (NCHW or NHWC, same size); uint8 arrays are images (N, H, W), (N, H, W, C) "
+            f"or (N, C, H, W) with C in 1, 3, 4, preprocessed like image files")
+
+
+def _item_shape(spec: InputSpec) -> tuple[int | str | None, ...]:
+    if spec.shape:
+        return tuple(spec.shape[1:])
+    dims = {"C": spec.channels, "H": spec.height, "W": spec.width}
+    return tuple(dims[a] for a in spec.layout[1:]) if spec.layout in ("NCHW", "NHWC") else ()
+
+
+def _fits(item: tuple[int, ...], want: tuple[int | str | None, ...]) -> bool:
+    return len(item) == len(want) and all(
+        not isinstance(w, int) or w == i for i, w in zip(item, want, strict=True))
+
+
+def _value_plan(spec: InputSpec, item: tuple[int, ...], want: tuple[int | str | None, ...]
+                ) -> Plan | None:
+    """As is, transposed between NCHW and NHWC, or with a missing 1-channel axis added."""
+    def check(rows: NDArray[np.generic]) -> NDArray[np.generic]:
+        return preprocess.check_batch(rows, spec)
+
+    if _fits(item, want):
+        return check
+    if len(item) == 3 and spec.layout in ("NCHW", "NHWC"):
+        perm = (0, 3, 1, 2) if spec.layout == "NCHW" else (0, 2, 3, 1)
+        moved = tuple(item[p - 1] for p in perm[1:])
+        if _fits(moved, want):
+            return lambda rows: check(rows.transpose(perm))
+    if len(item) == 2 and spec.channels == 1 and spec.layout in ("NCHW", "NHWC"):
+        axis = 1 if spec.layout == "NCHW" else 3
+        if _fits((1, *item) if axis == 1 else (*item, 1), want):
+            return lambda rows: check(np.expand_dims(rows, axis))
+    return None
+
+
+def _image_like(item: tuple[int, ...]) -> bool:
+    return len(item) == 2 or (len(item) == 3 and (item[2] in _IMAGE_CHANNELS
+                                                  or item[0] in _IMAGE_CHANNELS))
+
+
+def _image_plan(inspector: api.Inspector, item: tuple[int, ...]) -> Plan:
+    """Rows of uint8 pixels become PIL images preprocessed like image files."""
+    channels_last = len(item) == 2 or item[2] in _IMAGE_CHANNELS
+
+    def convert(rows: NDArray[np.generic]) -> NDArray[np.generic]:
+        pixels = np.asarray(rows, np.uint8)
+        if not channels_last:
+            pixels = pixels.transpose(0, 2, 3, 1)
+        if pixels.ndim == 4 and pixels.shape[3] == 1:
+            pixels = pixels[..., 0]
+        return np.stack([preprocess.image_to_array(Image.fromarray(np.ascontiguousarray(p)),
+                                                   inspector.spec, inspector.preprocessing)
+                         for p in pixels])
+    return convert
+
+
+# -- MNIST IDX -----------------------------------------------------------------------------------
+def _idx_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+    """An MNIST IDX images file: header now, pixels a batch at a time while iterating."""
+    magic, count, rows, cols = _idx_header(path)
+    _require_images(inspector.spec)
+    plan = _image_plan(inspector, (rows, cols))
+    row_bytes = rows * cols
+
+    def chunks(skip: SkipFn) -> Iterator[Chunk]:
+        with _open_idx(path) as fh:
+            fh.read(16)
+            for start in range(0, count, batch_size):
+                want = min(batch_size, count - start)
+                try:
+                    data = _read_exact(fh, want * row_bytes)
+                except _READ_ERRORS as err:
+                    data, why = None, f"cannot read images ({type(err).__name__}: {err})"
+                else:
+                    why = "the file ends early (truncated)"
+                if data is None:
+                    skip(f"{path}[{start}:{count}]", why, count - start)
+                    return
+                pixels = np.frombuffer(data, np.uint8).reshape(want, rows, cols)
+                yield tuple(f"{path}[{start + i}]" for i in range(want)), plan(pixels)
+    return DataStream(path, "idx", count, batch_size, chunks)
+
+
+def _open_idx(path: Path) -> IO[bytes]:
+    with path.open("rb") as probe:
+        compressed = probe.read(2) == _GZIP_MAGIC
+    return cast(IO[bytes], gzip.open(path, "rb")) if compressed else path.open("rb")
+
+
+def _idx_header(path: Path) -> tuple[int, int, int, int]:
+    """Return ``(magic, count, rows, cols)`` of an IDX images file.
+
+    Raises:
+        InputError: not an IDX images file (unknown format, labels file, unreadable header).
+    """
+    try:
+        with _open_idx(path) as fh:
+            head = fh.read(16)
+    except _READ_ERRORS as err:
+        raise InputError(f"cannot read DATA {path} ({type(err).__name__}: {err}); give "
+                         f"{DATA_KINDS}") from err
+    magic = int.from_bytes(head[:4], "big") if len(head) >= 4 else -1
+    if magic == IDX_LABELS_MAGIC:
+        raise InputError(f"{path} is an IDX labels file (magic {IDX_LABELS_MAGIC}); give the "
+                         f"images file (magic {IDX_IMAGES_MAGIC}, e.g. "
+                         "t10k-images-idx3-ubyte.gz)")
+    if magic != IDX_IMAGES_MAGIC or len(head) < 16:
+        raise InputError(f"cannot tell what DATA {path} is (suffix {path.suffix!r}, not an "
+                         f"image, array or MNIST IDX images file); give {DATA_KINDS}")
+    _, count, rows, cols = struct.unpack(">IIII", head)
+    return magic, count, rows, cols
+
+
+__all__ = ["ARRAY_EXTENSIONS", "DATA_KINDS", "IMAGE_EXTENSIONS", "DataBatch", "DataStream",
+           "open_data"]
