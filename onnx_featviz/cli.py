@@ -286,3 +286,14 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
         result = api.render_backprop(inspector, api.expand_images(images), method,
                                      _target(target), score=score)
     emit_written(api.save_pictures(result.pictures, out), False)
+
+
+from onnx_featviz import cli_audit  # noqa: E402
+
+main.add_command(cli_audit.compare)
+main.add_command(cli_audit.stats)
+
+from onnx_featviz import cli_synthesis  # noqa: E402
+
+main.add_command(cli_synthesis.maximize)
+main.add_command(cli_synthesis.invert)

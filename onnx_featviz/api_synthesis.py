@@ -1,0 +1,922 @@
+"""Feature visualization by optimization and feature inversion on the deployed ONNX model.
+
+``maximize`` finds images that maximize a channel, a neuron or a whole layer; ``invert`` finds an
+image whose features at a layer match a photo's. Both run one gradient session per call: the
+model, cut at the layer, gets a small *objective head* (standard ONNX nodes computing one
+objective value per batch row from the layer tensor) and is differentiated by ``autodiff`` with
+respect to the image input. One session call per step returns every row's objective and its
+input gradient; the host (``synthesis``) applies the adjoints of the preprocessing, the random
+transforms and the image parameterization, then takes an Adam step.
+
+Why a head rather than seeding ``d(objective)/d(layer)`` from the host: the layer objective,
+inversion and diversity seeds depend on the activations of the very view being differentiated,
+so a host seed would need a second forward pass per step; the head also keeps the per-step
+traffic to the image, its gradient and one value per row (no layer-sized seed or activation
+copies), and reduces in float32 even for float16 models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+import onnx_featviz.autodiff as autodiff
+import onnx_featviz.render as render
+import onnx_featviz.runtime as runtime
+import onnx_featviz.synthesis as syn
+from onnx_featviz import api
+from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.structs import Progress, ProgressFn
+
+LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+RECIPES = ("fourier", "pyramid")
+OBJECTIVES = syn.OBJECTIVES
+PREFIX = "featviz/synth"
+OBJECTIVE_OUT = f"{PREFIX}/objective"
+SELECT_IN = f"{PREFIX}/select"
+POSITION_IN = f"{PREFIX}/position"
+TARGET_IN = f"{PREFIX}/target"
+WEIGHT_IN = f"{PREFIX}/weight"
+DEFAULT_CHANNELS = 16
+F32 = NDArray[np.float32]
+ModelOrInspector = api.Inspector | api.ModelSource
+
+
+# -- options and results ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MaximizeOptions:
+    """What ``maximize`` optimizes and how.
+
+    ``layer``: layer name, tensor name or index; the tensor is its output (a conv layer's
+    pre-activation output; name the activation tensor to use it instead). ``channels``: one
+    optimized image per channel (None: the first 16, or every channel of a smaller layer);
+    ignored by the ``layer`` objective. ``objective``: ``"channel"`` (mean of the channel),
+    ``"neuron"`` (the channel's centre value; needs spatial dims) or ``"layer"`` (mean square of
+    the whole tensor). An ``(N, C)`` tensor (a Gemm output) has channels but no spatial dims:
+    the channel objective takes each channel's value and the neuron objective is refused; a
+    tensor without a channel axis is refused. ``recipe``: ``"fourier"`` (1/f spectrum,
+    decorrelated colour, sigmoid, random jitter/scale/rotation each step; it starts from the
+    colour the preprocessing maps to a zero input) or ``"pyramid"`` (pixels from noise near
+    grey, grown from ``start_size`` by ``factor`` for ``scales`` scales with bicubic upscaling
+    and optional ``blur``; fixed-size models see each scale resized bilinearly to their size).
+    A channel whose activation is zero everywhere on the start image gets no gradient through
+    a ReLU: optimize the pre-activation tensor (e.g. a conv output) for such channels.
+    ``steps``: fourier: total steps (None: 512); pyramid: steps per scale (None: 20).
+    ``size``: image side for models with a dynamic input size (None: the preprocessing size,
+    else 224); models with a fixed size use it. ``lr``: Adam learning rate (None: 0.05 for
+    fourier, 0.03 for pyramid, per [0, 1] pixel). ``diversity``: weight of Lucid's diversity
+    term over the ``images`` images made per unit (``images`` None: 1, or 4 with diversity).
+    ``transforms``: the fourier recipe's random transforms; ``decorrelate``: its colour basis.
+    """
+
+    layer: str | int
+    channels: tuple[int, ...] | None = None
+    objective: str = "channel"
+    recipe: str = "fourier"
+    steps: int | None = None
+    size: int | None = None
+    seed: int = 0
+    lr: float | None = None
+    diversity: float = 0.0
+    images: int | None = None
+    transforms: bool = True
+    decorrelate: bool = True
+    start_size: int = 56
+    scales: int = 12
+    factor: float = 1.2
+    blur: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaximizeResult:
+    """Images that maximize units of one layer.
+
+    Attributes:
+        tensor: the layer tensor optimized; objective, recipe: as requested.
+        units: (R,) channel of each row (-1 for the layer objective); rows are unit-major
+            (the ``images`` images of a unit are consecutive).
+        images: (R, H, W, C) float32 in [0, 1], RGB (C = 3) or gray (C = 1).
+        model_input: (R, ...) the images in the model's input layout and dtype (rounded for
+            integer inputs), exactly as scored by ``final``.
+        start, final: (R,) float64 objective of the initial and final image (no transforms).
+        history: (steps, R) float32 objective at each step (of the transformed view).
+        start_images: (R, h, w, C) the initial images (pyramid: at the first scale's size).
+    """
+
+    tensor: str
+    objective: str
+    recipe: str
+    units: tuple[int, ...]
+    images: F32
+    model_input: NDArray[np.generic]
+    start: NDArray[np.float64]
+    final: NDArray[np.float64]
+    history: F32
+    start_images: F32
+
+
+@dataclass(frozen=True, slots=True)
+class InvertOptions:
+    """How ``invert`` reconstructs an image from its features at ``layer``.
+
+    ``steps``: Adam steps on the pixels; ``tv``: weight of the squared total variation (per
+    pixel, image in [0, 1]); ``lr``: learning rate per [0, 1] pixel; ``seed``: for the start
+    noise (uniform near grey).
+    """
+
+    layer: str | int
+    steps: int = 300
+    tv: float = 0.05
+    lr: float = 0.02
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InvertResult:
+    """Reconstructions of each input from its features at one layer.
+
+    Attributes:
+        tensor: the layer tensor matched; sources: where each input came from.
+        images, originals: (N, H, W, C) float32 in [0, 1], the reconstructions and the inputs as
+            the model saw them (after resizing), RGB or gray.
+        loss: (N,) final ``||f(x) - f(x0)||^2 / ||f(x0)||^2`` (without the TV term).
+        correlation: (N,) Pearson correlation of each reconstruction with its original.
+        history: (steps, N) float32 total loss (feature term + tv * TV) at each step.
+    """
+
+    tensor: str
+    sources: tuple[str, ...]
+    images: F32
+    originals: F32
+    loss: NDArray[np.float64]
+    correlation: NDArray[np.float64]
+    history: F32
+
+
+# -- the objective head and its gradient model ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """Which objective the head computes: ``kind`` in OBJECTIVES or ``"invert"``; ``channels``
+    of the layer tensor; ``group`` consecutive rows share a unit (for ``diversity``)."""
+
+    kind: str
+    channels: int
+    group: int = 1
+    diversity: float = 0.0
+
+
+class _Nodes:
+    """Collects the head's nodes, constants and inputs, named ``featviz/synth/<purpose>/...``."""
+
+    def __init__(self, tensor: str, opset: int) -> None:
+        self.tensor, self.opset = tensor, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+        self.count = 0
+
+    def name(self, purpose: str) -> str:
+        self.count += 1
+        return f"{PREFIX}/{purpose}_{self.count}/{self.tensor}"
+
+    def op(self, op_type: str, inputs: Sequence[str], purpose: str, **attrs: Any) -> str:
+        out = self.name(purpose)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        return out
+
+    def const(self, purpose: str, value: NDArray[np.generic]) -> str:
+        name = self.name(purpose)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int) -> str:
+        """ReduceSum/ReduceMean with axes as an attribute or an input, as the opset wants."""
+        since = 13 if op_type == "ReduceSum" else 18
+        if self.opset >= since:
+            axes_in = self.const("axes", np.asarray(list(axes), np.int64))
+            return self.op(op_type, [x, axes_in], op_type.lower(), keepdims=keepdims)
+        return self.op(op_type, [x], op_type.lower(), axes=list(axes), keepdims=keepdims)
+
+    def reshape(self, x: str, shape: Sequence[int]) -> str:
+        return self.op("Reshape", [x, self.const("shape", np.asarray(shape, np.int64))],
+                       "reshape")
+
+    def scalar(self, value: float) -> str:
+        return self.const("scalar", np.asarray(value, np.float32))
+
+
+def _head_nodes(b: _Nodes, head: _Head) -> str:
+    """Emit the objective of each row as a ``(rows,)`` float32 tensor; return its name."""
+    f = b.op("Cast", [b.tensor], "float", to=TensorProto.FLOAT)
+    flat = b.reshape(f, [0, head.channels, -1])
+    if head.kind == "layer":
+        obj = b.reduce("ReduceMean", b.op("Mul", [flat, flat], "square"), [1, 2], 0)
+    elif head.kind == "invert":
+        diff = b.op("Sub", [flat, TARGET_IN], "diff")
+        mse = b.reduce("ReduceMean", b.op("Mul", [diff, diff], "square"), [1, 2], 0)
+        obj = b.op("Mul", [mse, WEIGHT_IN], "relative")
+    else:
+        if head.kind == "neuron":
+            pooled = b.reshape(b.op("MatMul", [flat, POSITION_IN], "neuron"), [0, -1])
+        else:
+            pooled = b.reduce("ReduceMean", flat, [2], 0)
+        obj = b.reduce("ReduceMean", b.op("Mul", [pooled, SELECT_IN], "select"), [1], 0)
+    if head.diversity:
+        term = b.op("Mul", [_diversity_nodes(b, flat, head), b.scalar(head.diversity)], "weight")
+        obj = b.op("Sub", [obj, term], "diverse")
+    b.nodes.append(helper.make_node("Identity", [obj], [OBJECTIVE_OUT], name=OBJECTIVE_OUT))
+    return OBJECTIVE_OUT
+
+
+def _diversity_nodes(b: _Nodes, flat: str, head: _Head) -> str:
+    """Lucid's diversity per row (see ``synthesis.diversity``), from ``flat`` (R, C, S)."""
+    c, group = head.channels, head.group
+    gram = b.op("MatMul", [flat, b.op("Transpose", [flat], "t", perm=[0, 2, 1])], "gram")
+    power = b.reduce("ReduceSum", b.op("Mul", [gram, gram], "g2"), [1, 2], 1)
+    norm = b.op("Sqrt", [b.op("Add", [power, b.scalar(1e-12)], "eps")], "norm")
+    unit = b.reshape(b.op("Div", [gram, norm], "unit"), [-1, group, c * c])
+    total = b.reduce("ReduceSum", unit, [1], 1)
+    cross = b.reduce("ReduceSum", b.op("Mul", [unit, total], "cross"), [2], 0)
+    own = b.reduce("ReduceSum", b.op("Mul", [unit, unit], "own"), [2], 0)
+    value = b.op("Div", [b.op("Sub", [cross, own], "others"), b.scalar(float(group))], "mean")
+    return b.reshape(value, [-1])
+
+
+def _head_inputs(head: _Head, rows: int | str) -> list[onnx.ValueInfoProto]:
+    c = head.channels
+    if head.kind == "invert":
+        return [helper.make_tensor_value_info(TARGET_IN, TensorProto.FLOAT, [rows, c, None]),
+                helper.make_tensor_value_info(WEIGHT_IN, TensorProto.FLOAT, [rows])]
+    if head.kind == "layer":
+        return []
+    out = [helper.make_tensor_value_info(SELECT_IN, TensorProto.FLOAT, [rows, c])]
+    if head.kind == "neuron":
+        out.append(helper.make_tensor_value_info(POSITION_IN, TensorProto.FLOAT, [rows, None, 1]))
+    return out
+
+
+def _objective_model(model: onnx.ModelProto, image_input: str, tensor: str, head: _Head, *,
+                     integer: bool, free_batch: bool) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose only output is the head's objective per row."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    if integer:
+        _float_input(graph, image_input)
+    rows = _free_batch(graph, image_input) if free_batch else _batch_dim(graph, image_input)
+    opset = max([i.version for i in out.opset_import if i.domain in ("", "ai.onnx")] or [1])
+    builder = _Nodes(tensor, opset)
+    _head_nodes(builder, head)
+    graph.node.extend(builder.nodes)
+    graph.initializer.extend(builder.inits)
+    if out.ir_version < 4:  # IR 3 lists every initializer as a graph input
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in builder.inits)
+    graph.input.extend(_head_inputs(head, rows))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OBJECTIVE_OUT, TensorProto.FLOAT, [rows]))
+    _prune(graph)
+    return out
+
+
+def _batch_dim(graph: onnx.GraphProto, name: str) -> int | str:
+    for value in graph.input:
+        if value.name == name and value.type.tensor_type.shape.dim:
+            dim = value.type.tensor_type.shape.dim[0]
+            return int(dim.dim_value) if dim.HasField("dim_value") else (dim.dim_param or "N")
+    return "N"
+
+
+def _free_batch(graph: onnx.GraphProto, name: str) -> str:
+    """Make the batch axis of input ``name`` symbolic; drop value_info inferred for batch 1."""
+    for value in graph.input:
+        if value.name == name and value.type.tensor_type.shape.dim:
+            dim = value.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_param = "featviz_rows"
+    del graph.value_info[:]
+    return "featviz_rows"
+
+
+def _float_input(graph: onnx.GraphProto, name: str) -> None:
+    """Turn an integer image input into float32 (its values stay integers 0..255 when fed).
+
+    Consumers may be Cast (kept: float to float) or DequantizeLinear (rewritten exactly as
+    ``(x - zero_point) * scale``); anything else has no float path for gradients.
+    """
+    for value in graph.input:
+        if value.name == name:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = []
+    for node in graph.node:
+        if name not in node.input or node.op_type == "Cast":
+            nodes.append(node)
+        elif node.op_type == "DequantizeLinear" and len(node.input) == 3 and not node.attribute:
+            zero = node.output[0] + "/featviz_zero_point"
+            centred = node.output[0] + "/featviz_centred"
+            nodes += [helper.make_node("Cast", [node.input[2]], [zero], to=TensorProto.FLOAT),
+                      helper.make_node("Sub", [node.input[0], zero], [centred]),
+                      helper.make_node("Mul", [centred, node.input[1]], [node.output[0]])]
+        else:
+            raise ModelError(f"the integer image input {name!r} feeds a {node.op_type} node "
+                             f"({node.name!r}); optimizing an image needs a float path from the "
+                             "input (a Cast or per-tensor DequantizeLinear right after it)")
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes the outputs do not need, then unused initializers and inputs."""
+    needed = {o.name for o in graph.output}
+    live: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output if o):
+            live.append(node)
+            needed.update(_reads(node))
+    del graph.node[:]
+    graph.node.extend(reversed(live))
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [v for v in graph.input if v.name in needed]
+    del graph.input[:]
+    graph.input.extend(inputs)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Inputs of ``node`` and every name its subgraphs read (over-inclusive)."""
+    reads = {i for i in node.input if i}
+    pending = [g for a in node.attribute for g in (*([a.g] if a.HasField("g") else []), *a.graphs)]
+    while pending:
+        sub = pending.pop()
+        for inner in sub.node:
+            reads.update(i for i in inner.input if i)
+            pending.extend(g for a in inner.attribute
+                           for g in (*([a.g] if a.HasField("g") else []), *a.graphs))
+    return reads
+
+
+class _GradientSession:
+    """The differentiated objective head of one layer and its session (close it when done).
+
+    ``run(view, feeds)`` maps image-space views to the model input, runs forward and backward
+    in one session call and returns each row's objective and d(objective)/d(view).
+    """
+
+    def __init__(self, inspector: api.Inspector, tensor: str, head: _Head) -> None:
+        self.inspector, self.tensor, self.head = inspector, tensor, head
+        self.imap = syn.input_map(inspector.spec, inspector.preprocessing)
+        shape = inspector.spec.shape
+        self.freed = bool(shape) and isinstance(shape[0], int)
+        self._open(free_batch=self.freed)
+
+    def _open(self, *, free_batch: bool) -> None:
+        spec = self.inspector.spec
+        model = _objective_model(self.inspector.model, spec.name, self.tensor, self.head,
+                                 integer=self.imap.integer, free_batch=free_batch)
+        try:
+            grad = autodiff.differentiate(model, of=OBJECTIVE_OUT, wrt=[spec.name])
+        except ModelError as err:
+            raise ModelError(f"cannot optimize an input image for layer tensor "
+                             f"{self.tensor!r}: {err}") from err
+        try:
+            self.session = runtime.Session(grad.model, self.inspector.provider)
+        except ModelError:
+            if not free_batch:
+                raise
+            self._batch_fixed()  # e.g. a Reshape to a constant batch of 1 fails at load time
+            return
+        self.seed, self.gradient = grad.seed, grad.gradient(spec.name)
+        self.dtype = self.session.input_types.get(spec.name, "float32")
+
+    def _batch_fixed(self) -> None:
+        """Reopen with the model's own fixed batch (one row per call)."""
+        if self.head.diversity:
+            raise InputError("the diversity term needs all images of a channel in one batch, "
+                             "but this model's fixed batch axis cannot be freed; drop the "
+                             "diversity")
+        LOG.info("the model's batch axis cannot be freed; running one row per call")
+        self.freed = False
+        self._open(free_batch=False)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> _GradientSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, view: F32, feeds: dict[str, F32]) -> tuple[NDArray[np.float64], F32]:
+        """Return the objective per row ``(R,)`` and its gradient w.r.t. ``view``."""
+        values, grad = self.run_model(syn.to_model(self.imap, view), feeds)
+        return values, syn.to_model_adjoint(self.imap, grad)
+
+    def run_model(self, x: F32, feeds: dict[str, F32]) -> tuple[NDArray[np.float64], F32]:
+        """Return the objective per row and its gradient w.r.t. the float model input ``x``."""
+        rows = len(x)
+        inputs = {self.inspector.spec.name: x.astype(self.dtype, copy=False),
+                  self.seed: np.ones(rows, np.float32), **feeds}
+        try:
+            out = self.session.run(inputs, [OBJECTIVE_OUT, self.gradient])
+        except (InputError, ModelError):
+            if not self.freed or rows == 1:
+                raise
+            out = {}
+        value = out.get(OBJECTIVE_OUT)
+        if self.freed and (value is None or value.shape != (rows,)):
+            self.close()
+            self._batch_fixed()
+            return self.run_model(x, feeds)
+        grad = np.asarray(out[self.gradient], np.float32)
+        return np.asarray(out[OBJECTIVE_OUT], np.float64), grad
+
+
+# -- layer, size and unit resolution ---------------------------------------------------------
+def _layer_tensor(inspector: api.Inspector, layer: str | int) -> str:
+    """The tensor of ``layer``: the name itself when it is a tensor, else the layer's output."""
+    tensor = inspector.layer_tensors([layer], "conv")[0]
+    lay = inspector.layer(layer)
+    return layer if isinstance(layer, str) and layer in lay.outputs else tensor
+
+
+def _image_size(inspector: api.Inspector, size: int | None) -> tuple[int, int]:
+    """(H, W) of the optimized images: the model's fixed size, else ``size``, else the
+    preprocessing size, else 224."""
+    spec = inspector.spec
+    if spec.height is not None and spec.width is not None:
+        if size is not None and (size, size) != (spec.height, spec.width):
+            raise InputError(f"model input {spec.name!r} has a fixed size {spec.height}x"
+                             f"{spec.width}; size {size} does not fit it; omit the size")
+        return spec.height, spec.width
+    if size is not None:
+        if size < 8:
+            raise InputError(f"size must be at least 8 pixels, got {size}")
+        return size, size
+    prep = inspector.preprocessing.size
+    return prep if prep is not None else (224, 224)
+
+
+def _layer_shape(inspector: api.Inspector, imap: syn.InputMap, tensor: str,
+                 size: tuple[int, int]) -> tuple[int, ...]:
+    """Per-row shape ``(C, ...)`` of ``tensor`` for a grey image of ``size`` (one real run).
+
+    Raises:
+        InputError: the tensor has no channel axis, or is not a float tensor.
+    """
+    grey = np.full((1, imap.image_channels, *size), 0.5, np.float32)
+    x = syn.quantize(imap, syn.to_model(imap, grey)).astype(inspector.spec.dtype)
+    value = inspector.capture(x, [tensor])[tensor]
+    if value.ndim < 2:
+        raise InputError(f"layer tensor {tensor!r} has shape {value.shape}, without a channel "
+                         "axis; pick a layer with shape (N, C) or (N, C, H, W)")
+    if value.dtype.kind != "f":
+        raise InputError(f"layer tensor {tensor!r} is {value.dtype}, not a float tensor; pick "
+                         "its dequantized (float) tensor or another layer")
+    return tuple(int(d) for d in value.shape[1:])
+
+
+def _units(opts: MaximizeOptions, channels: int) -> tuple[int, ...]:
+    """Channel of each optimized image row (unit-major; -1 for the layer objective)."""
+    per = opts.images or (4 if opts.diversity else 1)
+    if opts.objective == "layer":
+        if opts.channels:
+            raise InputError("the layer objective uses every channel; give no channels")
+        return (-1,) * per
+    chans = opts.channels if opts.channels else tuple(range(min(channels, DEFAULT_CHANNELS)))
+    syn.check_channels(chans, channels)
+    return tuple(c for c in chans for _ in range(per))
+
+
+def _unit_feeds(head: _Head, units: Sequence[int], shape: Sequence[int]) -> dict[str, F32]:
+    """The head's per-row inputs: channel selection (times C) and the neuron's position."""
+    if head.kind == "layer":
+        return {}
+    rows = len(units)
+    select = np.zeros((rows, head.channels), np.float32)
+    select[np.arange(rows), list(units)] = head.channels
+    feeds: dict[str, F32] = {SELECT_IN: select}
+    if head.kind == "neuron":
+        spatial = int(np.prod(shape[1:], dtype=np.int64))
+        position = np.zeros((rows, spatial, 1), np.float32)
+        position[:, syn.centre_index(shape[1:]), 0] = 1.0
+        feeds[POSITION_IN] = position
+    return feeds
+
+
+# -- activation maximization ---------------------------------------------------------------------
+def maximize(source: ModelOrInspector, options: MaximizeOptions,
+             progress: ProgressFn | None = None, *, provider: str = "auto") -> MaximizeResult:
+    """Find images that maximize channels, centre neurons or a whole layer of a model.
+
+    Args:
+        source: an open ``Inspector`` (its provider and preprocessing are used) or a model
+            (path, bytes or proto; opened with ``provider``).
+        options: see ``MaximizeOptions``.
+        progress: called after every step with the mean objective in the status.
+
+    Returns:
+        ``MaximizeResult`` with the images, their model inputs and the objective before, during
+        and after the optimization.
+
+    Raises:
+        InputError: unknown objective or recipe, a channel out of range, a layer without
+            channels, a neuron objective on an (N, C) layer, a non-image model input.
+        LayerNotFoundError: no such layer. ModelError: an op on the path from the input to the
+            layer has no gradient rule (the message names it).
+    """
+    opts = _check_maximize(options)
+    inspector = source if isinstance(source, api.Inspector) else api.Inspector(source, provider)
+    try:
+        return _maximize(inspector, opts, progress)
+    finally:
+        if inspector is not source:
+            inspector.close()
+
+
+def _check_maximize(opts: MaximizeOptions) -> MaximizeOptions:
+    if opts.objective not in OBJECTIVES:
+        raise InputError(f"unknown objective {opts.objective!r}; choose one of "
+                         f"{', '.join(OBJECTIVES)}")
+    if opts.recipe not in RECIPES:
+        raise InputError(f"unknown recipe {opts.recipe!r}; choose one of {', '.join(RECIPES)}")
+    if opts.steps is not None and opts.steps < 1:
+        raise InputError(f"steps must be at least 1, got {opts.steps}")
+    if opts.lr is not None and not opts.lr > 0:
+        raise InputError(f"the learning rate must be positive, got {opts.lr}")
+    if opts.diversity < 0:
+        raise InputError(f"diversity must be >= 0, got {opts.diversity}")
+    if opts.images is not None and (opts.images < 1 or (opts.diversity and opts.images < 2)):
+        raise InputError(f"images per unit must be >= 1 (>= 2 with diversity), got {opts.images}")
+    return opts
+
+
+def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
+              progress: ProgressFn | None) -> MaximizeResult:
+    imap = syn.input_map(inspector.spec, inspector.preprocessing)
+    size = _image_size(inspector, opts.size)
+    tensor = _layer_tensor(inspector, opts.layer)
+    shape = _layer_shape(inspector, imap, tensor, size)
+    units = _units(opts, shape[0])
+    if opts.objective == "neuron":
+        syn.centre_index(shape[1:])
+    group = opts.images or (4 if opts.diversity else 1)
+    head = _Head(opts.objective, shape[0], group, opts.diversity)
+    feeds = _Feeds(inspector, imap, tensor, head, units)
+    rng = np.random.default_rng(opts.seed)
+    images_shape = (len(units), imap.image_channels, *size)
+    with _GradientSession(inspector, tensor, head) as grads:
+        loop = _fourier if opts.recipe == "fourier" else _pyramid
+        image, view, history, start, first = loop(grads, images_shape, opts, rng, feeds,
+                                                  progress)
+        x = syn.quantize(imap, syn.to_model(imap, view))
+        final, _ = grads.run_model(x, feeds(view.shape[2:]))
+    return MaximizeResult(tensor, opts.objective, opts.recipe, units, _hwc(image),
+                          x.astype(inspector.spec.dtype), start, final, history, _hwc(first))
+
+
+class _Feeds:
+    """The head's per-row inputs for each view size (neuron positions depend on the size)."""
+
+    def __init__(self, inspector: api.Inspector, imap: syn.InputMap, tensor: str, head: _Head,
+                 units: Sequence[int]) -> None:
+        self.inspector, self.imap, self.tensor, self.head, self.units = (
+            inspector, imap, tensor, head, units)
+        self.cache: dict[tuple[int, ...], dict[str, F32]] = {}
+
+    def __call__(self, size: tuple[int, ...]) -> dict[str, F32]:
+        key = tuple(size)
+        if key not in self.cache:
+            shape = ((self.head.channels,) if self.head.kind != "neuron" else
+                     _layer_shape(self.inspector, self.imap, self.tensor, (key[0], key[1])))
+            self.cache[key] = _unit_feeds(self.head, self.units, shape)
+        return self.cache[key]
+
+
+def _report(progress: ProgressFn | None, done: int, total: int,
+            values: NDArray[np.float64]) -> None:
+    if progress is not None:
+        progress(Progress(done, total, "step", f"objective {float(np.mean(values)):.4g}"))
+
+
+Loop = tuple[F32, F32, F32, NDArray[np.float64], F32]
+
+
+class _FourierRun:
+    """A Fourier-parameterized batch under optimization (one ``step`` = one session call).
+
+    The host work of a step (parameterization, transform, preprocessing map, their adjoints and
+    Adam) is per row, so it runs on row chunks in a thread pool (numpy releases the GIL) while
+    the session call takes the whole batch; results do not depend on the chunking.
+    """
+
+    def __init__(self, grads: _GradientSession, shape: tuple[int, int, int, int],
+                 opts: MaximizeOptions, rng: np.random.Generator) -> None:
+        self.grads, self.rng, self.hw = grads, rng, shape[2:]
+        self.param = syn.fourier_param(shape, basis="svd" if opts.decorrelate else "none",
+                                       start=_neutral_colour(grads.imap))
+        spectrum = syn.fourier_init(self.param, rng)
+        # a chunk below ~half a million pixel values costs more in thread hand-offs than it saves
+        size = int(np.prod(shape))
+        workers = max(1, min(os.cpu_count() or 1, shape[0], 16, size // 500_000))
+        self.chunks = [slice(int(a[0]), int(a[-1]) + 1)
+                       for a in np.array_split(np.arange(shape[0]), workers)]
+        self.spectra = [spectrum[c] for c in self.chunks]
+        self.states = [syn.adam_init(part) for part in self.spectra]
+        self.lr, self.transforms = opts.lr or 0.05, opts.transforms
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _map(self, fn: Callable[[int], _T]) -> list[_T]:
+        if self.pool is None:
+            return [fn(i) for i in range(len(self.chunks))]
+        return list(self.pool.map(fn, range(len(self.chunks))))
+
+    def image(self) -> F32:
+        """The current images ``(R, C, H, W)`` in (0, 1)."""
+        return np.concatenate(self._map(lambda i: syn.fourier_image(self.param,
+                                                                    self.spectra[i])))
+
+    def step(self, feeds: dict[str, F32]) -> NDArray[np.float64]:
+        """Take one Adam step on a randomly transformed view; return the objective per row."""
+        sampler = syn.random_sampler(self.rng, self.hw, self.hw) if self.transforms else None
+        imap = self.grads.imap
+
+        def forward(i: int) -> tuple[F32, F32]:
+            image = syn.fourier_image(self.param, self.spectra[i])
+            view = syn.sample(sampler, image) if sampler is not None else image
+            return image, syn.to_model(imap, view).astype(self.grads.dtype)
+
+        parts = self._map(forward)
+        values, grad = self.grads.run_model(np.concatenate([x for _, x in parts]), feeds)
+
+        def backward(i: int) -> None:
+            g = syn.to_model_adjoint(imap, grad[self.chunks[i]])
+            g = syn.sample_adjoint(sampler, g) if sampler is not None else g
+            g = syn.fourier_vjp(self.param, parts[i][0], g)
+            self.spectra[i], self.states[i] = syn.adam_step(self.spectra[i], g, self.states[i],
+                                                            lr=self.lr)
+
+        self._map(backward)
+        return values
+
+
+def _fourier(grads: _GradientSession, shape: tuple[int, int, int, int], opts: MaximizeOptions,
+             rng: np.random.Generator, feeds: _Feeds, progress: ProgressFn | None) -> Loop:
+    """Optimize a Fourier-parameterized batch; return (image, view, history, start, first)."""
+    run = _FourierRun(grads, shape, opts, rng)
+    try:
+        steps, rows = opts.steps or 512, feeds(shape[2:])
+        first = run.image()
+        start, _ = grads.run(first, rows)
+        history = np.zeros((steps, shape[0]), np.float32)
+        for step in range(steps):
+            history[step] = values = run.step(rows)
+            _report(progress, step + 1, steps, values)
+        image = run.image()
+    finally:
+        run.close()
+    return image, image, history, start, first
+
+
+def _neutral_colour(imap: syn.InputMap) -> tuple[float, ...]:
+    """The image colour the preprocessing maps to a zero model input (the data mean for
+    mean-subtracted models, black for plain [0, 1] inputs)."""
+    zero = np.zeros((1, len(imap.order), 1, 1), np.float32)
+    layout = {"NCHW": zero, "NHWC": zero.transpose(0, 2, 3, 1), "NHW": zero[:, 0]}[imap.layout]
+    return tuple(float(v) for v in syn.from_model(imap, layout)[0, :, 0, 0])
+
+
+def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: MaximizeOptions,
+             rng: np.random.Generator, feeds: _Feeds, progress: ProgressFn | None) -> Loop:
+    """FilterVisualizer: pixels from noise, Adam per scale, bicubic upscaling (+ blur)."""
+    target = shape[2:]
+    fixed = grads.inspector.spec.height is not None
+    sizes = syn.pyramid_sizes(opts.start_size, opts.scales, opts.factor, cap=max(target))
+    per, lr = opts.steps or 20, opts.lr or 0.03
+    image = first = syn.pixel_init((shape[0], shape[1], sizes[0], sizes[0]), rng)
+    history = np.zeros((per * len(sizes), shape[0]), np.float32)
+    start = np.zeros(shape[0])
+    for index, size in enumerate(sizes):
+        if index:
+            image = syn.resize_bicubic(image, (size, size))
+            image = syn.box_blur(image, opts.blur) if opts.blur else image
+        out = target if fixed else (size, size)
+        resize = syn.linear_resize((size, size), out)
+        rows, state = feeds(out), syn.adam_init(image)
+        if index == 0:
+            start, _ = grads.run(resize.apply(image), rows)
+        for step in range(per):
+            values, grad = grads.run(resize.apply(image), rows)
+            image, state = syn.adam_step(image, resize.adjoint(grad), state, lr=lr)
+            image = syn.project_pixels(image)
+            history[index * per + step] = values
+            _report(progress, index * per + step + 1, len(history), values)
+    return image, resize.apply(image), history, start, first
+
+
+# -- feature inversion -------------------------------------------------------------------------
+def invert(source: ModelOrInspector, image: api.Images, options: InvertOptions,
+           progress: ProgressFn | None = None, *, provider: str = "auto") -> InvertResult:
+    """Reconstruct each input image from its features at one layer (Mahendran & Vedaldi).
+
+    From noise near grey, Adam on the pixels minimizes ``||f(x) - f(x0)||^2 / ||f(x0)||^2 +
+    tv * TV(x)`` with ``f`` the layer tensor and ``x0`` the input as the model sees it.
+
+    Args:
+        source: an open ``Inspector`` or a model (opened with ``provider``).
+        image: image paths, PIL images or a model-ready array (every row is inverted).
+        options: see ``InvertOptions``.
+        progress: called after every step with the mean loss in the status.
+
+    Returns:
+        ``InvertResult`` with reconstructions, originals, final loss and correlation.
+
+    Raises:
+        InputError: bad steps/tv/lr, a non-image input, a layer without channels, an input
+            whose features are all zero. LayerNotFoundError: no such layer. ModelError: an op
+            on the path has no gradient rule.
+    """
+    if options.steps < 1 or options.tv < 0 or not options.lr > 0:
+        raise InputError(f"invert needs steps >= 1, tv >= 0 and lr > 0; got steps "
+                         f"{options.steps}, tv {options.tv}, lr {options.lr}")
+    inspector = source if isinstance(source, api.Inspector) else api.Inspector(source, provider)
+    try:
+        return _invert(inspector, image, options, progress)
+    finally:
+        if inspector is not source:
+            inspector.close()
+
+
+def _invert(inspector: api.Inspector, image: api.Images, opts: InvertOptions,
+            progress: ProgressFn | None) -> InvertResult:
+    imap = syn.input_map(inspector.spec, inspector.preprocessing)
+    loaded = inspector.load_batch(image)
+    tensor = _layer_tensor(inspector, opts.layer)
+    target = np.asarray(inspector.capture(loaded.array, [tensor])[tensor], np.float32)
+    if target.ndim < 2:
+        raise InputError(f"layer tensor {tensor!r} has shape {target.shape}, without a channel "
+                         "axis; pick a layer with shape (N, C) or (N, C, H, W)")
+    syn.inversion_loss(target, target)  # raises for all-zero features
+    originals = syn.from_model(imap, loaded.array)
+    flat = target.reshape(len(target), target.shape[1], -1)
+    feeds = {TARGET_IN: flat, WEIGHT_IN: (1.0 / np.mean(flat * flat, axis=(1, 2))).astype(
+        np.float32)}
+    rng = np.random.default_rng(opts.seed)
+    with _GradientSession(inspector, tensor, _Head("invert", target.shape[1])) as grads:
+        pixels, history = _invert_loop(grads, originals.shape, opts, rng, feeds, progress)
+        x = syn.quantize(imap, syn.to_model(imap, pixels))
+        loss, _ = grads.run_model(x, feeds)
+    return InvertResult(tensor, loaded.sources, _hwc(pixels), _hwc(originals), loss,
+                        syn.image_correlation(pixels, originals), history)
+
+
+def _invert_loop(grads: _GradientSession, shape: tuple[int, ...], opts: InvertOptions,
+                 rng: np.random.Generator, feeds: dict[str, F32],
+                 progress: ProgressFn | None) -> tuple[F32, F32]:
+    """Adam descent on the pixels; return the image (N, C, H, W) and the loss history."""
+    pixels = syn.pixel_init(shape, rng)
+    state = syn.adam_init(pixels)
+    history = np.zeros((opts.steps, shape[0]), np.float32)
+    for step in range(opts.steps):
+        values, grad = grads.run(pixels, feeds)
+        total = values + opts.tv * syn.total_variation(pixels)
+        grad = grad + np.float32(opts.tv) * syn.total_variation_grad(pixels)
+        pixels, state = syn.adam_step(pixels, grad, state, lr=opts.lr, ascend=False)
+        pixels = syn.project_pixels(pixels)
+        history[step] = total
+        if progress is not None:
+            progress(Progress(step + 1, opts.steps, "step", f"loss {float(np.mean(total)):.4g}"))
+    return pixels, history
+
+
+def _hwc(images: F32) -> F32:
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
+
+# -- pictures -------------------------------------------------------------------------------------
+def render_maximized(result: MaximizeResult, *, tile: int | None = None,
+                     columns: int | None = None) -> api.Rendered:
+    """Draw a grid of the optimized images and one PNG per image.
+
+    Args:
+        result: from ``maximize``.
+        tile: side of each grid tile in pixels (None: the image size, at least 96; images are
+            scaled with nearest neighbour when enlarged and bicubic when reduced).
+        columns: grid columns (None: about square).
+
+    Returns:
+        Pictures ``maximize_<tensor>.png`` (grid with channel captions) and
+        ``<tensor>/<unit>.png`` per image; arrays ``images``, ``model_input``, ``units``,
+        ``start``, ``final`` and ``history`` for ``.npz`` export.
+    """
+    stem = api._file_stem(result.tensor)
+    names = _unit_names(result.units)
+    singles = [_picture(img) for img in result.images]
+    captions = [name.replace("_", " ").replace("channel", "ch") for name in names]
+    grid = _grid([_fit_tile(p, tile) for p in singles], captions, columns)
+    title = (f"{result.tensor}: {result.objective} objective, {result.recipe} recipe, "
+             f"{len(result.history)} steps")
+    pictures = [api.Picture(f"maximize_{stem}.png", render.render_side_by_side([grid], [title]))]
+    pictures += [api.Picture(f"{stem}/{name}.png", pic) for name, pic in zip(names, singles,
+                                                                             strict=True)]
+    arrays: dict[str, NDArray[np.generic]] = {
+        "images": result.images, "model_input": result.model_input,
+        "units": np.asarray(result.units, np.int64), "start": result.start,
+        "final": result.final, "history": result.history}
+    return api.Rendered(tuple(pictures), arrays)
+
+
+def render_inversions(results: Sequence[InvertResult], *, tile: int | None = None
+                      ) -> api.Rendered:
+    """Draw, per input, its original beside its reconstruction at each layer.
+
+    Returns:
+        ``invert.png`` (one row per input: original, then one tile per layer captioned with the
+        correlation), ``<input>/invert_<tensor>.png`` per reconstruction, and arrays
+        ``original`` plus ``<tensor>`` reconstructions, ``<tensor>_loss`` and
+        ``<tensor>_correlation``.
+    """
+    if not results:
+        raise InputError("no inversion results to draw; invert at least one layer")
+    rows, pictures = [], []
+    arrays: dict[str, NDArray[np.generic]] = {"original": results[0].originals}
+    for index, folder in enumerate(api._input_folders(results[0].sources)):
+        tiles = [_fit_tile(_picture(results[0].originals[index]), tile)]
+        captions = ["original"]
+        for res in results:
+            pic = _picture(res.images[index])
+            tiles.append(_fit_tile(pic, tile))
+            captions.append(f"{res.tensor} r={res.correlation[index]:.2f}")
+            stem = api._file_stem(res.tensor)
+            pictures.append(api.Picture(f"{folder}/invert_{stem}.png", pic))
+        rows.append(render.render_side_by_side(tiles, captions))
+    for res in results:
+        key = api._file_stem(res.tensor)
+        arrays.update({key: res.images, f"{key}_loss": res.loss,
+                       f"{key}_correlation": res.correlation})
+    return api.Rendered((api.Picture("invert.png", _stack(rows)), *pictures), arrays)
+
+
+def _unit_names(units: Sequence[int]) -> list[str]:
+    counts = {u: units.count(u) for u in units}
+    seen: dict[int, int] = {}
+    names = []
+    for unit in units:
+        base = "layer" if unit < 0 else f"channel_{unit}"
+        seen[unit] = seen.get(unit, 0) + 1
+        names.append(base if counts[unit] == 1 else f"{base}_{seen[unit] - 1}")
+    return names
+
+
+def _picture(image: F32) -> Image.Image:
+    """(H, W, C) float in [0, 1] -> RGB (C = 3) or L (C = 1) image."""
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def _fit_tile(image: Image.Image, tile: int | None) -> Image.Image:
+    side = max(image.size)
+    target = tile or max(side, 96)
+    if target == side:
+        return image
+    size = (max(1, round(image.width * target / side)), max(1, round(image.height * target / side)))
+    if target > side and target % side == 0:
+        return image.resize(size, Image.Resampling.NEAREST)
+    return image.resize(size, Image.Resampling.BICUBIC if target < side else
+                        Image.Resampling.NEAREST)
+
+
+def _grid(tiles: Sequence[Image.Image], captions: Sequence[str], columns: int | None
+          ) -> Image.Image:
+    side = max(1, int(np.ceil(np.sqrt(len(tiles)))))
+    # about square, preferring a column count that leaves no empty cell (8 tiles: 4 x 2)
+    cols = columns or min(range(side, side + 3), key=lambda c: (-len(tiles) % c, c))
+    rows = [render.render_side_by_side(list(tiles[i:i + cols]), list(captions[i:i + cols]))
+            for i in range(0, len(tiles), cols)]
+    return _stack(rows)
+
+
+def _stack(rows: Sequence[Image.Image]) -> Image.Image:
+    """Stack pictures top to bottom on white, left-aligned."""
+    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
+                    (255, 255, 255))
+    top = 0
+    for row in rows:
+        out.paste(row, (0, top))
+        top += row.height
+    return out
