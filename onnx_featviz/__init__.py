@@ -1,8 +1,20 @@
-"""onnx-featviz: see inside any CNN exported to ONNX, exactly as it will be deployed."""
+"""onnx-featviz: see inside any CNN exported to ONNX, exactly as it will be deployed.
+
+The names of the audit (``api_audit``), dataset (``api_data``) and feature-visualization
+(``api_synthesis``) modules are re-exported lazily, so ``import onnx_featviz`` stays as cheap
+as the core engine (those modules pull in matplotlib figures and thread pools).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from onnx_featviz.api import (  # noqa: E402
+    CamOptions,
+    CamReport,
     Inspector,
     PrepOptions,
     compute_activations,
@@ -10,6 +22,8 @@ from onnx_featviz.api import (  # noqa: E402
     load_model,
     predict,
     read_model_filters,
+    render_backprop,
+    render_cam,
 )
 from onnx_featviz.errors import (  # noqa: E402
     FeatvizError,
@@ -19,8 +33,34 @@ from onnx_featviz.errors import (  # noqa: E402
     ProviderError,
 )
 
+_LAZY = {
+    "CompareOptions": "api_audit", "CompareResult": "api_audit", "compare_models": "api_audit",
+    "StatsOptions": "api_audit", "StatsResult": "api_audit", "dataset_stats": "api_audit",
+    "open_data": "api_data",
+    "MaximizeOptions": "api_synthesis", "MaximizeResult": "api_synthesis",
+    "maximize": "api_synthesis", "InvertOptions": "api_synthesis",
+    "InvertResult": "api_synthesis", "invert": "api_synthesis",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx_featviz' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"onnx_featviz.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
-    "FeatvizError", "InputError", "Inspector", "LayerNotFoundError", "ModelError", "PrepOptions",
-    "ProviderError", "__version__", "compute_activations", "inspect_model", "load_model",
-    "predict", "read_model_filters",
+    "CamOptions", "CamReport", "CompareOptions", "CompareResult", "FeatvizError", "InputError",
+    "Inspector", "InvertOptions", "InvertResult", "LayerNotFoundError", "MaximizeOptions",
+    "MaximizeResult", "ModelError", "PrepOptions", "ProviderError", "StatsOptions", "StatsResult",
+    "__version__", "compare_models", "compute_activations", "dataset_stats", "inspect_model",
+    "invert", "load_model", "maximize", "open_data", "predict", "read_model_filters",
+    "render_backprop", "render_cam",
 ]
