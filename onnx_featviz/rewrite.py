@@ -447,7 +447,7 @@ def _add_output(graph: onnx.GraphProto, tensor: str, ctx: _Context, *,
         dtype = _dequant_dtype(like, ctx)
     elem = _elem_type(dtype) if dtype else TensorProto.UNDEFINED
     if elem == TensorProto.UNDEFINED:
-        log.warning("no dtype known for %r; it is exposed untyped (onnxruntime infers it)", tensor)
+        log.debug("no dtype known for %r; it is exposed untyped (onnxruntime infers it)", tensor)
         value = onnx.ValueInfoProto()
         value.name = tensor
         graph.output.append(value)
