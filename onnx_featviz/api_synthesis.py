@@ -390,7 +390,8 @@ class _GradientSession:
             raise ModelError(f"cannot optimize an input image for layer tensor "
                              f"{self.tensor!r}: {err}") from err
         try:
-            self.session = runtime.Session(grad.model, self.inspector.provider)
+            # the host maps images between calls: spinning threads would compete with it
+            self.session = runtime.Session(grad.model, self.inspector.provider, spinning=False)
         except ModelError:
             if not free_batch:
                 raise

@@ -87,6 +87,9 @@ class Session:
         provider: ``"auto"`` (CUDA when it really runs, else CPU with one warning), ``"cuda"``
             (error when CUDA does not run) or ``"cpu"``.
         threads: intra-op threads (None: onnxruntime's default, all cores).
+        spinning: False stops idle intra-op threads from busy-waiting for the next call;
+            cheaper when the host computes between session calls (True: onnxruntime's
+            default).
 
     Raises:
         ProviderError: ``provider="cuda"`` but CUDA does not run, or an unknown provider.
@@ -94,12 +97,14 @@ class Session:
     """
 
     def __init__(self, model: onnx.ModelProto, provider: str = "auto", *,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, spinning: bool = True) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         requested = resolve_providers(provider)
         source = self._source(model)
         try:

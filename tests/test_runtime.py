@@ -26,6 +26,12 @@ def test_cpu_session_runs_hand_checked_conv() -> None:
     np.testing.assert_array_equal(out["y"], [[[[45, 54], [81, 90]]]])
 
 
+def test_session_without_spinning_gives_the_same_result() -> None:
+    with runtime.Session(graphs.conv_relu(), "cpu", spinning=False) as session:
+        out = session.run({"x": _x()})
+    np.testing.assert_array_equal(out["y"], [[[[45, 54], [81, 90]]]])
+
+
 def test_unknown_provider_lists_choices() -> None:
     with pytest.raises(ProviderError, match="auto, cuda, cpu"):
         runtime.Session(graphs.conv_relu(), "tpu")
