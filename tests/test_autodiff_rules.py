@@ -183,6 +183,15 @@ CASES: dict[str, Builder] = {
 VARIANTS: dict[str, Builder] = {
     "Conv_same_upper": op_case("Conv", {"x": grid((1, 2, 5, 6))}, {"w": grid((3, 2, 3, 3))},
                                auto_pad="SAME_UPPER", strides=[2, 2]),
+    # stride 1, >= 8 input channels: the adjoint is a Conv with flipped weights
+    "Conv_stride1_direct": op_case("Conv", {"x": grid((2, 8, 6, 7))},
+                                   {"w": grid((6, 4, 3, 2), seed=1)}, group=2,
+                                   pads=[1, 0, 2, 1], dilations=[1, 2]),
+    "Conv_stride1_1d_direct": op_case("Conv", {"x": grid((2, 8, 7))}, {"w": grid((3, 8, 3))},
+                                      pads=[2, 1]),
+    # a begin pad wider than the kernel reach keeps ConvTranspose (cropped)
+    "Conv_stride1_wide_pad": op_case("Conv", {"x": grid((1, 8, 5, 5))},
+                                     {"w": grid((2, 8, 3, 3))}, pads=[3, 0, 1, 1]),
     "Conv_bias_1d": op_case("Conv", {"x": grid((2, 3, 7))}, {"w": grid((2, 3, 3)),
                                                                "b": np.asarray([0.1, -0.2])},
                             strides=[2], pads=[1, 1]),
@@ -312,3 +321,25 @@ def test_every_required_op_has_a_rule_and_a_case() -> None:
     assert [op for op in REQUIRED if op not in RULES] == []
     assert [op for op in REQUIRED if op not in covered] == []
     assert [op for op in RULES if op not in covered] == []
+
+
+@pytest.mark.parametrize(("variant", "adjoint"), [
+    ("Conv_stride1_direct", "Conv"), ("Conv_stride1_1d_direct", "Conv"),
+    ("Conv_stride1_wide_pad", "ConvTranspose"), ("Conv_bias_1d", "ConvTranspose"),
+])
+def test_conv_adjoint_kind(variant: str, adjoint: str) -> None:
+    """Stride-1 convs with >= 8 input channels backpropagate through a flipped-weight Conv."""
+    model, _, wrt = VARIANTS[variant](np.float32)
+    grad = differentiate(model, "y", wrt)
+    added = [n.op_type for n in grad.model.graph.node[len(model.graph.node):]]
+    assert adjoint in added
+    assert ("ConvTranspose" in added) == (adjoint == "ConvTranspose")
+
+
+def test_relu_backward_reads_the_output() -> None:
+    """The Relu mask reads y (so the runtime can fuse Conv+Relu) and multiplies, no Where."""
+    model, _, wrt = CASES["Relu"](np.float32)
+    grad = differentiate(model, "y", wrt)
+    added = grad.model.graph.node[len(model.graph.node):]
+    assert [n.op_type for n in added if n.op_type in ("Greater", "Where")] == ["Greater"]
+    assert next(n for n in added if n.op_type == "Greater").input[0] == "y"

@@ -430,8 +430,18 @@ def _masked(ctx: Emitter, node: onnx.NodeProto, g: str | None, mask: str,
 
 
 def relu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
-    """Relu: g where x > 0 (guided: and g > 0)."""
-    return _masked(ctx, node, grads[0], ctx.op("Greater", [_x(ctx, node), ctx.const(0.0)]))
+    """Relu: g where x > 0 (guided: and g > 0).
+
+    The mask reads the output (y > 0 exactly where x > 0), so the runtime may fuse the forward
+    Relu into the Conv before it instead of keeping its input; ``g * Cast(mask)`` is about
+    twice as fast as Where on CPU (only a non-finite g differs: NaN, not 0, where x <= 0).
+    """
+    g = grads[0]
+    mask = ctx.op("Greater", [_y(ctx, node), ctx.const(0.0)])
+    if ctx.guided:
+        return _masked(ctx, node, g, mask)
+    assert g is not None
+    return _first(ctx, node, ctx.mul(g, ctx.op("Cast", [mask], to=ctx.dtype)))
 
 
 def leakyrelu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:

@@ -109,18 +109,49 @@ def _check_weights(ctx: Emitter, node: onnx.NodeProto) -> None:
         )
 
 
+def _flipped_weight(ctx: Emitter, weight: str, group: int) -> str:
+    """The weight ``(I, O/group, *k)`` of a Conv computing a Conv's stride-1 data adjoint: per
+    group the in/out axes swapped and the kernel flipped (``weight`` must be constant)."""
+    w = np.asarray(ctx.value(weight))
+    o, per_group, kernel = w.shape[0], w.shape[1], w.shape[2:]
+    w = w.reshape(group, o // group, per_group, *kernel).swapaxes(1, 2)
+    w = w.reshape(group * per_group, o // group, *kernel)
+    return ctx.const(np.ascontiguousarray(w[(slice(None),) * 2 + (slice(None, None, -1),)
+                                            * len(kernel)]))
+
+
+def _direct_adjoint(ctx: Emitter, node: onnx.NodeProto, g: str, kernel: list[int],
+                    strides: list[int], pads: list[int], dilations: list[int]) -> str | None:
+    """A Conv's stride-1 data adjoint as a Conv with flipped weights, or None where it does not
+    apply (strides, pads wider than the dilated kernel, a computed weight, few input channels).
+
+    onnxruntime runs this Conv in its blocked channel layout: 1.5-2x faster than ConvTranspose
+    on CPU from 8 input channels up, slower below (an image's 1 or 3 channels fill no block).
+    """
+    group = int(_attr(node, "group", 1))
+    back = [d * (kk - 1) - p for kk, d, p in zip(kernel * 2, dilations * 2, pads, strict=True)]
+    if (node.input[1] not in ctx.consts or any(s != 1 for s in strides) or any(
+            p < 0 for p in back) or group * _static_weight_shape(ctx, node)[1] < 8):
+        return None
+    return ctx.op("Conv", [g, _flipped_weight(ctx, node.input[1], group)], kernel_shape=kernel,
+                  pads=back, dilations=dilations, group=group)
+
+
 def conv_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
-    """Conv: data gradient via ConvTranspose of the output gradient with the same weights."""
+    """Conv: data gradient via ConvTranspose of the output gradient with the same weights (at
+    stride 1 with a constant weight, a Conv with flipped weights: ``_direct_adjoint``)."""
     g = grads[0]
     assert g is not None
     _check_weights(ctx, node)
     kernel = list(_static_weight_shape(ctx, node)[2:])
     strides, pads, dilations = window_attrs(ctx, node, kernel)
     out: list[str | None] = [None] * len(node.input)
+    group = int(_attr(node, "group", 1))
     if node.input[0] in ctx.active:
-        out[0] = window_adjoint(ctx, g, ctx.fwd(node.input[1]), node.input[0], node.output[0],
-                                kernel=kernel, strides=strides, pads=pads, dilations=dilations,
-                                group=int(_attr(node, "group", 1)))
+        out[0] = _direct_adjoint(ctx, node, g, kernel, strides, pads, dilations) or (
+            window_adjoint(ctx, g, ctx.fwd(node.input[1]), node.input[0], node.output[0],
+                           kernel=kernel, strides=strides, pads=pads, dilations=dilations,
+                           group=group))
     if len(node.input) > 2 and node.input[2] in ctx.active:
         out[2] = ctx.reduce_sum(g, [0] + list(range(2, len(kernel) + 2)), keepdims=False)
     return out
