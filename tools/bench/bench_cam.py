@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from onnx_featviz import api, runtime  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
+from tools.bench.timing import best_of  # noqa: E402
 
 #: pytorch-grad-cam 1.5.7 on an NVIDIA H200, ResNet-50, 8 images at 224x224 (issue 4), ms.
 H200_MS = {"forward": 3.4, "grad_cam": 19.1, "grad_cam_pp": 23.4, "hires_cam": 16.6,
@@ -40,17 +40,6 @@ H200_MS = {"forward": 3.4, "grad_cam": 19.1, "grad_cam_pp": 23.4, "hires_cam": 1
            "guided": 83.7 * 8}
 H200_TARGET = {"eigen_cam": 0.1, "ablation_cam": 0.5, "score_cam": 0.5, "guided": 0.5}
 GRADIENT = ("grad_cam", "grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam")
-
-
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    """Return the best wall time of ``reps`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 class TorchCams:

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from onnx_featviz import api, runtime  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
-
-
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    """Return the best wall time of ``reps`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from tools.bench.timing import best_of  # noqa: E402
 
 
 def torch_hooks_time(net: object, batch: np.ndarray, reps: int, device: str) -> float:

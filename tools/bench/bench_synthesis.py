@@ -34,21 +34,11 @@ sys.path.insert(0, str(REPO))
 from onnx_featviz import api, runtime  # noqa: E402
 from onnx_featviz import api_synthesis as synth  # noqa: E402
 from onnx_featviz import synthesis as syn  # noqa: E402
+from tools.bench.timing import best_of  # noqa: E402
 
 SQUEEZENET = REPO.parent / "shared" / "data" / "models" / "squeezenet1.1_caffe2_fp16.onnx"
 MNIST = REPO / "models" / "mnist_cnn.onnx"
 TARGET = 3.5
-
-
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    """Return the best wall time of ``reps`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def free_batch(model: onnx.ModelProto, outputs: list[str] | None = None) -> onnx.ModelProto:
