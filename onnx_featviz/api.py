@@ -70,6 +70,9 @@ class Batch:
 
 BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
 
+#: Window, stride and fill of the occlusion method (``CamOptions.occlusion``).
+OcclusionOptions = cams.OcclusionOptions
+
 
 @dataclass(frozen=True, slots=True)
 class CamOptions:
@@ -82,7 +85,8 @@ class CamOptions:
     ``score``: the layer or tensor holding one score per class (None: the pre-softmax logits
     when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
     ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion;
-    ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only).
+    ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only); ``occlusion``: the
+    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults).
     """
 
     method: str = "grad_cam"
@@ -95,6 +99,7 @@ class CamOptions:
     cmap: str = "jet"
     batch_size: int = 32
     overlays: bool = True
+    occlusion: cams.OcclusionOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,6 +482,7 @@ class Inspector:
                             if method == "score_cam" else None),
             forward_from_layer=(self._layer_forward_fn(layer, score, batch)
                                 if entry.needs_layer_forward else None),
+            occlusion=options.occlusion or cams.OcclusionOptions(),
             batch_size=options.batch_size, progress=_row_progress(progress))
         result = cams.compute(method, inputs)
         probs, _ = _as_probabilities(np.asarray(scores, np.float64))
@@ -1240,8 +1246,9 @@ def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, low_zer
 
 __all__ = [
     "BACKPROP_METHODS", "Batch", "CamOptions", "CamReport", "FilterRenderOptions", "Inspector",
-    "MapRenderOptions", "Picture", "PrepOptions", "Rendered", "build_conv", "cam_to_json",
-    "compute_activations", "describe", "expand_images", "format_predictions", "format_summary",
+    "MapRenderOptions", "OcclusionOptions", "Picture", "PrepOptions", "Rendered", "build_conv",
+    "cam_to_json", "compute_activations", "describe", "expand_images", "format_predictions",
+    "format_summary",
     "inspect_model", "load_model", "predict", "predictions_to_json", "read_labels",
     "read_model_filters", "render_backprop", "render_cam", "render_feature_maps",
     "render_model_filters", "save_pictures",

@@ -14,6 +14,8 @@ from onnx_featviz.cli_options import (
     emit_written,
     out_dir_option,
     parse_channels,
+    parse_fill,
+    parse_size,
     prep_options,
     progress_bar,
     provider_option,
@@ -229,6 +231,13 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=32,
               show_default=True, help="Rows per forward pass (Score-CAM, Ablation, occlusion).")
+@click.option("--window", callback=parse_size, help="occlusion: window in input pixels, 16 or "
+              "16x24 (HxW); default: 1/8 of the input.")
+@click.option("--stride", callback=parse_size, help="occlusion: window step in pixels, 8 or "
+              "8x12; default: half the window.")
+@click.option("--fill", callback=parse_fill, default="0", show_default=True,
+              help="occlusion: window fill in model-input units (0 is the dataset mean for "
+              "mean/std-normalized inputs), or 'mean' for each image's channel means.")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w), target (N,) and image (N,).")
@@ -238,8 +247,10 @@ def _target(value: str | None) -> int | str | None:
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
         target: str | None, labels: Path | None, top_k: int, explain_top: int,
-        score: str | None, alpha: float, cmap: str, batch_size: int, out: Path,
-        save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
+        score: str | None, alpha: float, cmap: str, batch_size: int,
+        window: tuple[int, int] | None, stride: tuple[int, int] | None, fill: float | str,
+        out: Path, save_npz: Path | None, as_json: bool, provider: str,
+        prep: api.PrepOptions) -> None:
     """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
 
     \b
@@ -248,11 +259,13 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam squeezenet.onnx cat.png --preset caffe --method score_cam --save-npz cam.npz
       featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
       featviz cam model.onnx cat.png --explain-top 3
+      featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
     """
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
-                             batch_size=batch_size)
+                             batch_size=batch_size,
+                             occlusion=api.OcclusionOptions(window, stride, fill))
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:
         report = inspector.cam(api.expand_images(images), options, progress=progress)

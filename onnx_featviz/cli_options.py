@@ -48,6 +48,16 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str | None
     return (dims[0], dims[-1])
 
 
+def parse_fill(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
+    if value.strip().lower() == "mean":
+        return "mean"
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a fill value; use a number such as 0 or "
+                                 "'mean'") from None
+
+
 def parse_channels(ctx: click.Context, param: click.Parameter, value: str | None
               ) -> slice | None:
     if value is None:

@@ -466,3 +466,43 @@ def test_cam_without_overlays_gives_arrays_only() -> None:
     np.testing.assert_array_equal(bare.cam, full.cam)
     names = [p.name for p in api.render_cam(bare).pictures]
     assert len(names) == 3 and all(n.endswith("_heatmap.png") for n in names)
+
+
+def test_cli_occlusion_window_stride_fill_match_direct_runs(tmp_path: Path) -> None:
+    """--window/--stride/--fill reach the occlusion grid: each cell equals the score drop of one
+    blanked window, computed with onnxruntime on the untouched model."""
+    npz = tmp_path / "occ.npz"
+    result = CliRunner().invoke(main, ["cam", str(MNIST), str(DIGIT), "--method", "occlusion",
+                                       "--window", "7", "--stride", "7x14", "--fill", "0.5",
+                                       "--out", str(tmp_path / "out"), "--save-npz", str(npz),
+                                       "--provider", "cpu"])
+    assert result.exit_code == 0, result.output
+    with api.Inspector(MNIST, "cpu") as inspector:
+        x = inspector.load_batch([DIGIT]).array
+    session = ort.InferenceSession(str(MNIST), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x})[0][0]
+    target = int(logits.argmax())
+    # rows start 0, 7, 14, 21; columns 0, 14 and 21 (the last window sits flush with the edge)
+    expected = np.zeros((4, 3))
+    for i, y0 in enumerate(range(0, 28, 7)):
+        for j, x0 in enumerate((0, 14, 21)):
+            blanked = x.copy()
+            blanked[:, :, y0:y0 + 7, x0:x0 + 7] = 0.5
+            drop = logits[target] - session.run(None, {"input": blanked})[0][0, target]
+            expected[i, j] = max(drop, 0.0)
+    data = np.load(npz)
+    assert int(data["target"][0]) == target
+    np.testing.assert_allclose(data["layer_cam"][0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_occlusion_bad_options(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["cam", str(MNIST), str(DIGIT), "--method", "occlusion", "--out", str(tmp_path),
+            "--provider", "cpu"]
+    out = runner.invoke(main, [*base, "--fill", "grey"])
+    assert out.exit_code == 2 and "not a fill value" in out.output
+    out = runner.invoke(main, [*base, "--window", "0"])
+    assert out.exit_code == 2 and "not a size" in out.output
+    out = runner.invoke(main, [*base, "--window", "40"])
+    assert out.exit_code == 1 and "larger than the input" in out.output
+    assert "Traceback" not in out.output
