@@ -312,27 +312,51 @@ def _float_input(graph: onnx.GraphProto, name: str) -> None:
     """Turn an integer image input into float32 (its values stay integers 0..255 when fed).
 
     Consumers may be Cast (kept: float to float) or DequantizeLinear (rewritten exactly as
-    ``(x - zero_point) * scale``); anything else has no float path for gradients.
+    ``(x - zero_point) * scale``, per tensor or per channel); anything else has no float path
+    for gradients.
     """
+    rank = 0
     for value in graph.input:
         if value.name == name:
             value.type.tensor_type.elem_type = TensorProto.FLOAT
-    nodes = []
+            rank = len(value.type.tensor_type.shape.dim)
+    nodes: list[onnx.NodeProto] = []
+    shapes: list[TensorProto] = []
     for node in graph.node:
         if name not in node.input or node.op_type == "Cast":
             nodes.append(node)
-        elif node.op_type == "DequantizeLinear" and len(node.input) == 3 and not node.attribute:
-            zero = node.output[0] + "/featviz_zero_point"
-            centred = node.output[0] + "/featviz_centred"
-            nodes += [helper.make_node("Cast", [node.input[2]], [zero], to=TensorProto.FLOAT),
-                      helper.make_node("Sub", [node.input[0], zero], [centred]),
-                      helper.make_node("Mul", [centred, node.input[1]], [node.output[0]])]
+        elif (node.op_type == "DequantizeLinear" and node.input[0] == name
+              and not any(a.name == "block_size" and a.i for a in node.attribute)):
+            nodes += _dequantize_nodes(node, rank, shapes)
         else:
             raise ModelError(f"the integer image input {name!r} feeds a {node.op_type} node "
                              f"({node.name!r}); optimizing an image needs a float path from the "
-                             "input (a Cast or per-tensor DequantizeLinear right after it)")
+                             "input (a Cast or DequantizeLinear right after it)")
     del graph.node[:]
     graph.node.extend(nodes)
+    graph.initializer.extend(shapes)
+
+
+def _dequantize_nodes(node: onnx.NodeProto, rank: int, inits: list[TensorProto]
+                      ) -> list[onnx.NodeProto]:
+    """``(x - zero_point) * scale`` for a DequantizeLinear fed a float ``x``, with the scale
+    and zero point (scalar or 1-D along ``axis``) reshaped to broadcast over ``x``."""
+    out = node.output[0]
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(rank, 1)
+    shape = [1] * rank
+    shape[axis] = -1
+    shape_name = f"{PREFIX}/dequantize_shape/{out}"
+    inits.append(numpy_helper.from_array(np.asarray(shape, np.int64), shape_name))
+    scale = f"{PREFIX}/dequantize_scale/{out}"
+    nodes = [helper.make_node("Reshape", [node.input[1], shape_name], [scale], name=scale)]
+    if len(node.input) < 3 or not node.input[2]:  # the zero point defaults to 0
+        return [*nodes, helper.make_node("Mul", [node.input[0], scale], [out], name=out)]
+    zero, cast, centred = (f"{PREFIX}/dequantize_{p}/{out}" for p in ("zero", "cast", "centred"))
+    return [*nodes,
+            helper.make_node("Cast", [node.input[2]], [cast], name=cast, to=TensorProto.FLOAT),
+            helper.make_node("Reshape", [cast, shape_name], [zero], name=zero),
+            helper.make_node("Sub", [node.input[0], zero], [centred], name=centred),
+            helper.make_node("Mul", [centred, scale], [out], name=out)]
 
 
 def _prune(graph: onnx.GraphProto) -> None:

@@ -76,6 +76,24 @@ def uint8_model() -> onnx.ModelProto:
     return graphs.make(graph)
 
 
+def dequantize_model(*, zero_point: bool, per_channel: bool) -> onnx.ModelProto:
+    """x uint8 (N,3,8,8) -> DequantizeLinear "dq" [scale 1/255 (per tensor) or (1, 2, 4) / 255
+    (axis 1), zero point 0 / (0, 10, 20) or omitted] -> xf -> Conv "conv" [rng (4,3,3,3)] -> c."""
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 2.0, 4.0] if per_channel else 1.0, np.float32) / 255
+    zero = np.array([0, 10, 20] if per_channel else 0, np.uint8)
+    inputs = ["x", "s", "z"] if zero_point else ["x", "s"]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", inputs, ["xf"], name="dq",
+                          **({"axis": 1} if per_channel else {})),
+         helper.make_node("Conv", ["xf", "w"], ["c"], name="conv")],
+        "dequantize_input", [_value("x", TensorProto.UINT8, ["N", 3, 8, 8])],
+        [_value("c", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z"),
+         numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    return graphs.make(graph)
+
+
 def reduce_model() -> onnx.ModelProto:
     """x(N,1,6,6) -> Conv "conv" -> c -> ReduceMean "score" [all but batch, keepdims 0] -> s."""
     graph = helper.make_graph(
@@ -241,6 +259,22 @@ def test_uint8_input_is_optimized_in_float_and_rounded_at_the_end():
     with api.Inspector(uint8_model(), "cpu") as inspector:
         acts = inspector.capture(result.model_input, ["c"])["c"]
     assert result.final[0] == pytest.approx(acts[0, 1].mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("zero_point,per_channel", [(False, False), (True, True),
+                                                     (False, True)])
+def test_uint8_input_through_any_dequantize_linear(zero_point, per_channel):
+    """A 2-input (zero point omitted) or per-channel DequantizeLinear right after the input is
+    a float path too; the final objective is that of the rounded uint8 input, computed by the
+    original model."""
+    model = dequantize_model(zero_point=zero_point, per_channel=per_channel)
+    result = synth.maximize(model, synth.MaximizeOptions("c", channels=(2,), steps=16),
+                            provider="cpu")
+    assert result.model_input.dtype == np.uint8
+    with api.Inspector(model, "cpu") as inspector:
+        acts = inspector.capture(result.model_input, ["c"])["c"]
+    assert result.final[0] == pytest.approx(acts[0, 2].mean(), rel=1e-5)
+    assert result.final[0] > result.start[0]
 
 
 def test_nhwc_float16_and_caffe_style_inputs():
