@@ -273,6 +273,12 @@ def test_diversity_value_and_gradient():
     same = np.concatenate([acts[:1]] * 3)
     values, _ = syn.diversity(same, 3)
     np.testing.assert_allclose(values, 2 / 3)  # every Gram cosine is 1: (B - 1) / B
+    # Lucid's loop: sum_{j != i} <G_i, G_j> / B with G the Frobenius-normalized (C, C) Gram
+    flat = acts.reshape(4, 3, -1)
+    grams = [f @ f.T / np.linalg.norm(f @ f.T) for f in flat]
+    want = [sum(float((grams[i] * grams[j]).sum()) for j in range(2 * (i // 2), 2 * (i // 2) + 2)
+                if j != i) / 2 for i in range(4)]
+    np.testing.assert_allclose(syn.diversity(acts, 2)[0], want, rtol=1e-9)
     d = rng.standard_normal(acts.shape)
     eps = 1e-5
     numeric = (syn.diversity(acts + eps * d, 2)[0].sum()
@@ -316,9 +322,11 @@ def test_inversion_loss_and_gradient():
     want = ((acts - target) ** 2).sum(axis=(1, 2)) / (target**2).sum(axis=(1, 2))
     np.testing.assert_allclose(values, want)
     np.testing.assert_allclose(syn.inversion_loss(target, target)[0], 0.0)
-    np.testing.assert_allclose(grad, 2 * (acts - target) / (target**2).sum(axis=(1, 2),
-                                                                           keepdims=True),
-                               rtol=1e-5)
+    d = rng.standard_normal(acts.shape)
+    eps = 1e-6
+    numeric = (syn.inversion_loss(acts + eps * d, target)[0].sum()
+               - syn.inversion_loss(acts - eps * d, target)[0].sum()) / (2 * eps)
+    assert _dot(grad, d) == pytest.approx(numeric, rel=1e-5)
     with pytest.raises(InputError, match="all zero"):
         syn.inversion_loss(acts, np.zeros_like(acts))
 
