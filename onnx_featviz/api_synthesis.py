@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import onnx_featviz.autodiff as autodiff
+import onnx_featviz.fileio as fileio
 import onnx_featviz.render as render
 import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis as syn
@@ -466,6 +468,33 @@ class _GradientSession:
             return self.run_model(x, feeds)
         grad = np.asarray(out[self.gradient], np.float32)
         return np.asarray(out[OBJECTIVE_OUT], np.float64), grad
+
+
+# -- checks before a long run -------------------------------------------------------------------
+def check_outputs(out: Path, npz: Path | None = None, *, picture: str = "maximize.png") -> None:
+    """Refuse, before any optimization step, outputs that ``save_pictures`` would reject.
+
+    Args:
+        out: the folder the pictures go to (``maximize`` and ``invert`` write several, so a
+            ``.png`` file name does not fit); npz: the optional arrays file;
+        picture: a picture name written under ``out`` (named in the error message).
+
+    Raises:
+        InputError: ``out`` names a ``.png`` file or sits under a file; a path is not writable.
+    """
+    if out.suffix.lower() == ".png":
+        raise InputError(f"{out} names one file but several pictures are written (a grid and "
+                         "one per image); give a folder instead")
+    fileio.check_writable([out / picture, *([npz] if npz is not None else [])])
+
+
+def layer_tensors(inspector: api.Inspector, layers: Sequence[str | int]) -> list[str]:
+    """Resolve every layer to its tensor up front (as ``maximize`` and ``invert`` do).
+
+    Raises:
+        LayerNotFoundError: a layer is unknown (close matches are listed).
+    """
+    return [_layer_tensor(inspector, layer) for layer in layers]
 
 
 # -- layer, size and unit resolution ---------------------------------------------------------

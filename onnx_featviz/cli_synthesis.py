@@ -63,6 +63,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     options = synthesis.MaximizeOptions(
         layer, channels=channels or None, objective=objective, recipe=recipe,
         steps=steps, seed=seed, lr=lr, diversity=diversity, images=images, blur=blur)
+    synthesis.check_outputs(out, save_npz)
     with api.Inspector(model, provider, prep=prep) as inspector, \
             progress_bar("maximize", enabled=not as_json) as bar:
         result = synthesis.maximize(inspector, options, bar)
@@ -104,8 +105,10 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
       featviz invert models/mnist_cnn.onnx models/samples/digit_7.png --layer conv1 --layer conv2
       featviz invert squeezenet.onnx cat.png --preset caffe --layer conv1_2 --tv 0.1
     """
+    synthesis.check_outputs(out, save_npz, picture="invert.png")
     results = []
     with api.Inspector(model, provider, prep=prep) as inspector:
+        synthesis.layer_tensors(inspector, layers)  # an unknown last layer fails first
         for layer in layers:
             opts = synthesis.InvertOptions(layer, steps=steps, tv=tv, lr=lr, seed=seed)
             with progress_bar(f"invert {layer}", enabled=not as_json) as bar:

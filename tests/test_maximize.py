@@ -407,6 +407,44 @@ def test_cli_maximize_errors(tmp_path):
     assert wrong.exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["maximize", "invert"])
+@pytest.mark.parametrize("where", ["png", "under a file", "npz under a file"])
+def test_cli_refuses_unwritable_outputs_before_optimizing(tmp_path, monkeypatch, command, where):
+    """A bad --out or --save-npz fails in one line before any optimization step is spent."""
+    model, image, blocker = tmp_path / "cnn.onnx", tmp_path / "x.npy", tmp_path / "file"
+    onnx.save(graphs.small_cnn(), model)
+    np.save(image, np.zeros((1, 3, 16, 16), np.float32))
+    blocker.write_text("not a folder")
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the optimization ran before the outputs were checked")
+
+    monkeypatch.setattr(synth, command, no_run)
+    out = {"png": tmp_path / "grid.png", "under a file": blocker / "out"}.get(where,
+                                                                            tmp_path / "o")
+    npz = ["--save-npz", str(blocker / "m.npz")] if where.startswith("npz") else []
+    head = ["maximize", str(model)] if command == "maximize" else ["invert", str(model),
+                                                                    str(image)]
+    result = CliRunner().invoke(main, [*head, "--layer", "conv2", "--steps", "2", "--provider",
+                                       "cpu", "--out", str(out), *npz])
+    assert result.exit_code == 1 and not isinstance(result.exception, AssertionError)
+    assert "folder" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "file", "x.npy"]
+
+
+def test_cli_invert_checks_every_layer_before_the_first_inversion(tmp_path, monkeypatch):
+    model, image = tmp_path / "cnn.onnx", tmp_path / "x.npy"
+    onnx.save(graphs.small_cnn(), model)
+    np.save(image, np.zeros((1, 3, 16, 16), np.float32))
+    calls: list[object] = []
+    monkeypatch.setattr(synth, "invert", lambda *args, **kwargs: calls.append(args))
+    result = CliRunner().invoke(main, ["invert", str(model), str(image), "--layer", "conv1",
+                                       "--layer", "conv3", "--provider", "cpu", "--out",
+                                       str(tmp_path / "o")])
+    assert result.exit_code == 1 and "close matches: conv2" in result.output
+    assert calls == []
+
+
 def test_cli_invert_writes_the_comparison(tmp_path):
     model = tmp_path / "cnn.onnx"
     onnx.save(graphs.small_cnn(), model)
