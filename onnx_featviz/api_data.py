@@ -311,16 +311,33 @@ def _row_chunks(fh: IO[bytes], name: str, rows_per_chunk: int, skip: SkipFn
     row_bytes = header.dtype.itemsize * math.prod(item_shape)
     for start in range(0, count, rows_per_chunk):
         want = min(rows_per_chunk, count - start)
+        data, why = _read_rows(fh, want, row_bytes, "rows")
+        got = len(data) // row_bytes if row_bytes else want
+        if got:
+            yield start, np.frombuffer(data, header.dtype).reshape(got, *item_shape)
+        if why is not None:
+            skip(f"{name}[{start + got}:{count}]", why, count - start - got)
+            return
+
+
+def _read_rows(fh: IO[bytes], rows: int, row_bytes: int, what: str
+               ) -> tuple[bytes, str | None]:
+    """Read up to ``rows`` rows; return the whole rows read and why it stopped early (None).
+
+    Rows are read one at a time: a truncated gzip stream raises on the read that reaches its
+    end, and a buffered read drops what it had decompressed, so a batch-sized read would lose
+    rows that are in the file.
+    """
+    parts: list[bytes] = []
+    for _ in range(rows):
         try:
-            data = _read_exact(fh, want * row_bytes)
+            row = _read_exact(fh, row_bytes)
         except _READ_ERRORS as err:
-            skip(f"{name}[{start}:{count}]", f"cannot read rows ({type(err).__name__}: {err})",
-                 count - start)
-            return
-        if data is None:
-            skip(f"{name}[{start}:{count}]", "the file ends early (truncated)", count - start)
-            return
-        yield start, np.frombuffer(data, header.dtype).reshape(want, *item_shape)
+            return b"".join(parts), f"cannot read {what} ({type(err).__name__}: {err})"
+        if row is None:
+            return b"".join(parts), "the file ends early (truncated)"
+        parts.append(row)
+    return b"".join(parts), None
 
 
 def _read_exact(fh: IO[bytes], size: int) -> bytes | None:
@@ -426,17 +443,14 @@ def _idx_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataSt
             fh.read(16)
             for start in range(0, count, batch_size):
                 want = min(batch_size, count - start)
-                try:
-                    data = _read_exact(fh, want * row_bytes)
-                except _READ_ERRORS as err:
-                    data, why = None, f"cannot read images ({type(err).__name__}: {err})"
-                else:
-                    why = "the file ends early (truncated)"
-                if data is None:
-                    skip(f"{path}[{start}:{count}]", why, count - start)
+                data, why = _read_rows(fh, want, row_bytes, "images")
+                got = len(data) // row_bytes if row_bytes else want
+                if got:
+                    pixels = np.frombuffer(data, np.uint8).reshape(got, rows, cols)
+                    yield tuple(f"{path}[{start + i}]" for i in range(got)), plan(pixels)
+                if why is not None:
+                    skip(f"{path}[{start + got}:{count}]", why, count - start - got)
                     return
-                pixels = np.frombuffer(data, np.uint8).reshape(want, rows, cols)
-                yield tuple(f"{path}[{start + i}]" for i in range(want)), plan(pixels)
     return DataStream(path, "idx", count, batch_size, chunks)
 
 

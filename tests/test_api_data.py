@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +161,9 @@ def test_truncated_npy_yields_what_it_has(tmp_path: Path) -> None:
     with rgb_inspector() as inspector:
         stream = api_data.open_data(inspector, tmp_path / "cut.npy", batch_size=4)
         rows, _, _ = collect(stream)
-    np.testing.assert_array_equal(rows, x[:4])
-    assert stream.skipped == [(f"{tmp_path / 'cut.npy'}[4:6]",
+    # 100 bytes short of 6 rows of 3072 bytes: rows 0-4 are whole, row 5 is cut
+    np.testing.assert_array_equal(rows, x[:5])
+    assert stream.skipped == [(f"{tmp_path / 'cut.npy'}[5:6]",
                                "the file ends early (truncated)")]
     assert stream.done == 6
 
@@ -188,12 +190,33 @@ def test_truncated_idx_and_labels_file(tmp_path: Path) -> None:
     with gray_inspector() as inspector:
         stream = api_data.open_data(inspector, path, batch_size=4)
         rows, _, _ = collect(stream)
-        assert len(rows) == 4  # the second batch of 4 is incomplete: it and the rest skipped
-        assert stream.skipped == [(f"{path}[4:10]", "the file ends early (truncated)")]
+        # 160 - 40 = 120 pixel bytes of 16 per image: images 0-6 are whole, only 7-9 missing
+        np.testing.assert_allclose(rows[:, 0], images[:7] / np.float32(255), rtol=0, atol=1e-7)
+        assert stream.skipped == [(f"{path}[7:10]", "the file ends early (truncated)")]
+        assert stream.done == 10
         labels = write_idx(tmp_path / "labels.gz", images[:, :1, :1], compress=True,
                            magic=2049)
         with pytest.raises(InputError, match="IDX labels file .*images file"):
             api_data.open_data(inspector, labels)
+
+
+def test_cut_gzip_stream_keeps_every_whole_image(tmp_path: Path) -> None:
+    """A gzip file cut mid-stream (gzip raises EOFError): every image zlib can still
+    decompress is kept, none of the rows read before the error is lost."""
+    images = np.random.default_rng(7).integers(0, 256, (3000, 4, 4), np.uint8)
+    whole = write_idx(tmp_path / "whole.gz", images, compress=True).read_bytes()
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    readable = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut.read_bytes())
+    kept = (len(readable) - 16) // 16
+    assert 0 < kept < 3000
+    with gray_inspector() as inspector:
+        stream = api_data.open_data(inspector, cut, batch_size=256)
+        rows, _, _ = collect(stream)
+    np.testing.assert_allclose(rows[:, 0], images[:kept] / np.float32(255), rtol=0, atol=1e-7)
+    ((source, reason),) = stream.skipped
+    assert source == f"{cut}[{kept}:3000]" and reason.startswith("cannot read images (EOFError")
+    assert stream.done == 3000
 
 
 @pytest.mark.slow
