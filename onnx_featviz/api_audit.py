@@ -811,22 +811,25 @@ def _stream_stats(inspector: api.Inspector, tensors: Sequence[str],
                   stream: api_data.DataStream, progress: ProgressFn | None
                   ) -> tuple[dict[str, ChannelStats], int, bool]:
     """Merge every batch's statistics; stop early, keeping what was merged, on Ctrl-C."""
-    merged: dict[str, ChannelStats] = {}
-    images, partial = 0, False
+    # (statistics, inputs) replaced in one store per batch: a Ctrl-C never leaves a batch
+    # merged into some layers only, or counted in ``images`` but not merged
+    done: tuple[dict[str, ChannelStats], int] = ({}, 0)
+    partial = False
     try:
         for part in stream:
+            merged = dict(done[0])
             for tensor, stats in inspector.stats(part.batch, tensors).items():
                 old = merged.get(tensor)
                 merged[tensor] = stats if old is None else audit.merge_channel_stats(old, stats)
-            images += len(part.batch)
+            done = (merged, done[1] + len(part.batch))
             if progress is not None:
                 progress(Progress(stream.done, stream.total, "image"))
     except KeyboardInterrupt:
-        if images == 0:
+        if done[1] == 0:
             raise
         partial = True
-        log.warning("interrupted: the statistics cover the first %d inputs only", images)
-    return merged, images, partial
+        log.warning("interrupted: the statistics cover the first %d inputs only", done[1])
+    return done[0], done[1], partial
 
 
 def _layers_stats(inspector: api.Inspector, tensors: Sequence[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -19,6 +20,12 @@ from onnx_featviz.cli_options import (
 
 # == compare (owner: compare helper; keep other code outside this section) =====================
 EXIT_INTERRUPTED = 130
+
+
+def _exit_interrupted(what: str) -> NoReturn:
+    """Ctrl-C before the first batch was done: nothing to write, still the interrupted code."""
+    click.echo(f"featviz: interrupted before any input was {what}; nothing written", err=True)
+    raise click.exceptions.Exit(EXIT_INTERRUPTED)
 
 
 def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
@@ -80,8 +87,11 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
     options = api_audit.CompareOptions(
         layers=layers, provider_a=provider_a, provider_b=provider_b, min_cosine=min_cosine,
         min_snr_db=min_snr, batch_size=batch, prep=prep)
-    with progress_bar("compare") as bar:
-        result = api_audit.compare_models(model_a, model_b, data, options, progress=bar)
+    try:
+        with progress_bar("compare") as bar:
+            result = api_audit.compare_models(model_a, model_b, data, options, progress=bar)
+    except KeyboardInterrupt:
+        _exit_interrupted("compared")
     written = api_audit.save_compare(result, json_path=json_path, plot_path=plot_path,
                                      metric=metric)
     if to_stdout:
@@ -149,8 +159,11 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     api_audit.check_outputs([p for p in (json_path, plot_file) if p is not None])
     options = api_audit.StatsOptions(layers=layers, provider=provider, batch_size=batch,
                                      prep=prep, saturation=saturation)
-    with progress_bar("stats") as bar:
-        result = api_audit.dataset_stats(model, data, options, progress=bar)
+    try:
+        with progress_bar("stats") as bar:
+            result = api_audit.dataset_stats(model, data, options, progress=bar)
+    except KeyboardInterrupt:
+        _exit_interrupted("measured")
     written = api_audit.save_stats(result, json_path=json_path, plot_path=plot_file)
     if to_stdout:
         click.echo(json.dumps(api_audit.stats_to_json(result), indent=2))

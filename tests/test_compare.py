@@ -315,6 +315,22 @@ def test_progress_and_interrupt(models: dict[str, Path], data: Path) -> None:
     assert partial.layers[0].drift.count == 64 * 16 * 28 * 28
 
 
+def test_cli_interrupt_before_the_first_batch_exits_130(models: dict[str, Path], data: Path,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api_audit.api_data, "open_data", interrupted)
+    out = tmp_path / "r.json"
+    result = run("compare", models["float"], models["fp16"], data, "--provider-a", "cpu",
+                 "--provider-b", "cpu", "--json", out)
+    assert result.exit_code == 130, result.output
+    assert "interrupted before any input was compared; nothing written" in result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
 def colour_pixels(image: Image.Image, rgb: tuple[int, int, int]) -> int:
     pixels = np.asarray(image, np.int16)
     return int(np.count_nonzero(np.abs(pixels - np.array(rgb)).max(axis=2) <= 8))

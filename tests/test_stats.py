@@ -309,6 +309,48 @@ def test_cli_interrupt_writes_partial_result(dead_model: Path, tmp_path: Path,
     assert [p.name for p in out.parent.iterdir()] == ["partial.json"]  # no temp file left
 
 
+def test_cli_interrupt_before_the_first_batch_exits_130(dead_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C before any input was measured: nothing to write, still exit 130 in one line."""
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api_audit.api_data, "open_data", interrupted)
+    data = save_batch(tmp_path / "x.npy", np.zeros((2, 3, 8, 8), np.float32))
+    out = tmp_path / "out.json"
+    result = run("stats", dead_model, data, "--provider", "cpu", "--json", out)
+    assert result.exit_code == 130, result.output
+    assert "interrupted before any input was measured; nothing written" in result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_interrupt_between_two_layers_keeps_the_batches_consistent(
+        dead_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C after one layer of a batch was merged but not the next: the partial result
+    must not count that batch for one layer only (``images`` covers every layer)."""
+    x = np.random.default_rng(13).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    data = save_batch(tmp_path / "x.npy", x)
+    merge = audit.merge_channel_stats
+    calls = []
+
+    def interrupted_merge(a: ChannelStats, b: ChannelStats) -> ChannelStats:
+        calls.append(1)
+        if len(calls) == 4:  # batch 3: r1 merged (call 3), Ctrl-C before r2
+            raise KeyboardInterrupt
+        return merge(a, b)
+
+    monkeypatch.setattr(audit, "merge_channel_stats", interrupted_merge)
+    result = api_audit.dataset_stats(dead_model, data,
+                                     api_audit.StatsOptions(provider="cpu", batch_size=3))
+    assert result.partial and result.images == 6
+    assert [lay.stats.count for lay in result.layers] == [6 * 8 * 8, 6 * 8 * 8]
+    monkeypatch.setattr(audit, "merge_channel_stats", merge)
+    reference = captured(onnx.load(dead_model), x[:6], ["r1", "r2"])
+    for lay in result.layers:
+        assert_equal_to_numpy(lay.stats, reference[lay.tensor])
+
+
 def test_cli_unwritable_output_and_empty_folder(dead_model: Path, images: Path,
                                                 tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
