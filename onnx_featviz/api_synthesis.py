@@ -392,6 +392,13 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     return reads
 
 
+def _gradient_problem(err: ModelError) -> str:
+    """What ``autodiff`` refused, without its advice (CAM methods, of/wrt tensors) or the
+    head's internal output name, which do not apply to optimizing an image."""
+    text = str(err).split("; use a gradient-free method")[0]
+    return text.removeprefix(f"cannot differentiate {OBJECTIVE_OUT!r}: ")
+
+
 class _GradientSession:
     """The differentiated objective head of one layer and its session (close it when done).
 
@@ -414,7 +421,9 @@ class _GradientSession:
             grad = autodiff.differentiate(model, of=OBJECTIVE_OUT, wrt=[spec.name])
         except ModelError as err:
             raise ModelError(f"cannot optimize an input image for layer tensor "
-                             f"{self.tensor!r}: {err}") from err
+                             f"{self.tensor!r}: {_gradient_problem(err)}; every op from the "
+                             "input to the layer needs a gradient: pick a layer before the "
+                             "op named") from err
         try:
             # the host maps images between calls: spinning threads would compete with it
             self.session = runtime.Session(grad.model, self.inspector.provider, spinning=False)
