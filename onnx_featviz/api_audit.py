@@ -449,13 +449,22 @@ def _output_json(out: OutputAgreement) -> dict[str, Any]:
             "max_abs_dprob": json_number(g.max_abs_dprob), "count": g.count}
 
 
-def check_outputs(paths: Sequence[Path]) -> None:
+def check_outputs(paths: Sequence[Path], *, images: Sequence[Path] = ()) -> None:
     """Refuse, before a long run, output paths that cannot be written (``fileio``).
 
+    Args:
+        paths: files to be written (JSON).
+        images: images to be written (plots): also checked for a known image suffix.
+
     Raises:
-        InputError: a path is a folder, sits under a file, or its folder is not writable.
+        InputError: a path is a folder, sits under a file, or its folder is not writable; an
+            image path's suffix is not one of ``fileio.IMAGE_EXTENSIONS``.
     """
-    fileio.check_writable(list(paths))
+    for path in images:
+        if path.suffix.lower() not in fileio.IMAGE_EXTENSIONS:
+            raise InputError(f"cannot tell the image format of {path} from {path.suffix!r}; "
+                             f"use one of {', '.join(fileio.IMAGE_EXTENSIONS)}")
+    fileio.check_writable([*paths, *images])
 
 
 def save_compare(result: CompareResult, *, json_path: Path | None = None,

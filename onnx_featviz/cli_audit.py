@@ -83,7 +83,8 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
-    api_audit.check_outputs([p for p in (json_path, plot_path) if p is not None])
+    api_audit.check_outputs([json_path] if json_path else [],
+                            images=[plot_path] if plot_path else [])
     options = api_audit.CompareOptions(
         layers=layers, provider_a=provider_a, provider_b=provider_b, min_cosine=min_cosine,
         min_snr_db=min_snr, batch_size=batch, prep=prep)
@@ -156,7 +157,8 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     """
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file
-    api_audit.check_outputs([p for p in (json_path, plot_file) if p is not None])
+    api_audit.check_outputs([json_path] if json_path else [],
+                            images=[plot_file] if plot_file else [])
     options = api_audit.StatsOptions(layers=layers, provider=provider, batch_size=batch,
                                      prep=prep, saturation=saturation)
     try:

@@ -485,6 +485,10 @@ def test_cli_unwritable_outputs_write_nothing(models: dict[str, Path], data: Pat
     folder.mkdir()
     result = run("compare", models["float"], models["qdq"], data, "--plot", folder)
     assert result.exit_code == 1 and "it is a folder" in result.output
+    result = run("compare", models["float"], models["qdq"], data, "--json",
+                 tmp_path / "r.json", "--plot", tmp_path / "plot.svgz")
+    assert result.exit_code == 1 and "cannot tell the image format of" in result.output
+    assert "compare [" not in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "folder.png"]
 
 

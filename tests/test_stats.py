@@ -361,6 +361,13 @@ def test_cli_unwritable_output_and_empty_folder(dead_model: Path, images: Path,
     assert result.exit_code == 1
     assert f"Error: cannot write {blocker / 's.json'}: {blocker} is a file" in result.output
     assert "Traceback" not in result.output and not plot.exists()
+    kept = tmp_path / "kept.json"
+    result = run("stats", dead_model, images, "--provider", "cpu", "--json", kept, "--plot",
+                 tmp_path / "plot.xyz")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "cannot tell the image format of" in result.output and "use one of .png" in result.output
+    assert "stats [" not in result.output  # refused before the run
+    assert not kept.exists()
     (tmp_path / "empty").mkdir()
     empty = run("stats", dead_model, tmp_path / "empty", "--provider", "cpu")
     assert empty.exit_code == 1 and "Traceback" not in empty.output
