@@ -523,12 +523,11 @@ def _image_size(inspector: api.Inspector, size: int | None) -> tuple[int, int]:
             raise InputError(f"model input {spec.name!r} has a fixed size {spec.height}x"
                              f"{spec.width}; size {size} does not fit it; omit the size")
         return spec.height, spec.width
-    if size is not None:
-        if size < 8:
-            raise InputError(f"size must be at least 8 pixels, got {size}")
-        return size, size
-    prep = inspector.preprocessing.size
-    return prep if prep is not None else (224, 224)
+    chosen = (size, size) if size is not None else inspector.preprocessing.size or (224, 224)
+    if min(chosen) < 8:
+        raise InputError(f"the image size must be at least 8 pixels, got {chosen}; give a "
+                         "larger size")
+    return chosen
 
 
 def _layer_shape(inspector: api.Inspector, imap: syn.InputMap, tensor: str,
@@ -632,8 +631,10 @@ def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
     tensor = _layer_tensor(inspector, opts.layer)
     shape = _layer_shape(inspector, imap, tensor, size)
     units = _units(opts, shape[0])
-    if opts.objective == "neuron":
-        syn.centre_index(shape[1:])
+    if opts.objective == "neuron" and len(shape) < 2:
+        raise InputError(f"the neuron objective needs a layer with spatial dims (N, C, H, W); "
+                         f"layer tensor {tensor!r} has shape (N, {shape[0]}): use the channel "
+                         "objective or a conv layer")
     group = opts.images or (4 if opts.diversity else 1)
     head = _Head(opts.objective, shape[0], group, opts.diversity)
     feeds = _Feeds(inspector, imap, tensor, head, units)

@@ -338,7 +338,8 @@ def test_bad_inputs_have_clear_errors():
         synth.maximize(cnn, synth.MaximizeOptions("conv2", channels=(1, 8)), provider="cpu")
     with pytest.raises(InputError, match="without a channel axis"):
         synth.maximize(reduce_model(), synth.MaximizeOptions("s"), provider="cpu")
-    with pytest.raises(InputError, match="neuron objective needs a layer with spatial dims"):
+    with pytest.raises(InputError, match=r"neuron objective needs a layer with spatial dims.*"
+                       r"'logits' has shape \(N, 10\)"):
         synth.maximize(cnn, synth.MaximizeOptions("fc", objective="neuron"), provider="cpu")
     with pytest.raises(InputError, match="image input"):
         synth.maximize(token_model(), synth.MaximizeOptions("proj"), provider="cpu")
@@ -350,6 +351,9 @@ def test_bad_inputs_have_clear_errors():
         synth.maximize(cnn, synth.MaximizeOptions("conv2", diversity=1.0, images=1))
     with pytest.raises(InputError, match="fixed size 8x8"):
         synth.maximize(two_conv_model(), synth.MaximizeOptions("c2", size=16), provider="cpu")
+    with api.Inspector(edge_model(), "cpu", prep=api.PrepOptions(size=(4, 6))) as tiny:
+        with pytest.raises(InputError, match=r"at least 8 pixels, got \(4, 6\)"):
+            synth.maximize(tiny, synth.MaximizeOptions("edge", steps=1))
 
 
 def test_an_op_without_a_gradient_rule_is_named():
