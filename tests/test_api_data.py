@@ -86,6 +86,10 @@ def test_nested_folder_mixed_sizes_and_a_corrupt_png(tmp_path: Path,
     assert sorted(sources) == sorted(str(f) for f in files)
     order = [sources.index(str(f)) for f in files]
     np.testing.assert_array_equal(rows[order], expected)  # resized like the Inspector does
+    # independent of the package: a.png is already 16x16, so its row is pixels / 255 (CHW)
+    pixels = np.asarray(Image.open(files[0]), np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(rows[sources.index(str(files[0]))], pixels / 255.0, rtol=0,
+                               atol=1e-7)
     assert [s for s, _ in stream.skipped] == [str(tmp_path / "sub" / "broken.png")]
     assert "cannot read image" in stream.skipped[0][1]
     assert stream.done == 5
@@ -136,6 +140,20 @@ def test_uint8_arrays_are_images(tmp_path: Path, layout: str) -> None:
     np.testing.assert_array_equal(rows, expected)  # resized 20x24 -> 16x16 and / 255
 
 
+@pytest.mark.parametrize("layout", ["NHW", "NHWC", "NCHW"])
+def test_uint8_arrays_at_model_size_equal_pixels_over_255(tmp_path: Path, layout: str) -> None:
+    """Reference by hand (no resize at the model's 16x16): gray rows are replicated to RGB."""
+    pixels = np.random.default_rng(9).integers(0, 256, (5, 16, 16, 3), np.uint8)
+    stored = {"NHW": pixels[..., 0], "NHWC": pixels, "NCHW": pixels.transpose(0, 3, 1, 2)}
+    np.save(tmp_path / "u8.npy", stored[layout])
+    expected = (np.repeat(pixels[..., :1], 3, axis=3) if layout == "NHW" else pixels)
+    expected = expected.transpose(0, 3, 1, 2) / 255.0
+    with rgb_inspector() as inspector:
+        rows, _, _ = collect(api_data.open_data(inspector, tmp_path / "u8.npy", batch_size=2))
+    assert rows.shape == (5, 3, 16, 16) and rows.dtype == np.float32
+    np.testing.assert_allclose(rows, expected, rtol=0, atol=1e-7)
+
+
 def test_npz_keys_and_an_array_that_does_not_fit(tmp_path: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     images = np.random.default_rng(3).standard_normal((5, 3, 16, 16)).astype(np.float32)
@@ -151,6 +169,19 @@ def test_npz_keys_and_an_array_that_does_not_fit(tmp_path: Path,
     with rgb_inspector() as inspector:
         _, sources, _ = collect(api_data.open_data(inspector, tmp_path / "single.npz"))
     assert sources[2] == f"{tmp_path / 'single.npz'}[2]"
+
+
+def test_npz_of_uint8_images_and_uint8_labels(tmp_path: Path) -> None:
+    """The MNIST-style .npz: (N, H, W) uint8 images and (N,) uint8 labels side by side."""
+    images = np.random.default_rng(8).integers(0, 256, (6, 4, 4), np.uint8)
+    labels = np.arange(6, dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", labels=labels, images=images)
+    with gray_inspector() as inspector:
+        stream = api_data.open_data(inspector, tmp_path / "mnist.npz", batch_size=4)
+        rows, sources, _ = collect(stream)
+    np.testing.assert_allclose(rows[:, 0], images / np.float32(255), rtol=0, atol=1e-7)
+    assert stream.total == 6 and sources[5] == f"{tmp_path / 'mnist.npz'}:images[5]"
+    assert [s for s, _ in stream.skipped] == [f"{tmp_path / 'mnist.npz'}:labels"]
 
 
 def test_truncated_npy_yields_what_it_has(tmp_path: Path) -> None:

@@ -182,8 +182,9 @@ def check_against_reference(result: api_audit.CompareResult, models: dict[str, P
     rows = np.arange(len(pa))
     assert output.agreement.count == IMAGES
     assert output.agreement.top1_agreement == pytest.approx(np.mean(top == pb.argmax(axis=1)))
-    assert output.agreement.mean_abs_dprob == pytest.approx(
-        np.mean(np.abs(pa[rows, top] - pb[rows, top])), rel=1e-6, abs=1e-12)
+    delta = np.abs(pa[rows, top] - pb[rows, top])
+    assert output.agreement.mean_abs_dprob == pytest.approx(np.mean(delta), rel=1e-6, abs=1e-12)
+    assert output.agreement.max_abs_dprob == pytest.approx(np.max(delta), rel=1e-6, abs=1e-12)
 
 
 # -- the four deployment forms ------------------------------------------------------------------

@@ -106,11 +106,15 @@ def test_merge_is_order_free_and_exact_in_float64() -> None:
                             (flat == 0).mean(1), np.zeros(4, np.int64), flat.mean(1) * 0,
                             None)
 
-    merged = audit.merge_channel_stats(stats(a), stats(b))
     whole = stats(np.concatenate([a, b]))
-    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-13)
-    np.testing.assert_allclose(merged.var, whole.var, rtol=1e-12)
-    assert merged.at_low is not None and merged.at_high is None
+    for merged in (audit.merge_channel_stats(stats(a), stats(b)),
+                   audit.merge_channel_stats(stats(b), stats(a))):
+        assert merged.count == whole.count == 8 * 50
+        np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-13)
+        np.testing.assert_allclose(merged.var, whole.var, rtol=1e-12)
+        np.testing.assert_array_equal(merged.min, whole.min)
+        np.testing.assert_array_equal(merged.max, whole.max)
+        assert merged.at_low is not None and merged.at_high is None
 
 
 # -- findings ------------------------------------------------------------------------------------
