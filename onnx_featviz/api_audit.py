@@ -65,7 +65,9 @@ class LayerDrift:
 
     ``a``/``b``: tensor names in model A / B; ``layer``: A's layer (node) name; ``how``/``note``:
     how the pair was matched (``matching.MATCH_KINDS``); ``drift``: the metrics; ``broken``: why
-    it breaks the thresholds (None: it passes); ``output``: the pair is a graph output.
+    it breaks the thresholds (None: it passes); ``output``: the pair was added because it is a
+    graph output that the layer selection did not include (a graph output that is one of the
+    selected tensors, e.g. with ``layers="all"``, is a plain row with ``output`` False).
     """
 
     a: str
@@ -458,8 +460,13 @@ def check_outputs(paths: Sequence[Path], *, images: Sequence[Path] = ()) -> None
 
     Raises:
         InputError: a path is a folder, sits under a file, or its folder is not writable; an
-            image path's suffix is not one of ``fileio.IMAGE_EXTENSIONS``.
+            existing path is not a regular file (a device or pipe, which the atomic rename
+            would replace); an image path's suffix is not one of ``fileio.IMAGE_EXTENSIONS``.
     """
+    for path in [*paths, *images]:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise InputError(f"cannot write {path}: it is not a regular file (a device or "
+                             "pipe); choose a file path, or write the JSON to stdout")
     for path in images:
         if path.suffix.lower() not in fileio.IMAGE_EXTENSIONS:
             raise InputError(f"cannot tell the image format of {path} from {path.suffix!r}; "

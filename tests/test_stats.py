@@ -5,6 +5,8 @@ JSON and plot, exit codes, interrupted and unwritable runs."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -372,6 +374,13 @@ def test_cli_unwritable_output_and_empty_folder(dead_model: Path, images: Path,
     assert "cannot tell the image format of" in result.output and "use one of .png" in result.output
     assert "stats [" not in result.output  # refused before the run
     assert not kept.exists()
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)  # like /dev/stdout: the atomic rename would replace the node by a file
+    result = run("stats", dead_model, images, "--provider", "cpu", "--json", fifo)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot write {fifo}: it is not a regular file" in result.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    fifo.unlink()
     (tmp_path / "empty").mkdir()
     empty = run("stats", dead_model, tmp_path / "empty", "--provider", "cpu")
     assert empty.exit_code == 1 and "Traceback" not in empty.output
