@@ -34,6 +34,7 @@ from PIL import Image
 import onnx_featviz.autodiff as autodiff
 import onnx_featviz.fileio as fileio
 import onnx_featviz.render as render
+import onnx_featviz.rewrite as rewrite
 import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis as syn
 from onnx_featviz import api
@@ -287,7 +288,7 @@ def _objective_model(model: onnx.ModelProto, image_input: str, tensor: str, head
     graph.input.extend(_head_inputs(head, rows))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(OBJECTIVE_OUT, TensorProto.FLOAT, [rows]))
-    _prune(graph)
+    rewrite.prune_graph(graph)
     return out
 
 
@@ -359,37 +360,6 @@ def _dequantize_nodes(node: onnx.NodeProto, rank: int, inits: list[TensorProto]
             helper.make_node("Reshape", [cast, shape_name], [zero], name=zero),
             helper.make_node("Sub", [node.input[0], zero], [centred], name=centred),
             helper.make_node("Mul", [centred, scale], [out], name=out)]
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes the outputs do not need, then unused initializers and inputs."""
-    needed = {o.name for o in graph.output}
-    live: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output if o):
-            live.append(node)
-            needed.update(_reads(node))
-    del graph.node[:]
-    graph.node.extend(reversed(live))
-    inits = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    inputs = [v for v in graph.input if v.name in needed]
-    del graph.input[:]
-    graph.input.extend(inputs)
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """Inputs of ``node`` and every name its subgraphs read (over-inclusive)."""
-    reads = {i for i in node.input if i}
-    pending = [g for a in node.attribute for g in (*([a.g] if a.HasField("g") else []), *a.graphs)]
-    while pending:
-        sub = pending.pop()
-        for inner in sub.node:
-            reads.update(i for i in inner.input if i)
-            pending.extend(g for a in inner.attribute
-                           for g in (*([a.g] if a.HasField("g") else []), *a.graphs))
-    return reads
 
 
 def _gradient_problem(err: ModelError) -> str:

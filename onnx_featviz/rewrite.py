@@ -288,12 +288,15 @@ def cut_at(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
     kept = [v for v in graph.value_info if v.name != tensor]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    _prune(graph)
+    prune_graph(graph)
     return out
 
 
-def _prune(graph: onnx.GraphProto) -> None:
-    """Drop nodes no graph output needs, then unused initializers and non-output inputs."""
+def prune_graph(graph: onnx.GraphProto) -> None:
+    """Drop nodes no graph output needs, then unused initializers and non-output inputs (in place).
+
+    A node inside an If/Loop/Scan subgraph keeps every name it reads alive.
+    """
     needed = {o.name for o in graph.output}
     live: list[onnx.NodeProto] = []
     for node in reversed(graph.node):
