@@ -463,10 +463,6 @@ def check_outputs(paths: Sequence[Path], *, images: Sequence[Path] = ()) -> None
             existing path is not a regular file (a device or pipe, which the atomic rename
             would replace); an image path's suffix is not one of ``fileio.IMAGE_EXTENSIONS``.
     """
-    for path in [*paths, *images]:
-        if path.exists() and not path.is_dir() and not path.is_file():
-            raise InputError(f"cannot write {path}: it is not a regular file (a device or "
-                             "pipe); choose a file path, or write the JSON to stdout")
     for path in images:
         if path.suffix.lower() not in fileio.IMAGE_EXTENSIONS:
             raise InputError(f"cannot tell the image format of {path} from {path.suffix!r}; "

@@ -412,6 +412,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     Missing parent folders are created. On any exception (KeyboardInterrupt included) the temp
     file is removed; OS errors become ``InputError``.
     """
+    _refuse_special(path)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -430,6 +431,14 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _refuse_special(path: Path) -> None:
+    """Refuse an existing path that is neither a regular file nor a folder (device, pipe,
+    socket): renaming a temp file over it would replace the node (as root: /dev/full)."""
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise InputError(f"cannot write {path}: it is not a regular file (a device or pipe); "
+                         "choose a file path")
 
 
 def _file_mode(path: Path) -> int:
@@ -475,11 +484,14 @@ def check_writable(paths: Sequence[Path]) -> None:
     """Refuse before writing anything when a path cannot be written (no partial output).
 
     Raises:
-        InputError: a path is a folder, sits under a file, or its folder is not writable.
+        InputError: a path is a folder, sits under a file, or its folder is not writable; an
+            existing path is not a regular file (a device or pipe, which the atomic rename
+            would replace).
     """
     for path in paths:
         if path.is_dir():
             raise InputError(f"cannot write {path}: it is a folder; choose a file path")
+        _refuse_special(path)
         folder = path.parent
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent

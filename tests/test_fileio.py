@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import struct
 import warnings
 import zlib
@@ -438,3 +439,15 @@ def test_atomic_write_interrupted_keeps_old_file_and_no_temp(tmp_path: Path) -> 
         fileio._atomic_write(path, interrupted)
     assert path.read_bytes() == b"old"
     assert _files(tmp_path) == ["out.bin"]
+
+
+def test_writers_refuse_a_device_or_pipe(tmp_path: Path) -> None:
+    """A rename over a FIFO (or, as root, /dev/full) would replace the node: refused, untouched."""
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        fileio.check_writable([fifo])
+    with pytest.raises(InputError, match="not a regular file"):
+        fileio.save_json({"a": 1}, fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
