@@ -14,7 +14,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from onnx_featviz import api
-from onnx_featviz.errors import FeatvizError
+from onnx_featviz.errors import FeatvizError, LayerNotFoundError
 from onnx_featviz.structs import Progress, ProgressFn
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -123,6 +123,9 @@ def reports_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except LayerNotFoundError as err:
+            raise click.ClickException(f"{err}; `featviz info MODEL` lists every layer and "
+                                       "tensor") from None
         except FeatvizError as err:
             raise click.ClickException(str(err)) from None
 

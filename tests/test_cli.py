@@ -506,7 +506,8 @@ def test_wrong_layer_shows_close_matches(tmp_path: Path, edges_model: Path) -> N
     square_image(image)
     result = run("maps", edges_model, image, "--layer", "convv", "--out", tmp_path / "out",
                  "--provider", "cpu")
-    assert_one_line_error(result, "'convv'", "close matches: conv")
+    assert_one_line_error(result, "'convv'", "close matches: conv",
+                          "`featviz info MODEL` lists every layer")
     result = run("filters", edges_model, "--layer", "cnv", "--out", tmp_path / "out")
     assert_one_line_error(result, "'cnv'", "conv")
     assert not (tmp_path / "out").exists()
