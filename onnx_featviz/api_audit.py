@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -480,12 +480,19 @@ def save_compare(result: CompareResult, *, json_path: Path | None = None,
     Raises:
         InputError: a path cannot be written (nothing half-written is left behind).
     """
+    return _save_outputs(json_path, lambda: compare_to_json(result),
+                         plot_path, lambda: render_compare_plot(result, metric))
+
+
+def _save_outputs(json_path: Path | None, make_json: Callable[[], Any],
+                  plot_path: Path | None, make_plot: Callable[[], Image.Image]) -> list[Path]:
+    """Write the JSON and / or the plot (each built only when asked for); JSON first."""
     written = []
     if json_path is not None:
-        fileio.save_json(compare_to_json(result), json_path)
+        fileio.save_json(make_json(), json_path)
         written.append(json_path)
     if plot_path is not None:
-        fileio.save_image(render_compare_plot(result, metric), plot_path)
+        fileio.save_image(make_plot(), plot_path)
         written.append(plot_path)
     return written
 
@@ -917,14 +924,8 @@ def save_stats(result: StatsResult, *, json_path: Path | None = None,
     Raises:
         InputError: a path cannot be written (nothing half-written is left behind).
     """
-    written = []
-    if json_path is not None:
-        fileio.save_json(stats_to_json(result), json_path)
-        written.append(json_path)
-    if plot_path is not None:
-        fileio.save_image(render_stats_plot(result), plot_path)
-        written.append(plot_path)
-    return written
+    return _save_outputs(json_path, lambda: stats_to_json(result),
+                         plot_path, lambda: render_stats_plot(result))
 
 
 def format_stats(result: StatsResult) -> str:
