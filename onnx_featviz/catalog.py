@@ -33,6 +33,46 @@ _MAX_LINK_STEPS = 8
 _WEIGHT_PATH_OPS = frozenset({"DequantizeLinear", "Identity", "Cast"})
 
 TypeMap = dict[str, tuple[str, Shape | None]]
+#: Quantized ops whose first output has a known (scale, zero point): input slots of y_scale, y_zp.
+QLINEAR_OUTPUT_QPARAMS = {
+    "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7),
+    "QLinearLeakyRelu": (3, 4), "QLinearSigmoid": (3, 4), "QLinearSoftmax": (3, 4),
+    "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4), "QLinearConcat": (0, 1),
+    "QGemm": (7, 8),
+}
+#: Ops that move or select int8 values without changing them, so their output keeps the input's
+#: scale and zero point (QOperator graphs run MaxPool, Flatten, Reshape... on int8 directly).
+SCALE_PRESERVING_OPS = frozenset({
+    "MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+    "Identity", "Slice", "Split", "DepthToSpace", "SpaceToDepth",
+})
+
+
+def quant_params_node(tensor: str, producers: Mapping[str, onnx.NodeProto]
+                      ) -> onnx.NodeProto | None:
+    """The node whose inputs hold ``tensor``'s scale / zero point, or None.
+
+    That is the QuantizeLinear or quantized op (``QLINEAR_OUTPUT_QPARAMS``, with a y_scale) that
+    makes ``tensor`` as its first output, reached back through ``SCALE_PRESERVING_OPS`` (the
+    int8 output of a MaxPool after a QLinearConv has the QLinearConv's y_scale). The caller
+    checks that ``tensor`` is an integer tensor.
+    """
+    for _ in range(64):  # scale-preserving chains are short; bounded against cycles
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type in SCALE_PRESERVING_OPS and node.input and node.input[0]:
+            tensor = node.input[0]
+            continue
+        if node.output[0] != tensor:
+            return None
+        if node.op_type == "QuantizeLinear":
+            return node
+        slots = QLINEAR_OUTPUT_QPARAMS.get(node.op_type)
+        if slots is None or len(node.input) <= slots[0] or not node.input[slots[0]]:
+            return None
+        return node
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ _QUANT_OPS = frozenset({
 })
 _INT_DTYPES = frozenset({"int8", "uint8", "int16", "uint16", "int4", "uint4"})
 _HALF_DTYPES = frozenset({"float16", "bfloat16"})
+#: onnxruntime's QOperator quantizer names the int8 form of tensor T ``T_quantized``.
+_QOP_SUFFIX = "_quantized"
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +283,9 @@ def _match_tensor(tensor: str, convs: Mapping[str, Layer], side_a: _Side,
     found = _by_name(tensor, side_a, side_b)
     if isinstance(found, TensorPair):
         return found
+    fused_pair = _activation_fused_in_b(tensor, side_a, side_b)
+    if fused_pair is not None:
+        return fused_pair
     found = _fused_activation(tensor, side_a, side_b) or found
     for layer in side_a.info.conv_layers:
         layer_b = convs.get(layer.name)
@@ -312,11 +317,46 @@ def _fused_activation(tensor: str, side_a: _Side, side_b: _Side) -> str | None:
             f"compare the activation {activation!r} instead")
 
 
+def _fused_into(tensor: str, side_a: _Side, side_b: _Side) -> onnx.NodeProto | None:
+    """A's activation node after ``tensor`` when B (QOperator naming) computes it inside the op
+    that writes ``<tensor>_quantized``: ``tensor`` feeds only that activation, and B has neither
+    the activation's tensor nor its ``_quantized`` form (the quantized range clamps instead)."""
+    users = side_a.consumers.get(tensor, ())
+    if len(users) != 1 or users[0].op_type not in ACTIVATION_OPS or not users[0].output:
+        return None
+    out = users[0].output[0]
+    if out in side_b.known or out + _QOP_SUFFIX in side_b.known:
+        return None
+    return users[0]
+
+
+def _activation_fused_in_b(tensor: str, side_a: _Side, side_b: _Side) -> TensorPair | None:
+    """Pair A's activation output with B's ``<input>_quantized`` when B fused the activation."""
+    node = side_a.producers.get(tensor)
+    if node is None or node.op_type not in ACTIVATION_OPS or not node.input:
+        return None
+    source = node.input[0]
+    name = source + _QOP_SUFFIX
+    if (name not in side_b.known or _fused_into(source, side_a, side_b) is not node
+            or catalog.quant_params_node(name, side_b.producers) is None):
+        return None
+    maker = side_b.producers[name]
+    return TensorPair(tensor, name, side_a.layer_of.get(tensor, tensor), "qlinear",
+                      f"B's {maker.op_type} {maker.name or name!r} includes the "
+                      f"{node.op_type}")
+
+
 def _by_name(tensor: str, side_a: _Side, side_b: _Side) -> TensorPair | str:
     """Pair ``tensor`` with B's tensor of the same (or pre-Q/DQ) name; ``str``: why not."""
-    names = [tensor] + [n for n in [_before_qdq(tensor, side_a)] if n]
+    names = [tensor] + [n for n in [_before_qdq(tensor, side_a)] if n] + [tensor + _QOP_SUFFIX]
     name = next((n for n in names if n in side_b.known), None)
     layer = side_a.layer_of.get(tensor, tensor)
+    if name == tensor + _QOP_SUFFIX:
+        fused = _fused_into(tensor, side_a, side_b)
+        if fused is not None:
+            return (f"model B fuses the {fused.op_type} after {layer!r} into {name!r}, so B has "
+                    f"no pre-activation tensor; compare the activation {fused.output[0]!r} "
+                    "instead")
     if name is None:
         near = difflib.get_close_matches(tensor, sorted(side_b.known), n=3, cutoff=0.6)
         hint = f"close names in B: {', '.join(near)}" if near else "no close names in B"
@@ -330,9 +370,9 @@ def _by_name(tensor: str, side_a: _Side, side_b: _Side) -> TensorPair | str:
         return TensorPair(tensor, after, layer, "qdq")
     dtype = side_b.types.get(name, ("", None))[0]
     producer = side_b.producers.get(name)
-    if dtype in _INT_DTYPES:
-        if producer is None or not (producer.op_type == "QuantizeLinear"
-                                    or producer.op_type.startswith("QLinear")):
+    if dtype in _INT_DTYPES or (not dtype and producer is not None
+                                and catalog.quant_params_node(name, side_b.producers)):
+        if catalog.quant_params_node(name, side_b.producers) is None:
             return (f"B's tensor {name!r} is {dtype} without a scale/zero point of its own, "
                     "so it cannot be dequantized for comparison")
         return TensorPair(tensor, name, layer, "qlinear")

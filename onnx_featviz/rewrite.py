@@ -33,12 +33,7 @@ BOUND_STAT_NAMES = ("at_low", "at_high")
 NONFINITE_STAT = "nonfinite"
 _ALL_STATS = (*STAT_NAMES, *BOUND_STAT_NAMES, NONFINITE_STAT)
 STAGES = ("conv", "act", "both")
-#: QLinear ops whose first output has a known (scale, zero point): input slots of y_scale, y_zp.
-_QLINEAR_OUTPUT_QPARAMS = {
-    "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7),
-    "QLinearLeakyRelu": (3, 4), "QLinearSigmoid": (3, 4), "QLinearSoftmax": (3, 4),
-    "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4), "QLinearConcat": (0, 1),
-}
+_QLINEAR_OUTPUT_QPARAMS = catalog.QLINEAR_OUTPUT_QPARAMS
 _QUANT_DTYPES = frozenset({"int8", "uint8"})
 _FLOAT_DTYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 _CONST = "featviz/const/"
@@ -411,9 +406,18 @@ def _with_qlinear_dtypes(types: Mapping[str, tuple[str, Shape | None]], graph: o
                          ) -> dict[str, tuple[str, Shape | None]]:
     """Give untyped QLinear outputs (contrib ops onnx cannot infer) their zero point's dtype."""
     filled = dict(types)
-    for node in graph.node:
+    for node in graph.node:  # graph order: a producer is filled before its users
+        if not node.output or not node.output[0] or node.output[0] in filled:
+            continue
+        if node.op_type in catalog.SCALE_PRESERVING_OPS and node.input and node.input[0]:
+            source = filled.get(node.input[0])  # int8 moved on untouched (after a contrib op)
+            if source is not None and source[0] in _QUANT_DTYPES:
+                moved = node.output if node.op_type == "Split" else node.output[:1]  # not Indices
+                for out in (o for o in moved if o and o not in filled):
+                    filled[out] = (source[0], None)
+            continue
         slots = _QLINEAR_OUTPUT_QPARAMS.get(node.op_type)
-        if slots is None or not node.output or node.output[0] in filled:
+        if slots is None:
             continue
         zero_point = node.input[slots[1]] if len(node.input) > slots[1] else ""
         if zero_point in filled:
@@ -472,20 +476,19 @@ def _channels(tensor: str, ctx: _Context) -> int | str | None:
 
 # -- dequantization ------------------------------------------------------------------------------
 def _qparams(tensor: str, ctx: _Context) -> _QParams | None:
-    """Scale/zero point of an int8/uint8 tensor made by QuantizeLinear or a QLinear op."""
+    """Scale/zero point of an int8/uint8 tensor made by QuantizeLinear or a quantized op, or
+    moved on from one by scale-preserving ops (``catalog.quant_params_node``)."""
     if ctx.types.get(tensor, ("", None))[0] not in _QUANT_DTYPES:
         return None
-    node = ctx.producers.get(tensor)
-    if node is None or node.output[0] != tensor:
+    node = catalog.quant_params_node(tensor, ctx.producers)
+    if node is None:
         return None
     inputs = list(node.input) + [""] * 9
     if node.op_type == "QuantizeLinear":
         keep = ("axis", "block_size") if ctx.opset >= 13 else ()
         attrs = tuple((a.name, int(a.i)) for a in node.attribute if a.name in keep)
         return _QParams(inputs[1], inputs[2] or None, attrs)
-    slots = _QLINEAR_OUTPUT_QPARAMS.get(node.op_type)
-    if slots is None:
-        return None
+    slots = _QLINEAR_OUTPUT_QPARAMS[node.op_type]
     return _QParams(inputs[slots[0]], inputs[slots[1]] or None, ())
 
 

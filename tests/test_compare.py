@@ -512,3 +512,53 @@ def test_cli_interrupt_writes_partial_result(models: dict[str, Path], data: Path
     assert report["partial"] is True and report["images"] == 64
     assert "INTERRUPTED, partial result" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["partial.json"]  # no temp file left
+
+
+def test_qoperator_all_layers_pairs_int8_pools_flatten_and_qgemm(
+        models: dict[str, Path], data: Path, test_pixels: np.ndarray) -> None:
+    """QOperator runs MaxPool/Flatten on int8 and fuses fc1's Relu into a QGemm: every A
+    activation is paired with B's ``*_quantized`` tensor, dequantized with the scale of the
+    QLinearConv / QGemm that made it, and the metrics equal numpy on plain onnxruntime runs."""
+    result = api_audit.compare_models(models["float"], models["qop"], data,
+                                      cpu_options(layers="all"))
+    assert [(lay.a, lay.b, lay.how) for lay in result.layers] == [
+        ("relu1", "conv1_quantized", "qlinear"), ("pool1", "pool1_quantized", "qlinear"),
+        ("relu2", "conv2_quantized", "qlinear"), ("pool2", "pool2_quantized", "qlinear"),
+        ("flatten", "flatten_quantized", "qlinear"), ("relu3", "fc1_quantized", "qlinear"),
+        ("logits", "logits", "name")]
+    assert "QGemm" in result.layers[5].note and "Relu" in result.layers[5].note
+    assert {u.tensor for u in result.unmatched} == {"conv1", "conv2", "fc1"}
+    assert all("fuses the Relu" in u.reason for u in result.unmatched)
+    assert result.passed, api_audit.format_compare(result)
+
+    model_b = onnx.load(models["qop"])
+    makers = {o: n for n in model_b.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in model_b.graph.initializer}
+    slots = {"QLinearConv": (6, 7), "QGemm": (7, 8)}
+    x = model_input(test_pixels)
+    ref_a = ort_values(models["float"], x, [lay.a for lay in result.layers])
+    names_b = [lay.b for lay in result.layers]
+    raw_b = dict(zip(names_b, ort.InferenceSession(
+        _with_outputs(model_b, names_b), providers=["CPUExecutionProvider"]).run(
+        names_b, {"input": x}), strict=True))
+    for lay in result.layers:
+        value = raw_b[lay.b].astype(np.float64)
+        node = makers[lay.b]
+        while node.op_type in ("MaxPool", "Flatten"):  # int8 moved on with its producer's scale
+            node = makers[node.input[0]]
+        if node.op_type in slots:
+            scale, zero = (inits[node.input[i]] for i in slots[node.op_type])
+            value = (value - zero.astype(np.float64)) * scale
+        cosine, snr, max_abs, _ = numpy_metrics(ref_a[lay.a], value)
+        assert lay.drift.cosine == pytest.approx(cosine, rel=1e-9), lay
+        assert lay.drift.snr_db == pytest.approx(snr, abs=1e-5), lay
+        assert lay.drift.max_abs == pytest.approx(max_abs, rel=1e-5), lay
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for name in names:
+        if name not in [o.name for o in copy.graph.output]:
+            copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return copy.SerializeToString()

@@ -142,6 +142,33 @@ def test_qlinear_conv_pairs_with_int8_output(float_cnn: onnx.ModelProto,
     assert found.unmatched == ()
 
 
+def test_qoperator_int8_tensors_pair_by_quantized_name(float_cnn: onnx.ModelProto,
+                                                       qop_cnn: onnx.ModelProto) -> None:
+    """B runs MaxPool / Flatten on int8 and names the results ``<A name>_quantized``."""
+    found = matching.match_models(float_cnn, qop_cnn, conv_layers=(),
+                                  tensors=["p1", "g", "f", "c1"])
+    assert [(p.a, p.b, p.how) for p in found.pairs] == [
+        ("p1", "p1_quantized", "qlinear"), ("g", "g_quantized", "qlinear"),
+        ("f", "f_quantized", "qlinear")]
+    (unmatched,) = found.unmatched
+    assert unmatched.tensor == "c1" and "fuses the Relu" in unmatched.reason
+
+
+def test_int8_tensor_without_a_scale_source_is_unmatched(float_cnn: onnx.ModelProto,
+                                                         qop_cnn: onnx.ModelProto) -> None:
+    """An int8 MaxPool output whose chain reaches no QuantizeLinear / quantized op is refused."""
+    broken = onnx.ModelProto()
+    broken.CopyFrom(qop_cnn)
+    for node in broken.graph.node:
+        if node.op_type == "MaxPool":
+            node.input[0] = "x_int8"  # fed by a plain graph input instead of the QLinearConv
+    broken.graph.input.append(helper.make_tensor_value_info(
+        "x_int8", onnx.TensorProto.UINT8, [None, 4, 16, 16]))
+    found = matching.match_models(float_cnn, broken, conv_layers=(), tensors=["p1"])
+    (unmatched,) = found.unmatched
+    assert "without a scale/zero point" in unmatched.reason
+
+
 def test_fp16_tensors_pair_by_name(float_cnn: onnx.ModelProto) -> None:
     half = graphs.fp16_model(float_cnn)
     found = matching.match_models(float_cnn, half, conv_layers=None, tensors=["p1", "f"])
