@@ -200,6 +200,25 @@ class Pools(nn.Module):
         return torch.cat([t.flatten(1) for t in (a, b, c, d, e)], 1)
 
 
+class ReluPools(nn.Module):
+    """Relu -> MaxPool pairs (the backward applies the Relu mask at the pooled size): a
+    ResNet-style padded 3x3/2 stem pool, a SqueezeNet-style 3x3/2 ceil-mode pool, and a Relu
+    whose output also feeds another branch (not paired)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.probe = nn.Conv2d(3, 4, 3, padding=1), Probe()
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.probe(self.c1(x))
+        a = F.max_pool2d(F.relu(h), 3, stride=2, padding=1)
+        b = F.max_pool2d(F.relu(self.c2(a)), 3, stride=2, ceil_mode=True)
+        r = F.relu(h - 0.1)
+        c = F.max_pool2d(r, 2) * 2 + F.avg_pool2d(r, 2)
+        return torch.cat([t.flatten(1) for t in (b, c)], 1)
+
+
 class Upsampling(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -267,6 +286,7 @@ ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     "convnext_layernorm_gelu": (ConvNeXtStyle, (2, 3, 8, 8), 17),
     "dense_concat_split": (DenseConcat, (2, 3, 6, 6), 13),
     "pools": (Pools, (2, 3, 9, 9), 13),
+    "relu_maxpool": (ReluPools, (2, 3, 11, 11), 13),
     "upsampling": (Upsampling, (2, 3, 8, 8), 13),
     "activations_softmax": (Activations, (2, 3, 6, 6), 13),
     "decoder_convtranspose_slice_pad": (Decoder, (2, 3, 8, 8), 13),
@@ -501,3 +521,26 @@ def test_seed_top1_equals_an_explicit_one_hot_seed(fp16: bool) -> None:
     ref = dict(zip([o.name for o in grad.model.graph.output],
                    run(grad.model, {"x": x, grad.seed: seed}), strict=True))
     np.testing.assert_array_equal(got[grad.gradient("r2")], ref[grad.gradient("r2")])
+
+
+def test_relu_before_maxpool_is_masked_at_the_pooled_size() -> None:
+    """A Relu whose output only a MaxPool reads gets its mask from the pooled output (the
+    gradients themselves are checked against torch in test_matches_torch_autograd)."""
+    torch.manual_seed(0)
+    model = export(ReluPools(), (2, 3, 11, 11), 13)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
+    paired = [r for r in relus if [n.op_type for n in readers[r]] == ["MaxPool"]]
+    shared = [r for r in relus if len(readers[r]) > 1]
+    assert len(paired) == 2 and len(shared) == 1
+    for guided in (False, True):
+        gm = differentiate(model, "y", ["x"], guided=guided)
+        backward = [n for n in gm.model.graph.node if n.name.startswith("featviz/grad/")]
+        reads = {name: sorted(n.op_type for n in backward
+                              if name in n.input and n.op_type != "Shape") for name in relus}
+        for name in paired:  # the re-emitted MaxPool only; guided mode keeps the Relu rule
+            assert reads[name] == (["Greater", "MaxPool"] if guided else ["MaxPool"]), name
+        assert "Greater" in reads[shared[0]]

@@ -228,12 +228,17 @@ def _build(model: onnx.ModelProto, types: Types, path: Sequence[onnx.NodeProto],
     if of_elem != dtype:
         seed = ctx.op("Cast", [seed_name], to=dtype)
     grads: dict[str, list[str]] = {of: [seed]}
+    fused = {} if guided else _relu_pools(path, of, wrt)
     for node in reversed(path):
         out_grads = [_accumulate(ctx, grads, o) for o in node.output]
         if all(g is None for g in out_grads):
             continue
         ctx.source = node.output[0]
-        in_grads = RULES[node.op_type](ctx, node, out_grads)
+        relu = fused.get(id(node))
+        if relu is not None:
+            node, in_grads = relu, _relu_pool_vjp(ctx, node, out_grads)
+        else:
+            in_grads = RULES[node.op_type](ctx, node, out_grads)
         for name, g in zip(node.input, in_grads, strict=False):
             if g is not None and name in ctx.active:
                 grads.setdefault(name, []).append(g)
@@ -249,6 +254,43 @@ def _build(model: onnx.ModelProto, types: Types, path: Sequence[onnx.NodeProto],
         grad_infos.append(_value_info(grad_name(w), dtype, types[w][1]))
     return GradModel(_assemble(model, ctx, types, seed_name, of_elem, of_shape, outputs,
                                grad_infos), seed_name, tuple(pairs), outputs)
+
+
+def _relu_pools(path: Sequence[onnx.NodeProto], of: str, wrt: Sequence[str]
+                ) -> dict[int, onnx.NodeProto]:
+    """Map ``id(MaxPool)`` to the Relu before it where the Relu's output feeds nothing else on
+    the path (and is not ``of`` or a wrt): those pairs take one backward step together.
+
+    Relu and max commute, so the Relu's mask can be applied to the pooled gradient: the window's
+    argmax reads ``relu(x) = y_pool``, and ``x > 0`` there exactly when ``y_pool > 0``. The mask is
+    then computed at the pooled size (a quarter of the pixels for 2x2 / 3x3 stride-2 pools)
+    instead of the Relu's, with the same result as the two rules one after the other.
+    """
+    producers = {n.output[0]: n for n in path if n.op_type == "Relu" and n.output}
+    readers: dict[str, int] = {}
+    for node in path:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
+    pairs: dict[int, onnx.NodeProto] = {}
+    for node in path:
+        if node.op_type != "MaxPool" or not node.input:
+            continue
+        relu = producers.get(node.input[0])
+        x = node.input[0]
+        if relu is not None and readers.get(x) == 1 and x != of and x not in wrt:
+            pairs[id(node)] = relu
+    return pairs
+
+
+def _relu_pool_vjp(ctx: Emitter, pool: onnx.NodeProto, grads: Sequence[str | None]
+                   ) -> list[str | None]:
+    """Gradient of ``MaxPool(Relu(x))`` for ``x``: the pooled gradient masked by ``y_pool > 0``,
+    scattered to the argmax positions (see ``_relu_pools``)."""
+    g = grads[0]
+    assert g is not None
+    mask = ctx.op("Greater", [ctx.fwd(pool.output[0]), ctx.const(0.0)])
+    masked = ctx.mul(g, ctx.op("Cast", [mask], to=ctx.dtype))
+    return RULES["MaxPool"](ctx, pool, [masked, *grads[1:]])[:1]
 
 
 def _assemble(model: onnx.ModelProto, ctx: Emitter, types: Types, seed_name: str,
