@@ -7,8 +7,9 @@ random jitter/scale/rotation + preprocessing map + ONE session call (forward to 
 objective head, backward to the input) + the adjoints back to the spectrum + Adam. It is timed
 against one plain forward pass of the same batch through the whole model (batch axis freed, as
 the step's session has it), and through the model cut at the layer. Rows: SqueezeNet 1.1
-(../shared/data, float16, Caffe preprocessing) at a mid and a deep layer, and the MNIST CNN,
-on CPU and, where CUDA runs, on CUDA. Target: step <= 3.5 x forward.
+(../shared/data, float16, Caffe preprocessing) at a mid and a deep layer, the MNIST CNN, and a
+ResNet-18 exported from tools/bench/nets.py (float32; ``--no-resnet`` skips it), on CPU and,
+where CUDA runs, on CUDA. Target: step <= 3.5 x forward.
 
 ``--full-run`` (default on where CUDA runs) times 64 channels of a SqueezeNet layer at 224x224
 for 512 steps end to end. On CPU it runs a reduced configuration (``--cpu-steps`` steps) and
@@ -34,10 +35,12 @@ sys.path.insert(0, str(REPO))
 from onnx_featviz import api, rewrite, runtime  # noqa: E402
 from onnx_featviz import api_synthesis as synth  # noqa: E402
 from onnx_featviz import synthesis as syn  # noqa: E402
+from tools.bench.nets import export_onnx, resnet  # noqa: E402
 from tools.bench.timing import best_of  # noqa: E402
 
 SQUEEZENET = REPO.parent / "shared" / "data" / "models" / "squeezenet1.1_caffe2_fp16.onnx"
 MNIST = REPO / "models" / "mnist_cnn.onnx"
+RESNET_LAYER = "/layer3/layer3.1/relu_1/Relu"
 TARGET = 3.5
 BLOCK = 3
 
@@ -62,7 +65,7 @@ def free_batch(model: onnx.ModelProto, outputs: list[str] | None = None) -> onnx
 class Case:
     """One model, layer, batch and provider: forward baselines and the fourier step."""
 
-    def __init__(self, model: Path, layer: str, batch: int, provider: str,
+    def __init__(self, model: Path | bytes, layer: str, batch: int, provider: str,
                  prep: api.PrepOptions | None) -> None:
         self.inspector = api.Inspector(model, provider, prep=prep)
         ins = self.inspector
@@ -190,6 +193,8 @@ def main() -> None:
     parser.add_argument("--layers", default="fire4/concat_1,fire8/concat_1")
     parser.add_argument("--full-run", action="store_true", default=None)
     parser.add_argument("--cpu-steps", type=int, default=16)
+    parser.add_argument("--no-resnet", dest="resnet", action="store_false",
+                        help="skip the ResNet-18 row (needs torch to export it)")
     parser.add_argument("--channels", type=int, default=64)
     args = parser.parse_args()
     cuda = runtime.cuda_runs()
@@ -199,16 +204,21 @@ def main() -> None:
     print("| case | forward (full model) s | forward to layer s | step s | step / full | "
           "step / cut | session s | host s = step - session (parts) | target | pass |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    cases = [(SQUEEZENET, layer, api.PrepOptions(preset="caffe"))
-             for layer in args.layers.split(",")] + [(MNIST, "conv2", None)]
+    cases: list[tuple[str, Path | bytes, str, api.PrepOptions | None]] = [
+        (SQUEEZENET.stem, SQUEEZENET, layer, api.PrepOptions(preset="caffe"))
+        for layer in args.layers.split(",")]
+    cases.append(("mnist_cnn", MNIST, "conv2", None))
+    if args.resnet:  # float32, one overlapping (stem) MaxPool: a ResNet-class network
+        cases.append(("resnet18 (torch export)", export_onnx(resnet(18), (1, 3, 224, 224)),
+                      RESNET_LAYER, None))
     for provider in providers:
-        for model, layer, prep in cases:
-            if not model.exists():
-                print(f"| {model.name} {layer} | skipped: {model} not found |")
+        for stem, model, layer, prep in cases:
+            if isinstance(model, Path) and not model.exists():
+                print(f"| {stem} {layer} | skipped: {model} not found |")
                 continue
             case = Case(model, layer, args.batch, provider, prep)
             try:
-                label = f"{model.stem} {layer}, batch {args.batch}, {provider}"
+                label = f"{stem} {layer}, batch {args.batch}, {provider}"
                 print(table_row(label, case.times(args.reps)), flush=True)
             finally:
                 case.close()
