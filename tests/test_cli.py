@@ -15,13 +15,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from onnx import numpy_helper
 from PIL import Image, ImageDraw, ImageFont
 
 from onnx_featviz import api, catalog, construction, render, rewrite
-from onnx_featviz.cli import main
 from tests import reference
+from tests.conftest import run
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO / "models" / "mnist_cnn.onnx"
@@ -30,11 +30,6 @@ DIGIT9 = SAMPLES / "digit_9.png"
 VIRIDIS_TOP = tuple(int(v) for v in render.colormap_lut("viridis")[-1])
 VIRIDIS_BOTTOM = tuple(int(v) for v in render.colormap_lut("viridis")[0])
 COMMANDS = ("info", "predict", "filters", "maps", "build-conv")
-
-
-def run(*args: object) -> Result:
-    """Invoke ``featviz`` with ``args`` (paths converted to str)."""
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def ok(*args: object) -> Result:

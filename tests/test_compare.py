@@ -10,8 +10,6 @@ import gzip
 import json
 import math
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +17,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
 from onnx import numpy_helper
 from PIL import Image
 
 from onnx_featviz import api_audit, audit, cli_audit
-from onnx_featviz.cli import main
 from onnx_featviz.errors import InputError, LayerNotFoundError
-from onnx_featviz.structs import Progress, ProgressFn
+from onnx_featviz.structs import Progress
 from tests import graphs
-from tests.conftest import MODELS, shared_path
+from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json
 
 pytestmark = pytest.mark.slow
 
@@ -400,17 +396,6 @@ def test_empty_data_folder(models: dict[str, Path], tmp_path: Path) -> None:
 
 
 # -- command line -------------------------------------------------------------------------------
-def run(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def strict_json(text: str) -> Any:
-    """Parse JSON refusing the non-standard NaN / Infinity tokens."""
-    def refuse(token: str) -> None:
-        raise ValueError(f"non-standard JSON token {token}")
-    return json.loads(text, parse_constant=refuse)
-
-
 def test_cli_same_model_exit_0_json_and_plot(models: dict[str, Path], data: Path,
                                              tmp_path: Path) -> None:
     out_json, out_png = tmp_path / "r.json", tmp_path / "plots" / "snr.png"
@@ -496,14 +481,7 @@ def test_cli_unwritable_outputs_write_nothing(models: dict[str, Path], data: Pat
 def test_cli_interrupt_writes_partial_result(models: dict[str, Path], data: Path,
                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
-    @contextmanager
-    def interrupting_bar(label: str, **kwargs: Any) -> Iterator[ProgressFn]:
-        def bar(progress: Progress) -> None:
-            if progress.done >= 64:
-                raise KeyboardInterrupt
-        yield bar
-
-    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar)
+    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar(64))
     out = tmp_path / "partial.json"
     result = run("compare", models["float"], models["fp16"], data, "--provider-a", "cpu",
                  "--provider-b", "cpu", "--json", out)

@@ -4,11 +4,8 @@ JSON and plot, exit codes, interrupted and unwritable runs."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner, Result
 from PIL import Image
 
 from onnx_featviz import api, api_audit, audit, cli_audit, fileio
-from onnx_featviz.cli import main
 from onnx_featviz.errors import InputError, LayerNotFoundError
-from onnx_featviz.structs import ChannelStats, Progress, ProgressFn
+from onnx_featviz.structs import ChannelStats, Progress
 from tests import graphs
-from tests.conftest import MODELS, shared_path
+from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json
 
 CPU = api_audit.StatsOptions(provider="cpu")
 
@@ -218,17 +213,6 @@ def test_plot_has_one_panel_per_layer(tmp_path: Path) -> None:
 
 
 # -- command line -------------------------------------------------------------------------------
-def run(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def strict_json(text: str) -> Any:
-    """Parse JSON refusing the non-standard NaN / Infinity tokens."""
-    def refuse(token: str) -> None:
-        raise ValueError(f"non-standard JSON token {token}")
-    return json.loads(text, parse_constant=refuse)
-
-
 @pytest.fixture
 def dead_model(tmp_path: Path) -> Path:
     path = tmp_path / "dead.onnx"
@@ -295,14 +279,7 @@ def test_cli_nonfinite_json_to_stdout(tmp_path: Path) -> None:
 
 def test_cli_interrupt_writes_partial_result(dead_model: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    @contextmanager
-    def interrupting_bar(label: str, **kwargs: Any) -> Iterator[ProgressFn]:
-        def bar(progress: Progress) -> None:
-            if progress.done >= 6:  # after 2 batches of 3
-                raise KeyboardInterrupt
-        yield bar
-
-    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar)
+    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar(6))  # after 2 batches of 3
     x = np.random.default_rng(12).standard_normal((20, 3, 8, 8)).astype(np.float32)
     data = save_batch(tmp_path / "x.npy", x)
     out = tmp_path / "out" / "partial.json"
