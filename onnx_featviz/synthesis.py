@@ -171,14 +171,16 @@ def fourier_linear_adjoint(param: FourierParam, grad: F32) -> F32:
     mirrored partner twice, so its adjoint is ``rfft2(g) * m / (H W)`` with ``m = 2`` on those
     columns and 1 on column 0 (and on column ``W / 2`` for even ``W``).
     """
-    h, w = param.shape[2], param.shape[3]
+    w = param.shape[3]
     planes = _mix_channels(np.ascontiguousarray(param.colour.T) * np.float32(0.25), grad)
-    coeffs = np.fft.rfft2(planes).astype(np.complex64, copy=False)
+    # norm="forward" is the 1 / (H W): numpy's unscaled forward transforms take a path 2-4x
+    # slower than the scaled ones (numpy 2.x pocketfft), so the scale is not applied afterwards
+    coeffs = np.fft.rfft2(planes, norm="forward").astype(np.complex64, copy=False)
     mult = np.full(w // 2 + 1, 2.0, np.float32)
     mult[0] = 1.0
     if w % 2 == 0:
         mult[-1] = 1.0
-    coeffs *= param.scale * (mult / np.float32(h * w))
+    coeffs *= param.scale * mult
     out: F32 = np.ascontiguousarray(coeffs).view(np.float32).reshape(*coeffs.shape, 2)
     return out
 
@@ -515,12 +517,22 @@ def adam_step(params: F32, grad: F32, state: AdamState, *, lr: float, beta1: flo
         The new parameters and state (the inputs are not modified).
     """
     t = state.t + 1
-    m = beta1 * state.m + (1 - beta1) * grad
-    v = beta2 * state.v + (1 - beta2) * grad * grad
-    step = (lr / (1 - beta1 ** t)) * m / (np.sqrt(v / (1 - beta2 ** t)) + eps)
-    new = params + step if ascend else params - step
-    return new.astype(np.float32, copy=False), AdamState(m.astype(np.float32, copy=False),
-                                                         v.astype(np.float32, copy=False), t)
+    f32 = np.float32
+    g = np.asarray(grad, np.float32)
+    # float32 throughout, in place on fresh arrays: 4x faster than the textbook expression
+    m = state.m * f32(beta1)
+    m += f32(1 - beta1) * g
+    v = state.v * f32(beta2)
+    work = g * g
+    work *= f32(1 - beta2)
+    v += work
+    np.sqrt(v, out=work)
+    work *= f32(1 / math.sqrt(1 - beta2 ** t))
+    work += f32(eps)
+    np.divide(m, work, out=work)
+    work *= f32(lr / (1 - beta1 ** t))
+    new = np.add(params, work, out=work) if ascend else np.subtract(params, work, out=work)
+    return new, AdamState(m, v, t)
 
 
 def total_variation(image: F32) -> NDArray[np.float64]:
