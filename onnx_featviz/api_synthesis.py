@@ -47,6 +47,7 @@ RECIPES = ("fourier", "pyramid")
 OBJECTIVES = syn.OBJECTIVES
 PREFIX = "featviz/synth"
 OBJECTIVE_OUT = f"{PREFIX}/objective"
+UNIT_OUT = f"{PREFIX}/unit"  # the objective without the diversity term
 SELECT_IN = f"{PREFIX}/select"
 POSITION_IN = f"{PREFIX}/position"
 TARGET_IN = f"{PREFIX}/target"
@@ -114,6 +115,8 @@ class MaximizeResult:
             integer inputs), exactly as scored by ``final``.
         start, final: (R,) float64 objective of the initial and final image (no transforms).
         history: (steps, R) float32 objective at each step (of the transformed view).
+        With ``diversity`` these are the unit's objective alone; the optimization also follows
+        the diversity term, which is not included.
         start_images: (R, h, w, C) the initial images (pyramid: at the first scale's size).
     """
 
@@ -235,6 +238,7 @@ def _head_nodes(b: _Nodes, head: _Head) -> str:
             pooled = b.reduce("ReduceMean", flat, [2], 0)
         obj = b.reduce("ReduceMean", b.op("Mul", [pooled, SELECT_IN], "select"), [1], 0)
     if head.diversity:
+        b.nodes.append(helper.make_node("Identity", [obj], [UNIT_OUT], name=UNIT_OUT))
         term = b.op("Mul", [_diversity_nodes(b, flat, head), b.scalar(head.diversity)], "weight")
         obj = b.op("Sub", [obj, term], "diverse")
     b.nodes.append(helper.make_node("Identity", [obj], [OBJECTIVE_OUT], name=OBJECTIVE_OUT))
@@ -287,9 +291,15 @@ def _objective_model(model: onnx.ModelProto, image_input: str, tensor: str, head
                            for t in builder.inits)
     graph.input.extend(_head_inputs(head, rows))
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OBJECTIVE_OUT, TensorProto.FLOAT, [rows]))
+    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [rows])
+                        for name in _head_outputs(head))
     rewrite.prune_graph(graph)
     return out
+
+
+def _head_outputs(head: _Head) -> list[str]:
+    """The objective, then (with diversity) the objective without the diversity term."""
+    return [OBJECTIVE_OUT] + ([UNIT_OUT] if head.diversity else [])
 
 
 def _batch_dim(graph: onnx.GraphProto, name: str) -> int | str:
@@ -388,7 +398,8 @@ class _GradientSession:
         model = _objective_model(self.inspector.model, spec.name, self.tensor, self.head,
                                  integer=self.imap.integer, free_batch=free_batch)
         try:
-            grad = autodiff.differentiate(model, of=OBJECTIVE_OUT, wrt=[spec.name])
+            grad = autodiff.differentiate(model, of=OBJECTIVE_OUT, wrt=[spec.name],
+                                          keep_outputs=_head_outputs(self.head)[1:])
         except ModelError as err:
             raise ModelError(f"cannot optimize an input image for layer tensor "
                              f"{self.tensor!r}: {_gradient_problem(err)}; every op from the "
@@ -424,18 +435,25 @@ class _GradientSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, view: F32, feeds: dict[str, F32]) -> tuple[NDArray[np.float64], F32]:
+    def run(self, view: F32, feeds: dict[str, F32], *, unit: bool = False
+            ) -> tuple[NDArray[np.float64], F32]:
         """Return the objective per row ``(R,)`` and its gradient w.r.t. ``view``."""
-        values, grad = self.run_model(syn.to_model(self.imap, view), feeds)
+        values, grad = self.run_model(syn.to_model(self.imap, view), feeds, unit=unit)
         return values, syn.to_model_adjoint(self.imap, grad)
 
-    def run_model(self, x: F32, feeds: dict[str, F32]) -> tuple[NDArray[np.float64], F32]:
-        """Return the objective per row and its gradient w.r.t. the float model input ``x``."""
+    def run_model(self, x: F32, feeds: dict[str, F32], *, unit: bool = False
+                  ) -> tuple[NDArray[np.float64], F32]:
+        """Return the objective per row and its gradient w.r.t. the float model input ``x``.
+
+        With ``unit`` the values are the unit's objective without the diversity term (what the
+        user asked to maximize); the gradient is always that of the full objective.
+        """
         rows = len(x)
         inputs = {self.inspector.spec.name: x.astype(self.dtype, copy=False),
                   self.seed: np.ones(rows, np.float32), **feeds}
+        names = _head_outputs(self.head)
         try:
-            out = self.session.run(inputs, [OBJECTIVE_OUT, self.gradient])
+            out = self.session.run(inputs, [*names, self.gradient])
         except (InputError, ModelError):
             if not self.freed or rows == 1:
                 raise
@@ -444,9 +462,9 @@ class _GradientSession:
         if self.freed and (value is None or value.shape != (rows,)):
             self.close()
             self._batch_fixed()
-            return self.run_model(x, feeds)
+            return self.run_model(x, feeds, unit=unit)
         grad = np.asarray(out[self.gradient], np.float32)
-        return np.asarray(out[OBJECTIVE_OUT], np.float64), grad
+        return np.asarray(out[names[-1] if unit else OBJECTIVE_OUT], np.float64), grad
 
 
 # -- checks before a long run -------------------------------------------------------------------
@@ -615,7 +633,7 @@ def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
         image, view, history, start, first = loop(grads, images_shape, opts, rng, feeds,
                                                   progress)
         x = syn.quantize(imap, syn.to_model(imap, view))
-        final, _ = grads.run_model(x, feeds(view.shape[2:]))
+        final, _ = grads.run_model(x, feeds(view.shape[2:]), unit=True)
     return MaximizeResult(tensor, opts.objective, opts.recipe, units, _hwc(image),
                           x.astype(inspector.spec.dtype), start, final, history, _hwc(first))
 
@@ -696,7 +714,8 @@ class _FourierRun:
             return image, syn.to_model(imap, view).astype(self.grads.dtype)
 
         parts = self._map(forward)
-        values, grad = self.grads.run_model(np.concatenate([x for _, x in parts]), feeds)
+        values, grad = self.grads.run_model(np.concatenate([x for _, x in parts]), feeds,
+                                            unit=True)
 
         def backward(i: int) -> None:
             g = syn.to_model_adjoint(imap, grad[self.chunks[i]])
@@ -716,7 +735,7 @@ def _fourier(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
     try:
         steps, rows = opts.steps or 512, feeds(shape[2:])
         first = run.image()
-        start, _ = grads.run(first, rows)
+        start, _ = grads.run(first, rows, unit=True)
         history = np.zeros((steps, shape[0]), np.float32)
         for step in range(steps):
             history[step] = values = run.step(rows)
@@ -753,9 +772,9 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
         resize = syn.linear_resize((size, size), out)
         rows, state = feeds(out), syn.adam_init(image)
         if index == 0:
-            start, _ = grads.run(resize.apply(image), rows)
+            start, _ = grads.run(resize.apply(image), rows, unit=True)
         for step in range(per):
-            values, grad = grads.run(resize.apply(image), rows)
+            values, grad = grads.run(resize.apply(image), rows, unit=True)
             image, state = syn.adam_step(image, resize.adjoint(grad), state, lr=lr)
             image = syn.project_pixels(image)
             history[index * per + step] = values

@@ -322,6 +322,22 @@ def test_layer_and_diversity_objectives_and_progress():
     assert not np.allclose(result.images[0], result.images[1])
 
 
+@pytest.mark.parametrize("recipe", ["fourier", "pyramid"])
+def test_diversity_reports_the_channel_objective_alone(recipe):
+    """With diversity on, start/final/history are the unit's activation (the diversity term
+    is optimized but not reported): final equals the channel means of the returned model
+    input captured by a plain forward pass."""
+    opts = synth.MaximizeOptions("conv2", channels=(1, 6), steps=4, diversity=2.0, images=2,
+                                 recipe=recipe, start_size=12, scales=2, seed=3)
+    result = synth.maximize(graphs.small_cnn(), opts, provider="cpu")
+    assert result.units == (1, 1, 6, 6)
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        acts = inspector.capture(result.model_input, [result.tensor])[result.tensor]
+    want = acts.mean(axis=(2, 3))[np.arange(4), list(result.units)]
+    np.testing.assert_allclose(result.final, want, rtol=1e-5, atol=1e-6)
+    assert result.history.shape[1] == 4 and np.all(result.final > result.start)
+
+
 def test_pyramid_on_a_dynamic_model_grows_the_image():
     opts = synth.MaximizeOptions("edge", recipe="pyramid", steps=2, start_size=10, scales=3,
                                  blur=3, size=20)
