@@ -110,7 +110,9 @@ class MaximizeResult:
         tensor: the layer tensor optimized; objective, recipe: as requested.
         units: (R,) channel of each row (-1 for the layer objective); rows are unit-major
             (the ``images`` images of a unit are consecutive).
-        images: (R, H, W, C) float32 in [0, 1], RGB (C = 3) or gray (C = 1).
+        images: (R, H, W, C) float32 in [0, 1], RGB (C = 3) or gray (C = 1); for integer
+            inputs the rounded image the model scored (except pyramid images resized to a
+            fixed input size, which ``model_input`` holds).
         model_input: (R, ...) the images in the model's input layout and dtype (rounded for
             integer inputs), exactly as scored by ``final``.
         start, final: (R,) float64 objective of the initial and final image (no transforms).
@@ -155,7 +157,8 @@ class InvertResult:
     Attributes:
         tensor: the layer tensor matched; sources: where each input came from.
         images, originals: (N, H, W, C) float32 in [0, 1], the reconstructions and the inputs as
-            the model saw them (after resizing), RGB or gray.
+            the model saw them (after resizing), RGB or gray; for integer inputs the
+            reconstructions are the rounded images the model scored.
         loss: (N,) final ``||f(x) - f(x0)||^2 / ||f(x0)||^2`` (without the TV term).
         correlation: (N,) Pearson correlation of each reconstruction with its original.
         history: (steps, N) float32 total loss (feature term + tv * TV) at each step.
@@ -633,6 +636,8 @@ def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
         image, view, history, start, first = loop(grads, images_shape, opts, rng, feeds,
                                                   progress)
         x = syn.quantize(imap, syn.to_model(imap, view))
+        if imap.integer and image.shape == view.shape:
+            image = syn.from_model(imap, x)  # the rounded image the model scores
         final, _ = grads.run_model(x, feeds(view.shape[2:]), unit=True)
     return MaximizeResult(tensor, opts.objective, opts.recipe, units, _hwc(image),
                           x.astype(inspector.spec.dtype), start, final, history, _hwc(first))
@@ -833,6 +838,8 @@ def _invert(inspector: api.Inspector, image: api.Images, opts: InvertOptions,
     with _GradientSession(inspector, tensor, _Head("invert", target.shape[1])) as grads:
         pixels, history = _invert_loop(grads, originals.shape, opts, rng, feeds, progress)
         x = syn.quantize(imap, syn.to_model(imap, pixels))
+        if imap.integer:
+            pixels = syn.from_model(imap, x)  # the rounded image the model scores
         loss, _ = grads.run_model(x, feeds)
     return InvertResult(tensor, loaded.sources, _hwc(pixels), _hwc(originals), loss,
                         syn.image_correlation(pixels, originals), history)

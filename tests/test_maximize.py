@@ -267,11 +267,27 @@ def test_uint8_input_is_optimized_in_float_and_rounded_at_the_end():
     result = synth.maximize(uint8_model(), synth.MaximizeOptions("c", channels=(1,), steps=16),
                             provider="cpu")
     assert result.model_input.dtype == np.uint8
+    # the returned image is the rounded one the model scored
     np.testing.assert_allclose(result.images[0].transpose(2, 0, 1) * 255,
-                               result.model_input[0], atol=0.51)
+                               result.model_input[0], atol=1e-3)
     with api.Inspector(uint8_model(), "cpu") as inspector:
         acts = inspector.capture(result.model_input, ["c"])["c"]
     assert result.final[0] == pytest.approx(acts[0, 1].mean(), rel=1e-5)
+
+
+def test_invert_on_a_uint8_input_returns_the_rounded_image_it_scores():
+    rng = np.random.default_rng(4)
+    photo = rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    result = synth.invert(uint8_model(), photo, synth.InvertOptions("c", steps=20, tv=0.0),
+                          provider="cpu")
+    scaled = result.images[0].transpose(2, 0, 1) * 255
+    x = np.rint(scaled)
+    np.testing.assert_allclose(scaled, x, atol=1e-3)
+    with api.Inspector(uint8_model(), "cpu") as inspector:
+        got, want = (inspector.capture(v, ["c"])["c"].astype(np.float64)
+                     for v in (x[None].astype(np.uint8), photo))
+    loss = np.mean((got - want) ** 2) / np.mean(want**2)
+    assert result.loss[0] == pytest.approx(loss, rel=1e-4)
 
 
 @pytest.mark.parametrize("zero_point,per_channel", [(False, False), (True, True),
