@@ -73,7 +73,8 @@ class MaximizeOptions:
     decorrelated colour, sigmoid, random jitter/scale/rotation each step; it starts from the
     colour the preprocessing maps to a zero input) or ``"pyramid"`` (pixels from noise near
     grey, grown from ``start_size`` by ``factor`` for ``scales`` scales with bicubic upscaling
-    and optional ``blur``; fixed-size models see each scale resized bilinearly to their size).
+    and optional ``blur``; the sizes are the long side and a fixed non-square input keeps its
+    aspect; fixed-size models see each scale resized bilinearly to their size).
     A channel whose activation is zero everywhere on the start image gets no gradient through
     a ReLU: optimize the pre-activation tensor (e.g. a conv output) for such channels.
     ``steps``: fourier: total steps (None: 512); pyramid: steps per scale (None: 20).
@@ -764,17 +765,21 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
     """FilterVisualizer: pixels from noise, Adam per scale, bicubic upscaling (+ blur)."""
     target = shape[2:]
     fixed = grads.inspector.spec.height is not None
-    sizes = syn.pyramid_sizes(opts.start_size, opts.scales, opts.factor, cap=max(target))
+    longest = max(target)
+    # the pyramid grows the long side; a fixed non-square input keeps its aspect at every scale
+    sizes = [(max(1, round(side * target[0] / longest)), max(1, round(side * target[1] / longest)))
+             for side in syn.pyramid_sizes(opts.start_size, opts.scales, opts.factor,
+                                           cap=longest)]
     per, lr = opts.steps or 20, opts.lr or 0.03
-    image = first = syn.pixel_init((shape[0], shape[1], sizes[0], sizes[0]), rng)
+    image = first = syn.pixel_init((shape[0], shape[1], *sizes[0]), rng)
     history = np.zeros((per * len(sizes), shape[0]), np.float32)
     start = np.zeros(shape[0])
     for index, size in enumerate(sizes):
         if index:
-            image = syn.resize_bicubic(image, (size, size))
+            image = syn.resize_bicubic(image, size)
             image = syn.box_blur(image, opts.blur) if opts.blur else image
-        out = target if fixed else (size, size)
-        resize = syn.linear_resize((size, size), out)
+        out = target if fixed else size
+        resize = syn.linear_resize(size, out)
         rows, state = feeds(out), syn.adam_init(image)
         if index == 0:
             start, _ = grads.run(resize.apply(image), rows, unit=True)

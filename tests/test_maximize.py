@@ -363,6 +363,22 @@ def test_pyramid_on_a_dynamic_model_grows_the_image():
     assert result.model_input.shape == (1, 1, 14, 14)  # a dynamic model sees each scale
 
 
+def test_pyramid_keeps_the_aspect_of_a_fixed_non_square_input():
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["edge"], name="edge", pads=[2, 2, 2, 2])],
+        "wide", [_value("x", TensorProto.FLOAT, [1, 1, 12, 20])],
+        [_value("edge", TensorProto.FLOAT, [1, 1, 12, 20])],
+        [numpy_helper.from_array(EDGE[None, None], "w")])
+    opts = synth.MaximizeOptions("edge", recipe="pyramid", steps=3, start_size=8, scales=3,
+                                 factor=1.5)
+    result = synth.maximize(graphs.make(graph), opts, provider="cpu")
+    # long sides 8, 12, 18; short sides 8, 12, 18 x 12/20 rounded
+    assert result.start_images.shape == (1, 5, 8, 1)
+    assert result.images.shape == (1, 11, 18, 1)
+    assert result.model_input.shape == (1, 1, 12, 20)
+    assert result.final[0] > result.start[0]
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_bad_inputs_have_clear_errors():
     cnn = graphs.small_cnn()
