@@ -102,11 +102,11 @@ class Case:
         inner = grads.run_model
         session: list[float] = []
 
-        def timed(x: syn.F32, feeds: dict[str, syn.F32]
+        def timed(x: syn.F32, feeds: dict[str, syn.F32], *, unit: bool = False
                   ) -> tuple[np.ndarray[Any, np.dtype[np.float64]], syn.F32]:
             start = time.perf_counter()
             try:
-                return inner(x, feeds)
+                return inner(x, feeds, unit=unit)
             finally:
                 session.append(time.perf_counter() - start)
 
