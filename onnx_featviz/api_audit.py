@@ -22,6 +22,7 @@ import onnx_featviz.audit as audit
 import onnx_featviz.fileio as fileio
 import onnx_featviz.matching as matching
 import onnx_featviz.rewrite as rewrite
+import onnx_featviz.runtime as runtime
 from onnx_featviz import api, api_data
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
@@ -105,7 +106,8 @@ class CompareResult:
     ``layers`` are in model A's graph order (graph outputs last); ``first_divergent`` is the A
     tensor of the first of them that breaks ``thresholds`` (None: all pass); ``images``: inputs
     compared; ``skipped``: ``(source, reason)`` of unreadable inputs; ``partial``: the run was
-    interrupted and covers only the first ``images`` inputs.
+    interrupted and covers only the first ``images`` inputs; ``notes``: known causes of drift
+    that lie in the runtime, not the model (e.g. int8 kernels of a CPU without VNNI).
     """
 
     model_a: ModelSide
@@ -118,6 +120,7 @@ class CompareResult:
     images: int
     skipped: tuple[tuple[str, str], ...] = ()
     partial: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -205,7 +208,31 @@ def compare_models(model_a: api.ModelSource, model_b: api.ModelSource, data: Pat
         totals = _accumulate(ins_a, ins_b, plan, stream, progress)
         sides = (_model_side(model_a, ins_a, plan.tensors_a, "model A"),
                  _model_side(model_b, ins_b, plan.tensors_b, "model B"))
-    return _result(plan, totals, sides, thresholds)
+        notes = tuple(note for tag, ins, side in (("A", ins_a, sides[0]), ("B", ins_b, sides[1]))
+                      if (note := int8_kernel_note(tag, ins.model, side)))
+    return _result(plan, totals, sides, thresholds, notes)
+
+
+def int8_kernel_note(tag: str, model: onnx.ModelProto, side: ModelSide) -> str | None:
+    """Return a note when ``model`` runs full-range int8 weights on a CPU without VNNI.
+
+    There onnxruntime's u8 x s8 kernels saturate int16 pair sums (``runtime.cpu_has_vnni``,
+    ``matching.int8_saturating_weights``): a known precision loss of the runtime on that CPU,
+    fixed by quantizing with ``reduce_range=True`` or uint8 weights. None when it does not apply.
+    """
+    on_cpu = bool(side.providers) and side.providers[0] == "CPUExecutionProvider"
+    if side.precision != "int8" or not on_cpu:
+        return None
+    if runtime.cpu_has_vnni() is not False:
+        return None
+    weights = matching.int8_saturating_weights(model)
+    if not weights:
+        return None
+    shown = ", ".join(weights[:3]) + (f" and {len(weights) - 3} more" if len(weights) > 3 else "")
+    return (f"model {tag} ({side.name}): {len(weights)} int8 weight tensor(s) use the full range "
+            f"({shown}) and run on onnxruntime's u8 x s8 CPU kernels, which saturate int16 sums on "
+            "this CPU (no VNNI): a known precision loss of the runtime here, not of the model; "
+            "quantize with reduce_range=True or weight_type=QUInt8 to avoid it")
 
 
 def check_same_inputs(ins_a: api.Inspector, ins_b: api.Inspector) -> None:
@@ -371,7 +398,7 @@ def _model_side(source: api.ModelSource, inspector: api.Inspector, tensors: Sequ
 
 
 def _result(plan: _Plan, totals: _Totals, sides: tuple[ModelSide, ModelSide],
-            thresholds: audit.Thresholds) -> CompareResult:
+            thresholds: audit.Thresholds, notes: tuple[str, ...] = ()) -> CompareResult:
     layers: list[LayerDrift] = []
     unmatched = list(plan.unmatched)
     for index, row in enumerate(plan.rows):
@@ -386,7 +413,8 @@ def _result(plan: _Plan, totals: _Totals, sides: tuple[ModelSide, ModelSide],
                     for p, s in zip(plan.scores, totals.agreement, strict=True) if s.count)
     first = next((lay.a for lay in layers if lay.broken is not None), None)
     return CompareResult(sides[0], sides[1], thresholds, tuple(layers), outputs,
-                         tuple(unmatched), first, totals.images, totals.skipped, totals.partial)
+                         tuple(unmatched), first, totals.images, totals.skipped, totals.partial,
+                         notes)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -410,7 +438,8 @@ def compare_to_json(result: CompareResult) -> dict[str, Any]:
     (graph order: ``a``, ``b``, ``layer``, ``match``, ``note``, ``cosine``, ``snr_db``,
     ``max_abs``, ``rel_l2``, ``count``, ``nonfinite``, ``output``, ``passed``, ``reason``),
     ``outputs`` (``a``, ``b``, ``top1_agreement``, ``mean_abs_dprob``, ``max_abs_dprob``,
-    ``count``) and ``unmatched`` (``model``, ``tensor``, ``layer``, ``reason``). Infinite
+    ``count``), ``unmatched`` (``model``, ``tensor``, ``layer``, ``reason``) and ``notes``
+    (strings: runtime causes of drift, e.g. int8 kernels on a CPU without VNNI). Infinite
     metrics are the strings ``"inf"``/``"-inf"``, NaN is null (``json_number``).
     """
     th = result.thresholds
@@ -428,6 +457,7 @@ def compare_to_json(result: CompareResult) -> dict[str, Any]:
         "outputs": [_output_json(out) for out in result.outputs],
         "unmatched": [{"model": u.model, "tensor": u.tensor, "layer": u.layer,
                        "reason": u.reason} for u in result.unmatched],
+        "notes": list(result.notes),
     }
 
 
@@ -517,6 +547,7 @@ def format_compare(result: CompareResult) -> str:
         lines.append(f"unmatched ({len(result.unmatched)}):")
         lines += [f"  {u.model.upper()} {u.tensor} (layer {u.layer}): {u.reason}"
                   for u in result.unmatched]
+    lines += [f"note: {note}" for note in result.notes]
     lines.append(_verdict(result))
     return "\n".join(lines)
 

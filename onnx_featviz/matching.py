@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
+import onnx.numpy_helper
 
 from onnx_featviz import catalog
 from onnx_featviz.structs import ACTIVATION_OPS, Layer, ModelInfo, Shape
@@ -154,6 +155,63 @@ def model_precision(model: onnx.ModelProto) -> str:
     if onnx.TensorProto.BFLOAT16 in elems:
         return "bf16"
     return "fp32"
+
+
+#: Weight input index of each integer op that onnxruntime runs as a u8 x s8 GEMM on x86.
+_INT8_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger": 1,
+                      "MatMulInteger": 1}
+#: Float ops whose weight (input 1) a QDQ model feeds from a DequantizeLinear; onnxruntime fuses
+#: the pair into the integer kernel.
+_QDQ_WEIGHT_OPS = frozenset({"Conv", "Gemm", "MatMul"})
+#: Largest |int8 weight| whose pairwise u8 x s8 sums fit int16: 255 * (64 + 64) <= 32767.
+_INT16_SAFE = 64
+
+
+def int8_saturating_weights(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Return the int8 weight tensors that overflow int16 pair sums in non-VNNI u8 x s8 kernels.
+
+    On x86 CPUs without VNNI, onnxruntime's U8S8 GEMM multiplies uint8 activations by int8
+    weights with ``vpmaddubsw``, which adds two products in saturating int16. Weights quantized
+    to the full int8 range (|w| > 64) overflow it; ``reduce_range=True`` (7-bit weights) or
+    uint8 weights do not. Weights stored in external data that is not loaded are skipped.
+
+    Args:
+        model: any ONNX model (QDQ or QOperator format, or float: then nothing is returned).
+
+    Returns:
+        Initializer names in graph order, each read as int8 with some |value| > 64.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    names: list[str] = []
+    for node in model.graph.node:
+        weight = _int8_weight_name(node, producers)
+        if weight is None or weight in names or weight not in inits:
+            continue
+        tensor = inits[weight]
+        if tensor.data_type != onnx.TensorProto.INT8 or _is_external(tensor):
+            continue
+        values = onnx.numpy_helper.to_array(tensor)
+        if values.size and int(abs(values.astype("int16")).max()) > _INT16_SAFE:
+            names.append(weight)
+    return tuple(names)
+
+
+def _int8_weight_name(node: onnx.NodeProto,
+                      producers: Mapping[str, onnx.NodeProto]) -> str | None:
+    """The int8 weight a GEMM-like node reads, through a DequantizeLinear in QDQ form."""
+    if node.op_type in _INT8_WEIGHT_INPUT:
+        index = _INT8_WEIGHT_INPUT[node.op_type]
+        return str(node.input[index]) if len(node.input) > index else None
+    if node.op_type in _QDQ_WEIGHT_OPS and len(node.input) > 1:
+        dq = producers.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            return str(dq.input[0])
+    return None
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.raw_data
 
 
 # -- lookup tables ------------------------------------------------------------------------------

@@ -45,6 +45,37 @@ def _quiet_session(
         ort.set_default_logger_severity(2)
 
 
+def cpu_has_vnni() -> bool | None:
+    """Return whether this x86 CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX-INT8); None elsewhere.
+
+    onnxruntime's CPU int8 GEMMs use VNNI's exact int32 dot products when it is there, and
+    saturating int16 pair sums (``vpmaddubsw``) on older AVX2/AVX-512 CPUs. numpy's CPUID probe
+    answers for AVX512-VNNI; /proc/cpuinfo (Linux) for AVX-VNNI and AMX, which numpy omits.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None
+    import importlib
+
+    features: dict[str, bool] = {}
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # 2.x, 1.x
+        try:
+            features = dict(importlib.import_module(module).__cpu_features__)
+            break
+        except (ImportError, AttributeError):
+            continue
+    if features.get("AVX512VNNI"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx_vnni" in flags or "amx_int8" in flags
+
+
 def cuda_runs() -> bool:
     """Return True when onnxruntime really runs a session on CUDA here (not only lists it)."""
     if _CUDA not in ort.get_available_providers():

@@ -20,7 +20,7 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from onnx_featviz import api_audit, audit, cli_audit
+from onnx_featviz import api_audit, audit, cli_audit, matching, runtime
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.structs import Progress
 from tests import graphs
@@ -101,6 +101,10 @@ def models(work: Path) -> dict[str, Path]:
         "float": MNIST_MODEL,
         "qdq": save(graphs.qdq_model(model, calib), work / "mnist_qdq.onnx"),
         "qop": save(graphs.qoperator_model(model, calib), work / "mnist_qop.onnx"),
+        "qdq_full": save(graphs.qdq_model(model, calib, reduce_range=False),
+                         work / "mnist_qdq_full.onnx"),
+        "qop_full": save(graphs.qoperator_model(model, calib, reduce_range=False),
+                         work / "mnist_qop_full.onnx"),
         "fp16_io": save(fp16_keep_io(model), work / "mnist_fp16_io.onnx"),
         "fp16": save(graphs.fp16_model(model), work / "mnist_fp16.onnx"),
         "fault": save(fault, work / "mnist_fault.onnx"),
@@ -540,3 +544,65 @@ def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
         if name not in [o.name for o in copy.graph.output]:
             copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return copy.SerializeToString()
+
+
+# ----------------------------------------------------------------------------- int8 on non-VNNI
+def full_range_int8(path: Path) -> list[str]:
+    """Independent reference: int8 initializers with some |value| > 64, read with numpy."""
+    model = onnx.load(path)
+    return [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8
+            and np.abs(numpy_helper.to_array(t).astype(np.int32)).max() > 64]
+
+
+@pytest.mark.parametrize("kind", ["qdq_full", "qop_full"])
+def test_full_range_int8_weights_are_found(models: dict[str, Path], kind: str) -> None:
+    expected = full_range_int8(models[kind])
+    assert len(expected) == 4  # conv1, conv2, fc1, fc2 weights use the whole int8 range
+    assert list(matching.int8_saturating_weights(onnx.load(models[kind]))) == expected
+    reduced = kind.removesuffix("_full")
+    assert full_range_int8(models[reduced]) == []  # reduce_range: 7-bit weights
+    assert matching.int8_saturating_weights(onnx.load(models[reduced])) == ()
+    assert matching.int8_saturating_weights(onnx.load(models["float"])) == ()
+
+
+def test_int8_note_without_vnni_in_table_and_json(models: dict[str, Path], data: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without VNNI, full-range int8 weights get a note naming the fix; 7-bit
+    (reduce_range) weights and CPUs with VNNI get none."""
+    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: False)
+    result = api_audit.compare_models(models["float"], models["qdq_full"], data,
+                                      cpu_options(layers=("relu1",)))
+    assert len(result.notes) == 1
+    note = result.notes[0]
+    assert note.startswith("model B (mnist_qdq_full.onnx): 4 int8 weight tensor(s)")
+    assert "no VNNI" in note and "reduce_range=True" in note
+    assert api_audit.compare_to_json(result)["notes"] == [note]
+    assert f"note: {note}" in api_audit.format_compare(result).splitlines()
+    quiet = api_audit.compare_models(models["float"], models["qdq"], data,
+                                     cpu_options(layers=("relu1",)))
+    assert quiet.notes == () and api_audit.compare_to_json(quiet)["notes"] == []
+    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: True)
+    assert api_audit.compare_models(models["float"], models["qop_full"], data,
+                                    cpu_options(layers=("relu1",))).notes == ()
+
+
+def test_cli_prints_the_int8_note(models: dict[str, Path], data: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: False)
+    result = run("compare", models["float"], models["qop_full"], data,
+                 "--provider-a", "cpu", "--provider-b", "cpu", "--layers", "relu1")
+    notes = [line for line in result.output.splitlines() if line.startswith("note: model B")]
+    assert len(notes) == 1 and "quantize with reduce_range=True" in notes[0]
+
+
+def test_cpu_has_vnni_agrees_with_proc_cpuinfo() -> None:
+    """The CPUID probe agrees with the kernel's flags (Linux x86-64 only)."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.is_file():
+        pytest.skip("needs Linux on x86-64 (/proc/cpuinfo flags)")
+    flags = next(line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("flags"))
+    expected = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    assert runtime.cpu_has_vnni() is expected

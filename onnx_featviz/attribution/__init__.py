@@ -1,0 +1,1 @@
+"""CAMs and backprop views: pure maths, target kinds, and the runs (sessions, gradients)."""

@@ -1,0 +1,1 @@
+"""Read and rewrite ModelProtos (pure): catalog, rewrite, matching, weights, construction."""
