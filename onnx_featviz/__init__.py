@@ -34,12 +34,12 @@ from onnx_featviz.errors import (  # noqa: E402
 )
 
 _LAZY = {
-    "CompareOptions": "api_audit", "CompareResult": "api_audit", "compare_models": "api_audit",
-    "StatsOptions": "api_audit", "StatsResult": "api_audit", "dataset_stats": "api_audit",
-    "open_data": "api_data",
-    "MaximizeOptions": "api_synthesis", "MaximizeResult": "api_synthesis",
-    "maximize": "api_synthesis", "InvertOptions": "api_synthesis",
-    "InvertResult": "api_synthesis", "invert": "api_synthesis",
+    "CompareOptions": "audit.compare", "CompareResult": "audit.compare", "compare_models": "audit.compare",
+    "StatsOptions": "audit.compare", "StatsResult": "audit.compare", "dataset_stats": "audit.compare",
+    "open_data": "io.data",
+    "MaximizeOptions": "synthesis.run", "MaximizeResult": "synthesis.run",
+    "maximize": "synthesis.run", "InvertOptions": "synthesis.run",
+    "InvertResult": "synthesis.run", "invert": "synthesis.run",
 }
 
 

@@ -14,18 +14,18 @@ import onnx
 from numpy.typing import NDArray
 from PIL import Image
 
-import onnx_featviz.audit as audit
+import onnx_featviz.attribution.methods as cams
+import onnx_featviz.audit.metrics as audit
 import onnx_featviz.autodiff as autodiff
-import onnx_featviz.cam as cams
-import onnx_featviz.catalog as catalog
-import onnx_featviz.construction as construction
-import onnx_featviz.fileio as fileio
-import onnx_featviz.preprocess as preprocess
-import onnx_featviz.render as render
-import onnx_featviz.report as report
-import onnx_featviz.rewrite as rewrite
+import onnx_featviz.graph.catalog as catalog
+import onnx_featviz.graph.construction as construction
+import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.graph.weights as weights
+import onnx_featviz.io.files as fileio
+import onnx_featviz.io.preprocess as preprocess
+import onnx_featviz.render.pictures as render
+import onnx_featviz.render.text as report
 import onnx_featviz.runtime as runtime
-import onnx_featviz.weights as weights
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.structs import (
     META_LABELS,

@@ -28,7 +28,7 @@ def shared_path(*parts: str) -> Path:
 
 def run(*args: object) -> Result:
     """Invoke ``featviz`` with ``args`` (str() of each) in-process."""
-    from onnx_featviz.cli import main
+    from onnx_featviz.cli.commands import main
 
     return CliRunner().invoke(main, [str(a) for a in args])
 

@@ -11,8 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from onnx_featviz import api, catalog
+from onnx_featviz import api
 from onnx_featviz.errors import LayerNotFoundError, ModelError
+from onnx_featviz.graph import catalog as catalog
 from tests import graphs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

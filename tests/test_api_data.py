@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnx_featviz import api, api_data
-from onnx_featviz.api_data import DataBatch, DataStream
+from onnx_featviz import api
 from onnx_featviz.errors import InputError
+from onnx_featviz.io import data as api_data
+from onnx_featviz.io.data import DataBatch, DataStream
 from tests import graphs
 from tests.conftest import MODELS, shared_path
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from onnx_featviz import audit
+from onnx_featviz.audit import metrics as audit
 from onnx_featviz.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""Tests for onnx_featviz.cam: CAM definitions against torch / numpy references and hand maths."""
+"""Tests for onnx_featviz.attribution.methods: CAM definitions against torch / numpy references and hand maths."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from onnx_featviz import cam
+from onnx_featviz.attribution import methods as cam
 from onnx_featviz.errors import InputError
 
 RTOL = 1e-4

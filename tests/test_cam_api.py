@@ -11,9 +11,10 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from onnx_featviz import api, rewrite
-from onnx_featviz.cli import main
+from onnx_featviz import api
+from onnx_featviz.cli.commands import main
 from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.graph import rewrite as rewrite
 from tests import graphs
 from tests.conftest import shared_path
 
@@ -406,7 +407,7 @@ def test_explain_top_forward_methods_share_passes(method: str) -> None:
 
 def _host_masked(images: np.ndarray, index: np.ndarray, maps: np.ndarray) -> np.ndarray:
     """Score-CAM's masked inputs built on the host with the numpy reference upsampling."""
-    from onnx_featviz import cam as cams
+    from onnx_featviz.attribution import methods as cams
 
     up = cams.upsample_bilinear(maps, images.shape[2:]).astype(np.float64)
     lo = up.min(axis=(1, 2), keepdims=True)
@@ -446,7 +447,7 @@ def test_mask_input_equals_host_masks(kind: str) -> None:
 
 
 def test_score_cam_device_masks_equal_host_masks() -> None:
-    from onnx_featviz import cam as cams
+    from onnx_featviz.attribution import methods as cams
 
     x = _batch()
     with api.Inspector(graphs.small_cnn(), "cpu") as inspector:

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnx_featviz import catalog
 from onnx_featviz.errors import LayerNotFoundError
+from onnx_featviz.graph import catalog as catalog
 from tests import graphs
 from tests.conftest import shared_path
 

@@ -19,7 +19,11 @@ from click.testing import Result
 from onnx import numpy_helper
 from PIL import Image, ImageDraw, ImageFont
 
-from onnx_featviz import api, catalog, construction, render, rewrite
+from onnx_featviz import api
+from onnx_featviz.graph import catalog as catalog
+from onnx_featviz.graph import construction as construction
+from onnx_featviz.graph import rewrite as rewrite
+from onnx_featviz.render import pictures as render
 from tests import reference
 from tests.conftest import run
 

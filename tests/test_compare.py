@@ -20,8 +20,12 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from onnx_featviz import api_audit, audit, cli_audit, matching, runtime
+from onnx_featviz import runtime
+from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.audit import metrics as audit
+from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.graph import matching as matching
 from onnx_featviz.structs import Progress
 from tests import graphs
 from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json

@@ -1,4 +1,4 @@
-"""Tests for onnx_featviz.fileio: model/image/array loading and atomic saving."""
+"""Tests for onnx_featviz.io.files: model/image/array loading and atomic saving."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from onnx_featviz import fileio
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import files as fileio
 from tests import graphs
 
 

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_featviz import matching
-from onnx_featviz.matching import TensorPair, Unmatched
+from onnx_featviz.graph import matching as matching
+from onnx_featviz.graph.matching import TensorPair, Unmatched
 from tests import graphs
 
 

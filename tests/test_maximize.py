@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-import onnx_featviz.synthesis as syn
+import onnx_featviz.synthesis.maths as syn
 from onnx_featviz import api
-from onnx_featviz import api_synthesis as synth
-from onnx_featviz.cli import main
+from onnx_featviz.cli.commands import main
 from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
+from onnx_featviz.synthesis import run as synth
 from tests import graphs
 from tests.conftest import MODELS, shared_path
 

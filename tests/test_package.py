@@ -13,9 +13,9 @@ def test_all_names_resolve_to_their_modules() -> None:
     for name in onnx_featviz.__all__:
         assert getattr(onnx_featviz, name) is not None, name
     assert onnx_featviz.compare_models is importlib.import_module(
-        "onnx_featviz.api_audit").compare_models
-    assert onnx_featviz.maximize is importlib.import_module("onnx_featviz.api_synthesis").maximize
-    assert onnx_featviz.open_data is importlib.import_module("onnx_featviz.api_data").open_data
+        "onnx_featviz.audit.compare").compare_models
+    assert onnx_featviz.maximize is importlib.import_module("onnx_featviz.synthesis.run").maximize
+    assert onnx_featviz.open_data is importlib.import_module("onnx_featviz.io.data").open_data
     assert "dataset_stats" in dir(onnx_featviz)
 
 

@@ -1,4 +1,4 @@
-"""Tests for onnx_featviz.preprocess: input spec, recipes, image -> array, user arrays."""
+"""Tests for onnx_featviz.io.preprocess: input spec, recipes, image -> array, user arrays."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from onnx_featviz import fileio, preprocess
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import files as fileio
+from onnx_featviz.io import preprocess as preprocess
 from onnx_featviz.structs import META_PREPROCESS, InputSpec, Preprocessing
 from tests.conftest import shared_path
 

@@ -1,4 +1,4 @@
-"""Tests for onnx_featviz.render: geometry, colours at known pixels, annotations, overlays."""
+"""Tests for onnx_featviz.render.pictures: geometry, colours at known pixels, annotations, overlays."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnx_featviz import render
 from onnx_featviz.errors import InputError
+from onnx_featviz.render import pictures as render
 
 NO_DECOR = render.GridOptions(labels=False)
 

@@ -12,8 +12,9 @@ import pytest
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_featviz import catalog, rewrite
 from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
+from onnx_featviz.graph import catalog as catalog
+from onnx_featviz.graph import rewrite as rewrite
 from tests import graphs, reference
 from tests.conftest import shared_path
 

@@ -15,8 +15,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from onnx_featviz import api, api_audit, audit, cli_audit, fileio
+from onnx_featviz import api
+from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.audit import metrics as audit
+from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.io import files as fileio
 from onnx_featviz.structs import ChannelStats, Progress
 from tests import graphs
 from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json

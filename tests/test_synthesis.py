@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import onnx_featviz.synthesis as syn
-from onnx_featviz import preprocess
+import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError
+from onnx_featviz.io import preprocess as preprocess
 from onnx_featviz.structs import InputSpec, Preprocessing
 
 

@@ -1,4 +1,4 @@
-"""Tests for onnx_featviz.weights: filters equal the (dequantized) stored weights."""
+"""Tests for onnx_featviz.graph.weights: filters equal the (dequantized) stored weights."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_featviz.errors import ModelError
+from onnx_featviz.graph.weights import Filters, read_all_filters, read_filters
 from onnx_featviz.structs import Layer
-from onnx_featviz.weights import Filters, read_all_filters, read_filters
 from tests import graphs
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"

@@ -39,7 +39,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from onnx_featviz import api, api_audit, api_data, runtime  # noqa: E402
+from onnx_featviz import api, runtime  # noqa: E402
+from onnx_featviz.audit import compare as api_audit  # noqa: E402
+from onnx_featviz.io import data as api_data  # noqa: E402
 
 MNIST_MODEL = REPO / "models" / "mnist_cnn.onnx"
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"

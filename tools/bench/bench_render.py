@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from onnx_featviz import render  # noqa: E402
+from onnx_featviz.render import pictures as render  # noqa: E402
 
 #: PNG settings used by every method: fastest zlib level; run-length matching suits upscaled
 #: (blocky) tiles and is 20-40 % faster than the default strategy at a few % larger files.

@@ -32,9 +32,10 @@ import onnx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from onnx_featviz import api, rewrite, runtime  # noqa: E402
-from onnx_featviz import api_synthesis as synth  # noqa: E402
-from onnx_featviz import synthesis as syn  # noqa: E402
+from onnx_featviz import api, runtime  # noqa: E402
+from onnx_featviz.graph import rewrite as rewrite  # noqa: E402
+from onnx_featviz.synthesis import maths as syn  # noqa: E402
+from onnx_featviz.synthesis import run as synth  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
 from tools.bench.timing import best_of  # noqa: E402
 

@@ -19,8 +19,8 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper
 
-from onnx_featviz import catalog
 from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
+from onnx_featviz.graph import catalog as catalog
 from onnx_featviz.structs import Layer, ModelInfo, Shape
 
 log = logging.getLogger(__name__)

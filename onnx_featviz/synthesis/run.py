@@ -32,11 +32,11 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 import onnx_featviz.autodiff as autodiff
-import onnx_featviz.fileio as fileio
-import onnx_featviz.render as render
-import onnx_featviz.rewrite as rewrite
+import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.io.files as fileio
+import onnx_featviz.render.pictures as render
 import onnx_featviz.runtime as runtime
-import onnx_featviz.synthesis as syn
+import onnx_featviz.synthesis.maths as syn
 from onnx_featviz import api
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.structs import Progress, ProgressFn

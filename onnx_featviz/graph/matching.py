@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import onnx
 import onnx.numpy_helper
 
-from onnx_featviz import catalog
+from onnx_featviz.graph import catalog as catalog
 from onnx_featviz.structs import ACTIVATION_OPS, Layer, ModelInfo, Shape
 
 #: How a pair was found (``TensorPair.how``).

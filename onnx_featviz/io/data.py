@@ -46,8 +46,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-import onnx_featviz.fileio as fileio
-import onnx_featviz.preprocess as preprocess
+import onnx_featviz.io.files as fileio
+import onnx_featviz.io.preprocess as preprocess
 from onnx_featviz import api
 from onnx_featviz.errors import InputError
 from onnx_featviz.structs import InputSpec

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from onnx_featviz import __version__, api
-from onnx_featviz.cli_options import (
+from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
     out_dir_option,
@@ -301,12 +301,12 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
     emit_written(api.save_pictures(result.pictures, out), False)
 
 
-from onnx_featviz import cli_audit  # noqa: E402
+from onnx_featviz.cli import audit as cli_audit  # noqa: E402
 
 main.add_command(cli_audit.compare)
 main.add_command(cli_audit.stats)
 
-from onnx_featviz import cli_synthesis  # noqa: E402
+from onnx_featviz.cli import synthesis as cli_synthesis  # noqa: E402
 
 main.add_command(cli_synthesis.maximize)
 main.add_command(cli_synthesis.invert)

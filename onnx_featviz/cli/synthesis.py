@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from onnx_featviz import api
-from onnx_featviz import api_synthesis as synthesis
-from onnx_featviz.cli_options import (
+from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
     out_dir_option,
@@ -17,6 +16,7 @@ from onnx_featviz.cli_options import (
     provider_option,
     reports_errors,
 )
+from onnx_featviz.synthesis import run as synthesis
 
 
 @click.command(context_settings=CONTEXT)

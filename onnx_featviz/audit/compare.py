@@ -18,13 +18,14 @@ from matplotlib.figure import Figure
 from numpy.typing import NDArray
 from PIL import Image
 
-import onnx_featviz.audit as audit
-import onnx_featviz.fileio as fileio
-import onnx_featviz.matching as matching
-import onnx_featviz.rewrite as rewrite
+import onnx_featviz.audit.metrics as audit
+import onnx_featviz.graph.matching as matching
+import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.io.files as fileio
 import onnx_featviz.runtime as runtime
-from onnx_featviz import api, api_data
+from onnx_featviz import api
 from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.io import data as api_data
 from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
 
 log = logging.getLogger(__name__)

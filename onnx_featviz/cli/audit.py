@@ -8,8 +8,9 @@ from typing import NoReturn
 
 import click
 
-from onnx_featviz import api, api_audit
-from onnx_featviz.cli_options import (
+from onnx_featviz import api
+from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
     prep_options,

@@ -1,0 +1,1 @@
+"""Model and image files, dataset streaming (DATA), preprocessing: the file-system edge."""

@@ -1,0 +1,1 @@
+"""Pictures from arrays (colormaps, grids, overlays, plots) and text tables; never writes files."""

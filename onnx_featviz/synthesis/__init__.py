@@ -1,0 +1,1 @@
+"""Feature visualization by optimization: maximize and invert (maths and runs)."""
