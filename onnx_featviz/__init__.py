@@ -1,7 +1,7 @@
 """onnx-featviz: see inside any CNN exported to ONNX, exactly as it will be deployed.
 
-The names of the audit (``api_audit``), dataset (``api_data``) and feature-visualization
-(``api_synthesis``) modules are re-exported lazily, so ``import onnx_featviz`` stays as cheap
+The names of the audit (``audit``), dataset (``io.data``) and feature-visualization
+(``synthesis``) packages are re-exported lazily, so ``import onnx_featviz`` stays as cheap
 as the core engine (those modules pull in matplotlib figures and thread pools).
 """
 
@@ -35,7 +35,7 @@ from onnx_featviz.errors import (  # noqa: E402
 
 _LAZY = {
     "CompareOptions": "audit.compare", "CompareResult": "audit.compare", "compare_models": "audit.compare",
-    "StatsOptions": "audit.compare", "StatsResult": "audit.compare", "dataset_stats": "audit.compare",
+    "StatsOptions": "audit.stats", "StatsResult": "audit.stats", "dataset_stats": "audit.stats",
     "open_data": "io.data",
     "MaximizeOptions": "synthesis.run", "MaximizeResult": "synthesis.run",
     "maximize": "synthesis.run", "InvertOptions": "synthesis.run",

@@ -1,4 +1,4 @@
-"""Tests for ``featviz compare`` / ``api_audit.compare_models`` on the MNIST CNN against its
+"""Tests for ``featviz compare`` / ``audit_compare.compare_models`` on the MNIST CNN against its
 int8 (QDQ and QLinearConv, quantized with onnxruntime.quantization on MNIST training images)
 and float16 (onnxconverter-common) forms. Metrics are checked against numpy on tensors captured
 independently: plain onnxruntime sessions with outputs added by hand, on MNIST pixels read
@@ -21,7 +21,9 @@ from onnx import numpy_helper
 from PIL import Image
 
 from onnx_featviz import runtime
-from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.audit import compare as audit_compare
+from onnx_featviz.audit import output as audit_output
+from onnx_featviz.audit import plots as audit_plots
 from onnx_featviz.audit import metrics as audit
 from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
@@ -116,13 +118,13 @@ def models(work: Path) -> dict[str, Path]:
     }
 
 
-def cpu_options(**kwargs: Any) -> api_audit.CompareOptions:
-    return api_audit.CompareOptions(provider_a="cpu", provider_b="cpu", **kwargs)
+def cpu_options(**kwargs: Any) -> audit_compare.CompareOptions:
+    return audit_compare.CompareOptions(provider_a="cpu", provider_b="cpu", **kwargs)
 
 
 @pytest.fixture(scope="module")
-def results(models: dict[str, Path], data: Path) -> dict[str, api_audit.CompareResult]:
-    return {kind: api_audit.compare_models(models["float"], models[kind], data, cpu_options())
+def results(models: dict[str, Path], data: Path) -> dict[str, audit_compare.CompareResult]:
+    return {kind: audit_compare.compare_models(models["float"], models[kind], data, cpu_options())
             for kind in KINDS}
 
 
@@ -167,7 +169,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def check_against_reference(result: api_audit.CompareResult, models: dict[str, Path],
+def check_against_reference(result: audit_compare.CompareResult, models: dict[str, Path],
                             kind: str, pixels: np.ndarray) -> None:
     x = model_input(pixels)
     ref_a = ort_values(models["float"], x, [lay.a for lay in result.layers])
@@ -194,7 +196,7 @@ def check_against_reference(result: api_audit.CompareResult, models: dict[str, P
 # -- the four deployment forms ------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_conv_layer_is_matched_and_metrics_equal_numpy(
-        kind: str, results: dict[str, api_audit.CompareResult], models: dict[str, Path],
+        kind: str, results: dict[str, audit_compare.CompareResult], models: dict[str, Path],
         test_pixels: np.ndarray) -> None:
     result = results[kind]
     assert [lay.layer for lay in result.layers if not lay.output] == ["conv1", "conv2"]
@@ -202,11 +204,11 @@ def test_every_conv_layer_is_matched_and_metrics_equal_numpy(
     expected_how = {"qdq": "qdq", "qop": "qlinear", "fp16_io": "fp16", "fp16": "fp16"}[kind]
     assert {lay.how for lay in result.layers if not lay.output} == {expected_how}
     assert result.images == IMAGES and result.skipped == () and not result.partial
-    assert result.passed, api_audit.format_compare(result)
+    assert result.passed, audit_output.format_compare(result)
     check_against_reference(result, models, kind, test_pixels)
 
 
-def test_int8_rows_pair_the_fused_activation(results: dict[str, api_audit.CompareResult]
+def test_int8_rows_pair_the_fused_activation(results: dict[str, audit_compare.CompareResult]
                                              ) -> None:
     qdq, qop = results["qdq"], results["qop"]
     assert [(lay.a, lay.b) for lay in qdq.layers] == [
@@ -227,7 +229,7 @@ def test_fp16_forms_with_and_without_float16_input(models: dict[str, Path]) -> N
     assert elem == {"fp16": onnx.TensorProto.FLOAT16, "fp16_io": onnx.TensorProto.FLOAT}
 
 
-def test_int8_snr_is_finite_and_below_fp16(results: dict[str, api_audit.CompareResult]) -> None:
+def test_int8_snr_is_finite_and_below_fp16(results: dict[str, audit_compare.CompareResult]) -> None:
     for int8 in ("qdq", "qop"):
         for lay8, lay16 in zip(results[int8].layers, results["fp16_io"].layers, strict=True):
             assert math.isfinite(lay8.drift.snr_db)
@@ -237,26 +239,26 @@ def test_int8_snr_is_finite_and_below_fp16(results: dict[str, api_audit.CompareR
 # -- faults -------------------------------------------------------------------------------------
 def test_planted_fault_is_first_divergent_at_its_layer(models: dict[str, Path],
                                                        data: Path) -> None:
-    result = api_audit.compare_models(models["float"], models["fault"], data, cpu_options())
+    result = audit_compare.compare_models(models["float"], models["fault"], data, cpu_options())
     assert result.first_divergent == "conv2" and not result.passed
     conv1, conv2 = result.layers[0], result.layers[1]
     assert (conv1.drift.snr_db, conv1.drift.cosine, conv1.broken) == (math.inf, 1.0, None)
     assert conv2.broken is not None and conv2.drift.snr_db < 20
-    assert "FAIL: first divergent tensor conv2 (layer conv2)" in api_audit.format_compare(result)
+    assert "FAIL: first divergent tensor conv2 (layer conv2)" in audit_output.format_compare(result)
 
 
 def test_fp16_thresholds_pass_drift_but_catch_a_fault(
-        models: dict[str, Path], data: Path, results: dict[str, api_audit.CompareResult]
+        models: dict[str, Path], data: Path, results: dict[str, audit_compare.CompareResult]
 ) -> None:
     assert results["fp16_io"].passed  # plain fp16 rounding is acceptable drift
-    faulty = api_audit.compare_models(models["float"], models["fault_fp16"], data, cpu_options())
+    faulty = audit_compare.compare_models(models["float"], models["fault_fp16"], data, cpu_options())
     assert faulty.thresholds.kind == "fp16"
     assert faulty.first_divergent == "conv2"
     assert faulty.layers[0].broken is None and 60 < faulty.layers[0].drift.snr_db < math.inf
 
 
 def test_same_model_on_cpu_twice(models: dict[str, Path], data: Path) -> None:
-    result = api_audit.compare_models(models["float"], models["float"], data, cpu_options())
+    result = audit_compare.compare_models(models["float"], models["float"], data, cpu_options())
     assert result.passed and result.thresholds.kind == "fp32"
     for lay in result.layers:
         assert (lay.drift.snr_db, lay.drift.cosine, lay.drift.max_abs) == (math.inf, 1.0, 0.0)
@@ -266,20 +268,20 @@ def test_same_model_on_cpu_twice(models: dict[str, Path], data: Path) -> None:
 
 @pytest.mark.gpu
 def test_cpu_vs_cuda_passes_fp32_thresholds(models: dict[str, Path], data: Path) -> None:
-    options = api_audit.CompareOptions(provider_a="cpu", provider_b="cuda")
-    result = api_audit.compare_models(models["float"], models["float"], data, options)
+    options = audit_compare.CompareOptions(provider_a="cpu", provider_b="cuda")
+    result = audit_compare.compare_models(models["float"], models["float"], data, options)
     assert result.model_b.providers[0] == "CUDAExecutionProvider"
-    assert result.passed, api_audit.format_compare(result)
+    assert result.passed, audit_output.format_compare(result)
     assert all(lay.drift.snr_db > 40 for lay in result.layers)
 
 
 # -- options ------------------------------------------------------------------------------------
 def test_layer_names_and_every_layer(models: dict[str, Path], data: Path) -> None:
-    named = api_audit.compare_models(models["float"], models["qdq"], data,
+    named = audit_compare.compare_models(models["float"], models["qdq"], data,
                                      cpu_options(layers=("pool1", "conv2")))
     assert [(lay.a, lay.layer) for lay in named.layers] == [
         ("pool1", "pool1"), ("relu2", "conv2"), ("logits", "fc2")]
-    every = api_audit.compare_models(models["float"], models["qdq"], data,
+    every = audit_compare.compare_models(models["float"], models["qdq"], data,
                                      cpu_options(layers="all"))
     assert [lay.a for lay in every.layers] == ["relu1", "pool1", "relu2", "pool2", "flatten",
                                                "relu3", "logits"]
@@ -289,22 +291,22 @@ def test_layer_names_and_every_layer(models: dict[str, Path], data: Path) -> Non
     assert "fuses the Relu after conv 'conv1'" in reasons["conv1"]
     with pytest.raises(LayerNotFoundError, match="model A: no layer or tensor named 'conv3'.*"
                                                  "close matches: conv2, conv1"):
-        api_audit.compare_models(models["float"], models["qdq"], data,
+        audit_compare.compare_models(models["float"], models["qdq"], data,
                                  cpu_options(layers=("conv3",)))
 
 
 def test_thresholds_can_be_overridden(models: dict[str, Path], data: Path) -> None:
-    strict = api_audit.compare_models(models["float"], models["qdq"], data,
+    strict = audit_compare.compare_models(models["float"], models["qdq"], data,
                                       cpu_options(min_snr_db=60.0))
     assert strict.thresholds == audit.Thresholds(0.98, 60.0, "int8+custom")
     assert strict.first_divergent == "relu1"
     with pytest.raises(InputError, match=r"min_cosine must be in \[-1, 1\], got 2"):
-        api_audit.compare_models(models["float"], models["qdq"], data, cpu_options(min_cosine=2))
+        audit_compare.compare_models(models["float"], models["qdq"], data, cpu_options(min_cosine=2))
 
 
 def test_progress_and_interrupt(models: dict[str, Path], data: Path) -> None:
     seen: list[Progress] = []
-    api_audit.compare_models(models["float"], models["fp16"], data,
+    audit_compare.compare_models(models["float"], models["fp16"], data,
                              cpu_options(batch_size=64), progress=seen.append)
     assert [(p.done, p.total, p.unit) for p in seen] == [
         (64, IMAGES, "image"), (128, IMAGES, "image"), (192, IMAGES, "image"),
@@ -314,7 +316,7 @@ def test_progress_and_interrupt(models: dict[str, Path], data: Path) -> None:
         if progress.done >= 64:
             raise KeyboardInterrupt
 
-    partial = api_audit.compare_models(models["float"], models["fp16"], data,
+    partial = audit_compare.compare_models(models["float"], models["fp16"], data,
                                        cpu_options(batch_size=32), progress=interrupt)
     assert partial.partial and partial.images == 64
     assert partial.layers[0].drift.count == 64 * 16 * 28 * 28
@@ -326,7 +328,7 @@ def test_cli_interrupt_before_the_first_batch_exits_130(models: dict[str, Path],
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api_audit.api_data, "open_data", interrupted)
+    monkeypatch.setattr(audit_compare.api_data, "open_data", interrupted)
     out = tmp_path / "r.json"
     result = run("compare", models["float"], models["fp16"], data, "--provider-a", "cpu",
                  "--provider-b", "cpu", "--json", out)
@@ -344,21 +346,21 @@ def colour_pixels(image: Image.Image, rgb: tuple[int, int, int]) -> int:
 TAB_RED, TAB_GREEN, TAB_ORANGE = (214, 39, 40), (44, 160, 44), (255, 127, 14)
 
 
-def test_plot_images(results: dict[str, api_audit.CompareResult], models: dict[str, Path],
+def test_plot_images(results: dict[str, audit_compare.CompareResult], models: dict[str, Path],
                      data: Path) -> None:
-    for metric in api_audit.METRICS:
-        image = api_audit.render_compare_plot(results["qdq"], metric)
+    for metric in audit_compare.METRICS:
+        image = audit_plots.render_compare_plot(results["qdq"], metric)
         assert image.mode == "RGB" and image.width >= 640 and image.height == 480
-    passing = api_audit.render_compare_plot(results["qdq"], "snr")
+    passing = audit_plots.render_compare_plot(results["qdq"], "snr")
     assert colour_pixels(passing, TAB_RED) > 100  # the dashed threshold line
     assert colour_pixels(passing, TAB_GREEN) == colour_pixels(passing, TAB_ORANGE) == 0
-    fault = api_audit.compare_models(models["float"], models["fault"], data,
+    fault = audit_compare.compare_models(models["float"], models["fault"], data,
                                      cpu_options(layers="all"))
-    failing = api_audit.render_compare_plot(fault, "snr")
+    failing = audit_plots.render_compare_plot(fault, "snr")
     assert colour_pixels(failing, TAB_GREEN) > 50  # conv1, relu1, pool1: SNR = inf
     assert colour_pixels(failing, TAB_ORANGE) > 100  # first divergent line
     with pytest.raises(InputError, match="unknown metric 'psnr'; choose one of cosine, snr"):
-        api_audit.render_compare_plot(results["qdq"], "psnr")
+        audit_plots.render_compare_plot(results["qdq"], "psnr")
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -368,7 +370,7 @@ def test_models_with_different_inputs(models: dict[str, Path], data: Path, work:
                                          r"float32 \['batch', 1, 28, 28\], model B 'x' float32 "
                                          r"\['N', 3, 16, 16\] \(layout NCHW/1 channels vs "
                                          r"NCHW/3 channels; height 28 vs 16; width 28 vs 16\)"):
-        api_audit.compare_models(models["float"], other, data, cpu_options())
+        audit_compare.compare_models(models["float"], other, data, cpu_options())
     result = run("compare", models["float"], other, data, "--provider-a", "cpu",
                  "--provider-b", "cpu")
     assert result.exit_code == 1
@@ -383,7 +385,7 @@ def test_mixed_sizes_and_unreadable_files(models: dict[str, Path], test_pixels: 
     Image.fromarray(test_pixels[0]).save(folder / "a.png")
     Image.fromarray(test_pixels[1]).resize((40, 56)).save(folder / "sub" / "b.png")
     (folder / "broken.png").write_bytes(b"not a png")
-    result = api_audit.compare_models(models["float"], models["fp16_io"], folder, cpu_options())
+    result = audit_compare.compare_models(models["float"], models["fp16_io"], folder, cpu_options())
     assert result.images == 2 and result.passed
     assert [s for s, _ in result.skipped] == [str(folder / "broken.png")]
     out = tmp_path / "r.json"
@@ -505,7 +507,7 @@ def test_qoperator_all_layers_pairs_int8_pools_flatten_and_qgemm(
     """QOperator runs MaxPool/Flatten on int8 and fuses fc1's Relu into a QGemm: every A
     activation is paired with B's ``*_quantized`` tensor, dequantized with the scale of the
     QLinearConv / QGemm that made it, and the metrics equal numpy on plain onnxruntime runs."""
-    result = api_audit.compare_models(models["float"], models["qop"], data,
+    result = audit_compare.compare_models(models["float"], models["qop"], data,
                                       cpu_options(layers="all"))
     assert [(lay.a, lay.b, lay.how) for lay in result.layers] == [
         ("relu1", "conv1_quantized", "qlinear"), ("pool1", "pool1_quantized", "qlinear"),
@@ -515,7 +517,7 @@ def test_qoperator_all_layers_pairs_int8_pools_flatten_and_qgemm(
     assert "QGemm" in result.layers[5].note and "Relu" in result.layers[5].note
     assert {u.tensor for u in result.unmatched} == {"conv1", "conv2", "fc1"}
     assert all("fuses the Relu" in u.reason for u in result.unmatched)
-    assert result.passed, api_audit.format_compare(result)
+    assert result.passed, audit_output.format_compare(result)
 
     model_b = onnx.load(models["qop"])
     makers = {o: n for n in model_b.graph.node for o in n.output}
@@ -574,19 +576,19 @@ def test_int8_note_without_vnni_in_table_and_json(models: dict[str, Path], data:
     """On a CPU without VNNI, full-range int8 weights get a note naming the fix; 7-bit
     (reduce_range) weights and CPUs with VNNI get none."""
     monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: False)
-    result = api_audit.compare_models(models["float"], models["qdq_full"], data,
+    result = audit_compare.compare_models(models["float"], models["qdq_full"], data,
                                       cpu_options(layers=("relu1",)))
     assert len(result.notes) == 1
     note = result.notes[0]
     assert note.startswith("model B (mnist_qdq_full.onnx): 4 int8 weight tensor(s)")
     assert "no VNNI" in note and "reduce_range=True" in note
-    assert api_audit.compare_to_json(result)["notes"] == [note]
-    assert f"note: {note}" in api_audit.format_compare(result).splitlines()
-    quiet = api_audit.compare_models(models["float"], models["qdq"], data,
+    assert audit_output.compare_to_json(result)["notes"] == [note]
+    assert f"note: {note}" in audit_output.format_compare(result).splitlines()
+    quiet = audit_compare.compare_models(models["float"], models["qdq"], data,
                                      cpu_options(layers=("relu1",)))
-    assert quiet.notes == () and api_audit.compare_to_json(quiet)["notes"] == []
+    assert quiet.notes == () and audit_output.compare_to_json(quiet)["notes"] == []
     monkeypatch.setattr(runtime, "cpu_has_vnni", lambda: True)
-    assert api_audit.compare_models(models["float"], models["qop_full"], data,
+    assert audit_compare.compare_models(models["float"], models["qop_full"], data,
                                     cpu_options(layers=("relu1",))).notes == ()
 
 

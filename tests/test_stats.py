@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from onnx_featviz import api
-from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.audit import compare as audit_compare
+from onnx_featviz.audit import plots as audit_plots
+from onnx_featviz.audit import stats as audit_stats
 from onnx_featviz.audit import metrics as audit
 from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
@@ -25,7 +27,7 @@ from onnx_featviz.structs import ChannelStats, Progress
 from tests import graphs
 from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json
 
-CPU = api_audit.StatsOptions(provider="cpu")
+CPU = audit_stats.StatsOptions(provider="cpu")
 
 
 def captured(model: onnx.ModelProto, x: np.ndarray, tensors: list[str]
@@ -71,8 +73,8 @@ def save_batch(path: Path, x: np.ndarray) -> Path:
 def test_merged_batches_equal_numpy_over_the_whole_set(tmp_path: Path, batch_size: int) -> None:
     model = graphs.small_cnn()
     x = np.random.default_rng(0).standard_normal((10, 3, 16, 16)).astype(np.float32)
-    options = api_audit.StatsOptions(layers="all", provider="cpu", batch_size=batch_size)
-    result = api_audit.dataset_stats(model, save_batch(tmp_path / "x.npy", x), options)
+    options = audit_stats.StatsOptions(layers="all", provider="cpu", batch_size=batch_size)
+    result = audit_stats.dataset_stats(model, save_batch(tmp_path / "x.npy", x), options)
     tensors = [lay.tensor for lay in result.layers]
     assert tensors == ["c1", "r1", "p1", "c2", "r2", "g", "f", "logits"]  # graph order
     reference = captured(model, x, tensors)
@@ -86,8 +88,8 @@ def test_large_mean_small_spread_stays_exact(tmp_path: Path) -> None:
     """Channels at +-1000 (and 500) with spreads of 1e-2: shifted sums keep the variance."""
     model = graphs.offset_conv(1000.0)
     x = np.random.default_rng(1).standard_normal((13, 2, 5, 5)).astype(np.float32)
-    options = api_audit.StatsOptions(layers=["c", "y"], provider="cpu", batch_size=4)
-    result = api_audit.dataset_stats(model, save_batch(tmp_path / "x.npy", x), options)
+    options = audit_stats.StatsOptions(layers=["c", "y"], provider="cpu", batch_size=4)
+    result = audit_stats.dataset_stats(model, save_batch(tmp_path / "x.npy", x), options)
     reference = captured(model, x, ["c", "y"])
     conv = result.layers[0].stats
     assert np.all(np.abs(conv.mean) > 400) and np.all(conv.std < 0.1)
@@ -121,21 +123,21 @@ def test_merge_is_order_free_and_exact_in_float64() -> None:
 # -- findings ------------------------------------------------------------------------------------
 def test_zeroed_conv_channel_is_dead(tmp_path: Path) -> None:
     x = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(np.float32)
-    result = api_audit.dataset_stats(graphs.conv_relu_dead_channel(1),
+    result = audit_stats.dataset_stats(graphs.conv_relu_dead_channel(1),
                                      save_batch(tmp_path / "x.npy", x), CPU)
     assert [lay.tensor for lay in result.layers] == ["r1", "r2"]  # the convs' activations
     relu1 = result.layers[0]
     assert relu1.dead == (1,) and relu1.op == "Relu"
     assert relu1.stats.max[1] == 0.0 and relu1.stats.zeros[1] == 1.0
     assert result.findings()["dead"] >= 1
-    conv_only = api_audit.dataset_stats(graphs.conv_relu_dead_channel(1), tmp_path / "x.npy",
-                                        api_audit.StatsOptions(layers=["c1"], provider="cpu"))
+    conv_only = audit_stats.dataset_stats(graphs.conv_relu_dead_channel(1), tmp_path / "x.npy",
+                                        audit_stats.StatsOptions(layers=["c1"], provider="cpu"))
     assert conv_only.layers[0].dead == ()  # a conv output is not a ReLU-family activation
 
 
 def test_relu6_channel_pushed_to_the_bound_is_saturated(tmp_path: Path) -> None:
     x = np.random.default_rng(4).standard_normal((5, 3, 8, 8)).astype(np.float32)
-    result = api_audit.dataset_stats(graphs.conv_relu6_saturated(),
+    result = audit_stats.dataset_stats(graphs.conv_relu6_saturated(),
                                      save_batch(tmp_path / "x.npy", x), CPU)
     (lay,) = result.layers
     assert lay.tensor == "y" and lay.op == "Clip" and lay.bounds == (0.0, 6.0)
@@ -149,21 +151,21 @@ def test_relu6_channel_pushed_to_the_bound_is_saturated(tmp_path: Path) -> None:
 @pytest.mark.parametrize("opset", [9, 13])
 def test_clip_lower_bound_other_than_zero_counts(tmp_path: Path, opset: int) -> None:
     x = np.random.default_rng(5).standard_normal((4, 1, 6, 6)).astype(np.float32)
-    result = api_audit.dataset_stats(graphs.conv_clip_channels(opset),
+    result = audit_stats.dataset_stats(graphs.conv_clip_channels(opset),
                                      save_batch(tmp_path / "x.npy", x), CPU)
     (lay,) = result.layers
     assert lay.bounds == (-1.0, 6.0) and lay.saturated == (1, 2)
     assert lay.stats.at_low is not None and lay.stats.at_low[2] == 1.0
-    strict = api_audit.dataset_stats(graphs.conv_clip_channels(opset), tmp_path / "x.npy",
-                                     api_audit.StatsOptions(provider="cpu", saturation=1.0))
+    strict = audit_stats.dataset_stats(graphs.conv_clip_channels(opset), tmp_path / "x.npy",
+                                     audit_stats.StatsOptions(provider="cpu", saturation=1.0))
     assert strict.layers[0].saturated == ()  # "more than all values" never happens
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_planted_nan_names_the_first_non_finite_layer(tmp_path: Path) -> None:
     x = np.random.default_rng(6).standard_normal((5, 1, 6, 6)).astype(np.float32)
-    options = api_audit.StatsOptions(layers="all", provider="cpu", batch_size=2)
-    result = api_audit.dataset_stats(graphs.log_of_negative(),
+    options = audit_stats.StatsOptions(layers="all", provider="cpu", batch_size=2)
+    result = audit_stats.dataset_stats(graphs.log_of_negative(),
                                      save_batch(tmp_path / "x.npy", x), options)
     by_name = {lay.tensor: lay for lay in result.layers}
     assert list(by_name) == ["c1", "l", "c2", "y"]
@@ -181,25 +183,25 @@ def test_planted_nan_names_the_first_non_finite_layer(tmp_path: Path) -> None:
 def test_layer_names_and_bad_options(tmp_path: Path) -> None:
     x = np.random.default_rng(7).standard_normal((2, 3, 16, 16)).astype(np.float32)
     data = save_batch(tmp_path / "x.npy", x)
-    named = api_audit.dataset_stats(graphs.small_cnn(), data,
-                                    api_audit.StatsOptions(layers=["r2", "conv1"],
+    named = audit_stats.dataset_stats(graphs.small_cnn(), data,
+                                    audit_stats.StatsOptions(layers=["r2", "conv1"],
                                                            provider="cpu"))
     assert [lay.tensor for lay in named.layers] == ["r1", "r2"]  # conv node -> activation
     with pytest.raises(LayerNotFoundError, match="close matches: conv2"):
-        api_audit.dataset_stats(graphs.small_cnn(), data,
-                                api_audit.StatsOptions(layers=["conv_2"], provider="cpu"))
+        audit_stats.dataset_stats(graphs.small_cnn(), data,
+                                audit_stats.StatsOptions(layers=["conv_2"], provider="cpu"))
     with pytest.raises(InputError, match="saturation must be a share"):
-        api_audit.dataset_stats(graphs.small_cnn(), data,
-                                api_audit.StatsOptions(provider="cpu", saturation=0.0))
+        audit_stats.dataset_stats(graphs.small_cnn(), data,
+                                audit_stats.StatsOptions(provider="cpu", saturation=0.0))
     with pytest.raises(InputError, match="no conv layers"):
-        api_audit.dataset_stats(graphs.relu_probe(13), data, CPU)
+        audit_stats.dataset_stats(graphs.relu_probe(13), data, CPU)
 
 
 def test_progress_reports_images_with_total(tmp_path: Path) -> None:
     x = np.random.default_rng(8).standard_normal((7, 3, 16, 16)).astype(np.float32)
     seen: list[Progress] = []
-    api_audit.dataset_stats(graphs.small_cnn(), save_batch(tmp_path / "x.npy", x),
-                            api_audit.StatsOptions(provider="cpu", batch_size=3),
+    audit_stats.dataset_stats(graphs.small_cnn(), save_batch(tmp_path / "x.npy", x),
+                            audit_stats.StatsOptions(provider="cpu", batch_size=3),
                             progress=seen.append)
     assert [(p.done, p.total, p.unit) for p in seen] == [(3, 7, "image"), (6, 7, "image"),
                                                           (7, 7, "image")]
@@ -207,13 +209,13 @@ def test_progress_reports_images_with_total(tmp_path: Path) -> None:
 
 def test_plot_has_one_panel_per_layer(tmp_path: Path) -> None:
     x = np.random.default_rng(9).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    result = api_audit.dataset_stats(graphs.conv_relu_dead_channel(1),
+    result = audit_stats.dataset_stats(graphs.conv_relu_dead_channel(1),
                                      save_batch(tmp_path / "x.npy", x), CPU)
-    image = api_audit.render_stats_plot(result)
+    image = audit_plots.render_stats_plot(result)
     assert image.mode == "RGB" and image.width == 900
     assert image.height > 2 * 100  # two panels
     with pytest.raises(InputError, match="no measured tensors"):
-        api_audit.render_stats_plot(api_audit.StatsResult("m", (), (), 0, (), False, None))
+        audit_plots.render_stats_plot(audit_stats.StatsResult("m", (), (), 0, (), False, None))
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def test_cli_interrupt_before_the_first_batch_exits_130(dead_model: Path, tmp_pa
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api_audit.api_data, "open_data", interrupted)
+    monkeypatch.setattr(audit_compare.api_data, "open_data", interrupted)
     data = save_batch(tmp_path / "x.npy", np.zeros((2, 3, 8, 8), np.float32))
     out = tmp_path / "out.json"
     result = run("stats", dead_model, data, "--provider", "cpu", "--json", out)
@@ -328,8 +330,8 @@ def test_interrupt_between_two_layers_keeps_the_batches_consistent(
         return merge(a, b)
 
     monkeypatch.setattr(audit, "merge_channel_stats", interrupted_merge)
-    result = api_audit.dataset_stats(dead_model, data,
-                                     api_audit.StatsOptions(provider="cpu", batch_size=3))
+    result = audit_stats.dataset_stats(dead_model, data,
+                                     audit_stats.StatsOptions(provider="cpu", batch_size=3))
     assert result.partial and result.images == 6
     assert [lay.stats.count for lay in result.layers] == [6 * 8 * 8, 6 * 8 * 8]
     monkeypatch.setattr(audit, "merge_channel_stats", merge)
@@ -390,9 +392,9 @@ def test_mnist_stats_equal_numpy_on_a_slice(tmp_path: Path) -> None:
     digits = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:300]
     data = save_batch(tmp_path / "digits.npy", digits)
     model = onnx.load(MODELS / "mnist_cnn.onnx")
-    options = api_audit.StatsOptions(layers=["conv1", "relu1", "conv2", "relu2"],
+    options = audit_stats.StatsOptions(layers=["conv1", "relu1", "conv2", "relu2"],
                                      provider="cpu", batch_size=64)
-    result = api_audit.dataset_stats(model, data, options)
+    result = audit_stats.dataset_stats(model, data, options)
     x = (digits[:, None] / np.float32(255)).astype(np.float32)
     reference = captured(model, x, [lay.tensor for lay in result.layers])
     for lay in result.layers:

@@ -9,7 +9,9 @@ from typing import NoReturn
 import click
 
 from onnx_featviz import api
-from onnx_featviz.audit import compare as api_audit
+from onnx_featviz.audit import compare as audit_compare
+from onnx_featviz.audit import output as audit_output
+from onnx_featviz.audit import stats as audit_stats
 from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
@@ -46,7 +48,7 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--layers", multiple=True, callback=_split_layers, metavar="convs|all|L...",
               help="convs: one tensor per conv layer (default); all: every activation; or "
                    "node / tensor names of MODEL_A (repeat or comma-separate).")
-@click.option("--metric", type=click.Choice(list(api_audit.METRICS)), default="snr",
+@click.option("--metric", type=click.Choice(list(audit_compare.METRICS)), default="snr",
               show_default=True, help="Metric drawn by --plot.")
 @click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
               help="Fail below this cosine (default per precision: fp32 0.9999, fp16 0.999, "
@@ -84,22 +86,22 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
-    api_audit.check_outputs([json_path] if json_path else [],
+    audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_path] if plot_path else [])
-    options = api_audit.CompareOptions(
+    options = audit_compare.CompareOptions(
         layers=layers, provider_a=provider_a, provider_b=provider_b, min_cosine=min_cosine,
         min_snr_db=min_snr, batch_size=batch, prep=prep)
     try:
         with progress_bar("compare") as bar:
-            result = api_audit.compare_models(model_a, model_b, data, options, progress=bar)
+            result = audit_compare.compare_models(model_a, model_b, data, options, progress=bar)
     except KeyboardInterrupt:
         _exit_interrupted("compared")
-    written = api_audit.save_compare(result, json_path=json_path, plot_path=plot_path,
+    written = audit_output.save_compare(result, json_path=json_path, plot_path=plot_path,
                                      metric=metric)
     if to_stdout:
-        click.echo(json.dumps(api_audit.compare_to_json(result), indent=2))
+        click.echo(json.dumps(audit_output.compare_to_json(result), indent=2))
     else:
-        click.echo(api_audit.format_compare(result))
+        click.echo(audit_output.format_compare(result))
         emit_written(written, False)
     if result.partial:
         raise click.exceptions.Exit(EXIT_INTERRUPTED)
@@ -112,10 +114,10 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
 def _split_findings(ctx: click.Context, param: click.Parameter, value: str | None
                     ) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in (value or "").split(",") if k.strip())
-    unknown = [k for k in kinds if k not in api_audit.FINDINGS]
+    unknown = [k for k in kinds if k not in audit_compare.FINDINGS]
     if unknown:
         raise click.BadParameter(f"unknown finding {', '.join(unknown)}; choose from "
-                                 f"{', '.join(api_audit.FINDINGS)} (comma-separated)")
+                                 f"{', '.join(audit_compare.FINDINGS)} (comma-separated)")
     return kinds
 
 
@@ -158,20 +160,20 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     """
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file
-    api_audit.check_outputs([json_path] if json_path else [],
+    audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_file] if plot_file else [])
-    options = api_audit.StatsOptions(layers=layers, provider=provider, batch_size=batch,
+    options = audit_stats.StatsOptions(layers=layers, provider=provider, batch_size=batch,
                                      prep=prep, saturation=saturation)
     try:
         with progress_bar("stats") as bar:
-            result = api_audit.dataset_stats(model, data, options, progress=bar)
+            result = audit_stats.dataset_stats(model, data, options, progress=bar)
     except KeyboardInterrupt:
         _exit_interrupted("measured")
-    written = api_audit.save_stats(result, json_path=json_path, plot_path=plot_file)
+    written = audit_output.save_stats(result, json_path=json_path, plot_path=plot_file)
     if to_stdout:
-        click.echo(json.dumps(api_audit.stats_to_json(result), indent=2))
+        click.echo(json.dumps(audit_output.stats_to_json(result), indent=2))
     else:
-        click.echo(api_audit.format_stats(result))
+        click.echo(audit_output.format_stats(result))
         emit_written(written, False)
     if result.partial:
         raise click.exceptions.Exit(EXIT_INTERRUPTED)

@@ -5,7 +5,7 @@ Run from the repo root: ``python tools/bench/bench_audit_stats.py [--reps 3]``.
 Rows (one table of ratios, each against a baseline measured in the same run, best of ``reps``,
 the two sides alternated so that load on the machine hits both alike):
 
-- end to end: ``api_audit.dataset_stats`` over DATA vs plain inference streamed over the same
+- end to end: ``audit_stats.dataset_stats`` over DATA vs plain inference streamed over the same
   DATA (``api_data.open_data`` + the unmodified model), both reading and preprocessing DATA;
 - device: ``Inspector.stats`` vs a plain ``session.run`` on the same in-memory batches (what the
   appended reductions cost on their own);
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from onnx_featviz import api, runtime  # noqa: E402
-from onnx_featviz.audit import compare as api_audit  # noqa: E402
+from onnx_featviz.audit import stats as audit_stats  # noqa: E402
 from onnx_featviz.io import data as api_data  # noqa: E402
 
 MNIST_MODEL = REPO / "models" / "mnist_cnn.onnx"
@@ -89,16 +89,16 @@ def plain_stream(model: api.ModelSource, data: Path, provider: str, batch: int) 
 def throughput_rows(tag: str, model: api.ModelSource, data: Path, provider: str, batch: int,
                     reps: int) -> list[Row]:
     """End-to-end and device-only rows for one network / provider."""
-    options = api_audit.StatsOptions(provider=provider, batch_size=batch)
+    options = audit_stats.StatsOptions(provider=provider, batch_size=batch)
     t_plain, t_stats = alternate_best(lambda: plain_stream(model, data, provider, batch),
-                                      lambda: api_audit.dataset_stats(model, data, options),
+                                      lambda: audit_stats.dataset_stats(model, data, options),
                                       reps)
     rows: list[Row] = [(tag, "end to end: stats vs plain inference streamed over DATA",
                         t_stats, t_plain, t_plain / t_stats, ">= 0.80", t_plain / t_stats >= 0.8)]
     with api.Inspector(model, provider, max_batch=batch) as inspector:
         stream = api_data.open_data(inspector, data, batch_size=batch)
         batches = [part.batch for part in stream]
-        tensors = api_audit._stats_tensors(inspector.info, "convs")
+        tensors = audit_stats._stats_tensors(inspector.info, "convs")
         session, name = inspector.session(), inspector.spec.name
 
         def plain() -> None:
@@ -117,8 +117,8 @@ def throughput_rows(tag: str, model: api.ModelSource, data: Path, provider: str,
 
 def _peak_child(data: str, batch: int) -> None:
     """In a child process: run ``dataset_stats`` over DATA and print the peak RSS in bytes."""
-    result = api_audit.dataset_stats(MNIST_MODEL, data,
-                                     api_audit.StatsOptions(provider="cpu", batch_size=batch))
+    result = audit_stats.dataset_stats(MNIST_MODEL, data,
+                                     audit_stats.StatsOptions(provider="cpu", batch_size=batch))
     print(json.dumps({"peak": peak_rss(), "images": result.images}))
 
 

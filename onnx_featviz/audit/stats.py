@@ -1,0 +1,215 @@
+"""``dataset_stats``: per-channel statistics of a model's layers over a whole dataset, reduced on
+the device, with dead / saturated / non-finite findings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_featviz.audit.metrics as audit
+import onnx_featviz.graph.rewrite as rewrite
+from onnx_featviz import api
+from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS
+from onnx_featviz.errors import InputError
+from onnx_featviz.io import data as api_data
+from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StatsOptions:
+    """What ``dataset_stats`` measures and how.
+
+    ``layers``: ``"convs"`` (each conv layer's activation output, through BatchNorm / Q-DQ, or
+    its own output when no activation follows: dead and saturated channels are defined after
+    the activation, and the conv+activation fusion of onnxruntime stays intact), ``"all"``
+    (every float activation, ``rewrite.all_tensors``), or node / tensor names (a conv node name
+    means its activation output as for ``convs``; a tensor name means that tensor).
+    ``saturation``: share of a channel's values at a Clip bound from which it is saturated.
+    """
+
+    layers: str | Sequence[str] = "convs"
+    provider: str = "auto"
+    batch_size: int = 32
+    prep: api.PrepOptions | None = None
+    saturation: float = audit.SATURATION_FRACTION
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStats:
+    """Statistics and findings of one tensor over the dataset.
+
+    Attributes:
+        tensor: the tensor measured; layer: the node that makes it; op: the op that made its
+            values (looking through Q/DQ, Identity, Cast), e.g. ``Relu`` or ``Clip``.
+        stats: per-channel ``ChannelStats`` (float64 arrays, shape (C,)).
+        bounds: a Clip producer's constant (lower, upper) bounds, else (None, None).
+        dead: channels never positive after a ReLU-family op; saturated: channels at a Clip
+            bound for more than the saturation share of their values.
+    """
+
+    tensor: str
+    layer: str
+    op: str
+    stats: ChannelStats
+    bounds: tuple[float | None, float | None]
+    dead: tuple[int, ...]
+    saturated: tuple[int, ...]
+
+    @property
+    def nonfinite(self) -> int:
+        """NaN/Inf values in the tensor over the dataset."""
+        return int(self.stats.nonfinite.sum())
+
+
+@dataclass(frozen=True, slots=True)
+class StatsResult:
+    """Result of ``dataset_stats``.
+
+    Attributes:
+        model: the model's file name (or graph name); providers: onnxruntime's providers.
+        layers: per tensor, in graph order.
+        images: inputs measured; skipped: ``(source, reason)`` per unreadable input;
+        partial: True when interrupted (Ctrl-C): the statistics cover the first ``images``.
+        first_nonfinite: the first tensor (graph order) holding NaN/Inf, or None.
+    """
+
+    model: str
+    providers: tuple[str, ...]
+    layers: tuple[LayerStats, ...]
+    images: int
+    skipped: tuple[tuple[str, str], ...]
+    partial: bool
+    first_nonfinite: str | None
+
+    def findings(self) -> dict[str, int]:
+        """Count per kind of ``FINDINGS``: dead channels, saturated channels, NaN/Inf layers."""
+        return {"dead": sum(len(lay.dead) for lay in self.layers),
+                "saturated": sum(len(lay.saturated) for lay in self.layers),
+                "nonfinite": sum(lay.nonfinite > 0 for lay in self.layers)}
+
+
+def dataset_stats(model: api.ModelSource, data: Path | str, options: StatsOptions | None = None,
+                  *, progress: ProgressFn | None = None) -> StatsResult:
+    """Measure per-channel statistics of a model's layers over a whole dataset.
+
+    Each batch runs once through the model with on-device reductions
+    (``rewrite.append_channel_stats``): only (N, C) statistics leave the device, so memory does
+    not grow with the dataset. Batches are merged in float64 (shifted sums, Chan's parallel
+    variance); batches whose sums are non-finite run once more to count NaN/Inf. A Ctrl-C while
+    streaming returns what was merged, marked ``partial``.
+
+    Args:
+        model: path, bytes or ``ModelProto``.
+        data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
+            (``api_data.open_data``).
+        options: layers, provider, batch size, preprocessing, saturation share.
+        progress: called after each batch (unit ``image``).
+
+    Returns:
+        ``StatsResult`` with per-layer statistics, dead / saturated channels and the first
+        non-finite layer.
+
+    Raises:
+        InputError: DATA missing, empty or unreadable, a bad option, a model without conv
+            layers for ``convs``; LayerNotFoundError: an unknown layer name (close matches
+            listed); ModelError / ProviderError: as ``api.Inspector``.
+    """
+    opts = options or StatsOptions()
+    _check_stats_options(opts)
+    with api.Inspector(model, opts.provider, prep=opts.prep,
+                       max_batch=opts.batch_size) as inspector:
+        tensors = _stats_tensors(inspector.info, opts.layers)
+        stream = api_data.open_data(inspector, data, batch_size=opts.batch_size)
+        merged, images, partial = _stream_stats(inspector, tensors, stream, progress)
+        providers = tuple(inspector.session(tensors, stats=True).providers)
+        layers = _layers_stats(inspector, tensors, merged, opts.saturation)
+    name = Path(model).name if isinstance(model, str | Path) else (
+        inspector.model.graph.name or "model")
+    first = audit.first_nonfinite([(lay.tensor, lay.stats) for lay in layers])
+    return StatsResult(name, providers, layers, images, tuple(stream.skipped), partial, first)
+
+
+def _check_stats_options(opts: StatsOptions) -> None:
+    if opts.batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
+    if not 0.0 < opts.saturation <= 1.0:
+        raise InputError(f"saturation must be a share in (0, 1], got {opts.saturation}")
+
+
+def _stats_tensors(info: ModelInfo, layers: str | Sequence[str]) -> list[str]:
+    """Resolve ``layers`` to tensors in graph order (see ``StatsOptions``)."""
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if names == ["convs"]:
+        tensors = rewrite.conv_tensors(info, "act")
+        if not tensors:
+            raise InputError("the model has no conv layers; use layers 'all' or name layers "
+                             "(all names are in ModelInfo.layers)")
+        return tensors
+    if names == ["all"]:
+        return rewrite.all_tensors(info)
+    if not names or any(n in LAYER_SETS for n in names):
+        raise InputError(f"layers must be 'convs', 'all' or layer / tensor names, got {names}")
+    order = {o: lay.index for lay in info.layers for o in lay.outputs if o}
+    picked: list[str] = []
+    for name in names:
+        layer = info.layer(name)
+        if not layer.exposable:
+            raise InputError(f"layer {layer.name!r} cannot be measured: {layer.reason}; "
+                             "choose a layer of the main graph")
+        if name in layer.outputs:
+            picked.append(name)
+        else:
+            picked.append((layer.activation or layer.output) if layer.is_conv else layer.output)
+    return sorted(dict.fromkeys(picked), key=lambda t: order.get(t, -1))
+
+
+def _stream_stats(inspector: api.Inspector, tensors: Sequence[str],
+                  stream: api_data.DataStream, progress: ProgressFn | None
+                  ) -> tuple[dict[str, ChannelStats], int, bool]:
+    """Merge every batch's statistics; stop early, keeping what was merged, on Ctrl-C."""
+    # (statistics, inputs) replaced in one store per batch: a Ctrl-C never leaves a batch
+    # merged into some layers only, or counted in ``images`` but not merged
+    done: tuple[dict[str, ChannelStats], int] = ({}, 0)
+    partial = False
+    try:
+        for part in stream:
+            merged = dict(done[0])
+            for tensor, stats in inspector.stats(part.batch, tensors).items():
+                old = merged.get(tensor)
+                merged[tensor] = stats if old is None else audit.merge_channel_stats(old, stats)
+            done = (merged, done[1] + len(part.batch))
+            if progress is not None:
+                progress(Progress(stream.done, stream.total, "image"))
+    except KeyboardInterrupt:
+        if done[1] == 0:
+            raise
+        partial = True
+        log.warning("interrupted: the statistics cover the first %d inputs only", done[1])
+    return done[0], done[1], partial
+
+
+def _layers_stats(inspector: api.Inspector, tensors: Sequence[str],
+                  merged: Mapping[str, ChannelStats], saturation: float
+                  ) -> tuple[LayerStats, ...]:
+    """Attach the producing op, Clip bounds and findings to each measured tensor."""
+    producers = {o: lay for lay in inspector.info.layers for o in lay.outputs if o}
+    bounds = rewrite.clip_bounds(inspector.model, tensors)
+    found = []
+    for tensor in (t for t in tensors if t in merged):
+        layer = source = producers[tensor]
+        while (source.op_type in _PASS_THROUGH and source.inputs
+               and source.inputs[0] in producers):
+            source = producers[source.inputs[0]]
+        stats, (low, high) = merged[tensor], bounds[tensor]
+        found.append(LayerStats(
+            tensor=tensor, layer=layer.name, op=source.op_type, stats=stats,
+            bounds=(low, high), dead=audit.dead_channels(stats, source.op_type),
+            saturated=audit.saturated_channels(stats, low=low, high=high,
+                                               fraction=saturation)))
+    return tuple(found)
+
