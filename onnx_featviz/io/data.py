@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,9 +48,8 @@ from PIL import Image
 
 import onnx_featviz.io.files as fileio
 import onnx_featviz.io.preprocess as preprocess
-from onnx_featviz import api
 from onnx_featviz.errors import InputError
-from onnx_featviz.structs import InputSpec
+from onnx_featviz.structs import InputSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,16 @@ Chunk = tuple[tuple[str, ...], NDArray[np.generic]]
 """Model-ready rows ``(k, ...)`` and one source name per row."""
 SkipFn = Callable[[str, str, int], None]
 """Record ``count`` unreadable items under one source name with a reason."""
+
+
+class ModelInput(Protocol):
+    """What a DATA stream needs of a model (an ``Inspector`` is one): input spec, preprocessing."""
+
+    @property
+    def spec(self) -> InputSpec: ...
+
+    @property
+    def preprocessing(self) -> Preprocessing: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +134,7 @@ class DataStream:
         self.done += count
 
 
-def open_data(inspector: api.Inspector, data: Path | str, *, batch_size: int = 32
+def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32
               ) -> DataStream:
     """Open DATA (see the module docstring for the kinds and the array mapping) for streaming.
 
@@ -196,14 +205,14 @@ def _require_images(spec: InputSpec) -> None:
                          "take images; give DATA as a .npy/.npz array of that shape")
 
 
-def _folder_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+def _folder_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
     files = fileio.list_images(path)  # raises InputError for an empty folder
     _require_images(inspector.spec)
     return DataStream(path, "folder", len(files), batch_size,
                       lambda skip: _image_chunks(inspector, files, skip))
 
 
-def _image_chunks(inspector: api.Inspector, files: list[Path], skip: SkipFn
+def _image_chunks(inspector: ModelInput, files: list[Path], skip: SkipFn
                   ) -> Iterator[Chunk]:
     """One single-row chunk per readable image; unreadable ones are skipped."""
     for file in files:
@@ -226,7 +235,7 @@ class _ArrayHeader:
     fortran: bool
 
 
-def _array_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+def _array_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
     """Check every array's header now; stream the arrays that map onto the model input."""
     headers = _read_headers(path)
     plans: dict[str, Callable[[NDArray[np.generic]], NDArray[np.generic]]] = {}
@@ -355,7 +364,7 @@ def _read_exact(fh: IO[bytes], size: int) -> bytes | None:
 Plan = Callable[[NDArray[np.generic]], NDArray[np.generic]]
 
 
-def _array_plan(inspector: api.Inspector, header: _ArrayHeader) -> Plan | str:
+def _array_plan(inspector: ModelInput, header: _ArrayHeader) -> Plan | str:
     """Return how rows of this array become model input rows, or why they cannot."""
     spec = inspector.spec
     item = header.shape[1:]
@@ -414,7 +423,7 @@ def _image_like(item: tuple[int, ...]) -> bool:
                                                   or item[0] in _IMAGE_CHANNELS))
 
 
-def _image_plan(inspector: api.Inspector, item: tuple[int, ...]) -> Plan:
+def _image_plan(inspector: ModelInput, item: tuple[int, ...]) -> Plan:
     """Rows of uint8 pixels become PIL images preprocessed like image files."""
     channels_last = len(item) == 2 or item[2] in _IMAGE_CHANNELS
 
@@ -431,7 +440,7 @@ def _image_plan(inspector: api.Inspector, item: tuple[int, ...]) -> Plan:
 
 
 # -- MNIST IDX -----------------------------------------------------------------------------------
-def _idx_stream(inspector: api.Inspector, path: Path, batch_size: int) -> DataStream:
+def _idx_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
     """An MNIST IDX images file: header now, pixels a batch at a time while iterating."""
     magic, count, rows, cols = _idx_header(path)
     _require_images(inspector.spec)
