@@ -1,8 +1,7 @@
 """onnx-featviz: see inside any CNN exported to ONNX, exactly as it will be deployed.
 
-The names of the audit (``audit``), dataset (``io.data``) and feature-visualization
-(``synthesis``) packages are re-exported lazily, so ``import onnx_featviz`` stays as cheap
-as the core engine (those modules pull in matplotlib figures and thread pools).
+Every public name is re-exported lazily, on first use, so ``import onnx_featviz`` (and the
+``featviz`` command line's start) imports neither onnx, onnxruntime, numpy nor matplotlib.
 """
 
 from __future__ import annotations
@@ -12,29 +11,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from onnx_featviz.api import (  # noqa: E402
-    CamOptions,
-    CamReport,
-    Inspector,
-    PrepOptions,
-    compute_activations,
-    inspect_model,
-    load_model,
-    predict,
-    read_model_filters,
-    render_backprop,
-    render_cam,
+_API_NAMES = (
+    "CamOptions", "CamReport", "Inspector", "PrepOptions", "compute_activations",
+    "inspect_model", "load_model", "predict", "read_model_filters", "render_backprop",
+    "render_cam",
 )
-from onnx_featviz.errors import (  # noqa: E402
-    FeatvizError,
-    InputError,
-    LayerNotFoundError,
-    ModelError,
-    ProviderError,
-)
-
+_ERROR_NAMES = ("FeatvizError", "InputError", "LayerNotFoundError", "ModelError", "ProviderError")
 _LAZY = {
-    "CompareOptions": "audit.compare", "CompareResult": "audit.compare", "compare_models": "audit.compare",
+    **dict.fromkeys(_API_NAMES, "api"), **dict.fromkeys(_ERROR_NAMES, "errors"),
+    "CompareOptions": "audit.compare", "CompareResult": "audit.compare",
+    "compare_models": "audit.compare",
     "StatsOptions": "audit.stats", "StatsResult": "audit.stats", "dataset_stats": "audit.stats",
     "open_data": "io.data",
     "MaximizeOptions": "synthesis.run", "MaximizeResult": "synthesis.run",

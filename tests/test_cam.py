@@ -1,4 +1,5 @@
-"""Tests for onnx_featviz.attribution.methods: CAM definitions against torch / numpy references and hand maths."""
+"""Tests for onnx_featviz.attribution.methods: CAM definitions against torch / numpy references
+and hand maths."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnx_featviz import api
+from onnx_featviz.attribution import run as attribution_run
 from onnx_featviz.cli.commands import main
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.graph import rewrite as rewrite
@@ -454,7 +455,8 @@ def test_score_cam_device_masks_equal_host_masks() -> None:
         report = inspector.cam(x, api.CamOptions("score_cam", batch_size=7))
         acts = inspector.capture(x, ["r2"])["r2"]
         host = cams.score_cam(acts, x, targets=report.targets,
-                              forward=inspector._forward_fn("logits"), batch_size=7)
+                              forward=attribution_run._forward_fn(inspector, "logits"),
+                              batch_size=7)
         assert any(key[0] == "mask" for key in inspector._sessions)  # the device path ran
     np.testing.assert_allclose(report.layer_cam, host, rtol=1e-5, atol=1e-6)
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from onnx_featviz import runtime
 from onnx_featviz.audit import compare as audit_compare
+from onnx_featviz.audit import metrics as audit
 from onnx_featviz.audit import output as audit_output
 from onnx_featviz.audit import plots as audit_plots
-from onnx_featviz.audit import metrics as audit
 from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.graph import matching as matching
@@ -251,7 +251,8 @@ def test_fp16_thresholds_pass_drift_but_catch_a_fault(
         models: dict[str, Path], data: Path, results: dict[str, audit_compare.CompareResult]
 ) -> None:
     assert results["fp16_io"].passed  # plain fp16 rounding is acceptable drift
-    faulty = audit_compare.compare_models(models["float"], models["fault_fp16"], data, cpu_options())
+    faulty = audit_compare.compare_models(models["float"], models["fault_fp16"], data,
+                                          cpu_options())
     assert faulty.thresholds.kind == "fp16"
     assert faulty.first_divergent == "conv2"
     assert faulty.layers[0].broken is None and 60 < faulty.layers[0].drift.snr_db < math.inf
@@ -301,7 +302,8 @@ def test_thresholds_can_be_overridden(models: dict[str, Path], data: Path) -> No
     assert strict.thresholds == audit.Thresholds(0.98, 60.0, "int8+custom")
     assert strict.first_divergent == "relu1"
     with pytest.raises(InputError, match=r"min_cosine must be in \[-1, 1\], got 2"):
-        audit_compare.compare_models(models["float"], models["qdq"], data, cpu_options(min_cosine=2))
+        audit_compare.compare_models(models["float"], models["qdq"], data,
+                                     cpu_options(min_cosine=2))
 
 
 def test_progress_and_interrupt(models: dict[str, Path], data: Path) -> None:

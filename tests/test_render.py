@@ -1,4 +1,5 @@
-"""Tests for onnx_featviz.render.pictures: geometry, colours at known pixels, annotations, overlays."""
+"""Tests for onnx_featviz.render.pictures: geometry, colours at known pixels, annotations,
+overlays."""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ from PIL import Image
 
 from onnx_featviz import api
 from onnx_featviz.audit import compare as audit_compare
+from onnx_featviz.audit import metrics as audit
 from onnx_featviz.audit import plots as audit_plots
 from onnx_featviz.audit import stats as audit_stats
-from onnx_featviz.audit import metrics as audit
 from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.io import files as fileio

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 import onnx_featviz.audit.metrics as audit
 import onnx_featviz.graph.matching as matching
 import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
-from onnx_featviz import api
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.io import data as api_data
 from onnx_featviz.structs import ModelInfo, Progress, ProgressFn
@@ -56,7 +56,7 @@ class CompareOptions:
     min_cosine: float | None = None
     min_snr_db: float | None = None
     batch_size: int = 32
-    prep: api.PrepOptions | None = None
+    prep: inspection.PrepOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +166,8 @@ class _Totals:
     partial: bool
 
 
-def compare_models(model_a: api.ModelSource, model_b: api.ModelSource, data: Path | str,
-                   options: CompareOptions | None = None, *,
+def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSource,
+                   data: Path | str, options: CompareOptions | None = None, *,
                    progress: ProgressFn | None = None) -> CompareResult:
     """Run two models on the same data and measure, layer by layer, how far B drifts from A.
 
@@ -192,13 +192,13 @@ def compare_models(model_a: api.ModelSource, model_b: api.ModelSource, data: Pat
     Raises:
         InputError: the models take different inputs, nothing could be paired, DATA is
             missing, empty or unreadable, a bad option; LayerNotFoundError: an unknown layer
-            name (close matches listed); ModelError / ProviderError: as ``api.Inspector``.
+            name (close matches listed); ModelError / ProviderError: as ``inspection.Inspector``.
     """
     opts = options or CompareOptions()
     _check_options(opts)
-    with api.Inspector(model_a, opts.provider_a, prep=opts.prep,
+    with inspection.Inspector(model_a, opts.provider_a, prep=opts.prep,
                        max_batch=opts.batch_size) as ins_a, \
-            api.Inspector(model_b, opts.provider_b, prep=opts.prep,
+            inspection.Inspector(model_b, opts.provider_b, prep=opts.prep,
                           max_batch=opts.batch_size) as ins_b:
         check_same_inputs(ins_a, ins_b)
         plan = _plan(ins_a, ins_b, opts.layers)
@@ -234,7 +234,7 @@ def int8_kernel_note(tag: str, model: onnx.ModelProto, side: ModelSide) -> str |
             "quantize with reduce_range=True or weight_type=QUInt8 to avoid it")
 
 
-def check_same_inputs(ins_a: api.Inspector, ins_b: api.Inspector) -> None:
+def check_same_inputs(ins_a: inspection.Inspector, ins_b: inspection.Inspector) -> None:
     """Refuse two models whose inputs differ (count, layout, channels, size, kind of dtype).
 
     Input names may differ; float32 vs float16 inputs are fine (values are cast).
@@ -299,7 +299,8 @@ def _selection(info: ModelInfo, layers: str | Sequence[str]
     return convs, tensors
 
 
-def _plan(ins_a: api.Inspector, ins_b: api.Inspector, layers: str | Sequence[str]) -> _Plan:
+def _plan(ins_a: inspection.Inspector, ins_b: inspection.Inspector,
+          layers: str | Sequence[str]) -> _Plan:
     convs, tensors = _selection(ins_a.info, layers)
     found = matching.match_models(ins_a.model, ins_b.model, conv_layers=convs, tensors=tensors,
                                   info_a=ins_a.info, info_b=ins_b.info)
@@ -331,7 +332,7 @@ def _thresholds(model_a: onnx.ModelProto, model_b: onnx.ModelProto,
         f"{base.kind}+custom")
 
 
-def _accumulate(ins_a: api.Inspector, ins_b: api.Inspector, plan: _Plan,
+def _accumulate(ins_a: inspection.Inspector, ins_b: inspection.Inspector, plan: _Plan,
                 stream: api_data.DataStream, progress: ProgressFn | None) -> _Totals:
     """Run both models batch by batch and add every pair to its running sums."""
     state = _State(tuple(audit.DriftSums() for _ in plan.rows),
@@ -388,8 +389,8 @@ def _scores(value: NDArray[np.generic]) -> NDArray[np.generic] | None:
     return value.reshape(value.shape[0], value.shape[1])
 
 
-def _model_side(source: api.ModelSource, inspector: api.Inspector, tensors: Sequence[str],
-                fallback: str) -> ModelSide:
+def _model_side(source: inspection.ModelSource, inspector: inspection.Inspector,
+                tensors: Sequence[str], fallback: str) -> ModelSide:
     name = Path(source).name if isinstance(source, str | Path) else (
         inspector.model.graph.name or fallback)
     providers = inspector.session(tuple(tensors)).providers

@@ -9,11 +9,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from numpy.typing import NDArray
+
 import onnx_featviz.audit.metrics as audit
 import onnx_featviz.graph.rewrite as rewrite
-from onnx_featviz import api
+import onnx_featviz.inspector as inspection
+import onnx_featviz.runtime as runtime
 from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS
 from onnx_featviz.errors import InputError
+from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io import data as api_data
 from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
 
@@ -35,7 +40,7 @@ class StatsOptions:
     layers: str | Sequence[str] = "convs"
     provider: str = "auto"
     batch_size: int = 32
-    prep: api.PrepOptions | None = None
+    prep: inspection.PrepOptions | None = None
     saturation: float = audit.SATURATION_FRACTION
 
 
@@ -93,8 +98,9 @@ class StatsResult:
                 "nonfinite": sum(lay.nonfinite > 0 for lay in self.layers)}
 
 
-def dataset_stats(model: api.ModelSource, data: Path | str, options: StatsOptions | None = None,
-                  *, progress: ProgressFn | None = None) -> StatsResult:
+def dataset_stats(model: inspection.ModelSource, data: Path | str,
+                  options: StatsOptions | None = None, *,
+                  progress: ProgressFn | None = None) -> StatsResult:
     """Measure per-channel statistics of a model's layers over a whole dataset.
 
     Each batch runs once through the model with on-device reductions
@@ -117,11 +123,11 @@ def dataset_stats(model: api.ModelSource, data: Path | str, options: StatsOption
     Raises:
         InputError: DATA missing, empty or unreadable, a bad option, a model without conv
             layers for ``convs``; LayerNotFoundError: an unknown layer name (close matches
-            listed); ModelError / ProviderError: as ``api.Inspector``.
+            listed); ModelError / ProviderError: as ``inspection.Inspector``.
     """
     opts = options or StatsOptions()
     _check_stats_options(opts)
-    with api.Inspector(model, opts.provider, prep=opts.prep,
+    with inspection.Inspector(model, opts.provider, prep=opts.prep,
                        max_batch=opts.batch_size) as inspector:
         tensors = _stats_tensors(inspector.info, opts.layers)
         stream = api_data.open_data(inspector, data, batch_size=opts.batch_size)
@@ -168,7 +174,7 @@ def _stats_tensors(info: ModelInfo, layers: str | Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(picked), key=lambda t: order.get(t, -1))
 
 
-def _stream_stats(inspector: api.Inspector, tensors: Sequence[str],
+def _stream_stats(inspector: inspection.Inspector, tensors: Sequence[str],
                   stream: api_data.DataStream, progress: ProgressFn | None
                   ) -> tuple[dict[str, ChannelStats], int, bool]:
     """Merge every batch's statistics; stop early, keeping what was merged, on Ctrl-C."""
@@ -179,7 +185,7 @@ def _stream_stats(inspector: api.Inspector, tensors: Sequence[str],
     try:
         for part in stream:
             merged = dict(done[0])
-            for tensor, stats in inspector.stats(part.batch, tensors).items():
+            for tensor, stats in image_stats(inspector, part.batch, tensors).items():
                 old = merged.get(tensor)
                 merged[tensor] = stats if old is None else audit.merge_channel_stats(old, stats)
             done = (merged, done[1] + len(part.batch))
@@ -193,7 +199,7 @@ def _stream_stats(inspector: api.Inspector, tensors: Sequence[str],
     return done[0], done[1], partial
 
 
-def _layers_stats(inspector: api.Inspector, tensors: Sequence[str],
+def _layers_stats(inspector: inspection.Inspector, tensors: Sequence[str],
                   merged: Mapping[str, ChannelStats], saturation: float
                   ) -> tuple[LayerStats, ...]:
     """Attach the producing op, Clip bounds and findings to each measured tensor."""
@@ -213,3 +219,53 @@ def _layers_stats(inspector: api.Inspector, tensors: Sequence[str],
                                                fraction=saturation)))
     return tuple(found)
 
+
+
+def image_stats(inspector: Inspector, images: Images, layers: Sequence[str | int] | None = None, *,
+          stage: str = "conv") -> dict[str, ChannelStats]:
+    """Return per-channel statistics of ``layers`` over all inputs, reduced on the device.
+
+    Each chunk of ``max_batch`` rows runs once with the reductions of
+    ``rewrite.append_channel_stats`` (only (N, C) statistics leave the device); a chunk
+    whose sums come out non-finite runs once more to count its NaN/Inf
+    (``rewrite.append_nonfinite_counts``). Chunks are merged in float64
+    (``audit.merge_channel_stats``); ``at_low`` / ``at_high`` are set for Clip outputs.
+
+    Returns:
+        Tensor name -> ``ChannelStats``, in the order of ``layer_tensors``.
+    """
+    batch = inspector.load_batch(images).array
+    tensors = inspector.layer_tensors(layers, stage)
+    session = inspector.session(tensors, stats=True)
+    names = [n for n in session.output_names if n.startswith("featviz/stats/")]
+    counts = ("nonfinite", tuple(tensors))
+    low_zero = {t: b[0] == 0.0 for t, b in rewrite.clip_bounds(inspector.model, tensors).items()}
+    merged: dict[str, ChannelStats] = {}
+    step = min(v for v in (inspector.max_batch, inspector.spec.batch, len(batch)) if v)
+    for start in range(0, len(batch), step):
+        feed = {inspector.spec.name: batch[start:start + step]}
+        values = session.run(feed, names, split=False)
+        if not all(np.isfinite(values[rewrite.stat_output("sum", t)]).all() for t in tensors):
+            nonfinite = inspector.cached(counts, lambda: runtime.Session(
+                rewrite.append_nonfinite_counts(inspector.model, tensors), inspector.provider))
+            wanted = [rewrite.stat_output(rewrite.NONFINITE_STAT, t) for t in tensors]
+            values.update(nonfinite.run(feed, wanted, split=False))
+        for tensor in tensors:
+            part = _batch_stats(values, tensor, low_zero[tensor])
+            old = merged.get(tensor)
+            merged[tensor] = part if old is None else audit.merge_channel_stats(old, part)
+    return merged
+
+
+def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, low_zero: bool
+                 ) -> ChannelStats:
+    """``ChannelStats`` of one chunk from the session's (N, C) reductions of ``tensor``.
+
+    ``low_zero``: the tensor is a Clip output with lower bound 0, whose ``at_low`` is ``zeros``.
+    """
+    stats = (*rewrite.STAT_NAMES, *rewrite.BOUND_STAT_NAMES, rewrite.NONFINITE_STAT)
+    reduced = {s: values[rewrite.stat_output(s, tensor)] for s in stats
+               if rewrite.stat_output(s, tensor) in values}
+    if low_zero:
+        reduced["at_low"] = reduced["zeros"]
+    return audit.batch_channel_stats(reduced)

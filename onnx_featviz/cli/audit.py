@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from onnx_featviz import api
-from onnx_featviz.audit import compare as audit_compare
-from onnx_featviz.audit import output as audit_output
-from onnx_featviz.audit import stats as audit_stats
+from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
@@ -20,6 +17,10 @@ from onnx_featviz.cli.options import (
     provider_option,
     reports_errors,
 )
+
+if TYPE_CHECKING:  # annotations only: the library loads inside each command
+    from onnx_featviz import api
+
 
 # == compare (owner: compare helper; keep other code outside this section) =====================
 EXIT_INTERRUPTED = 130
@@ -48,7 +49,7 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @click.option("--layers", multiple=True, callback=_split_layers, metavar="convs|all|L...",
               help="convs: one tensor per conv layer (default); all: every activation; or "
                    "node / tensor names of MODEL_A (repeat or comma-separate).")
-@click.option("--metric", type=click.Choice(list(audit_compare.METRICS)), default="snr",
+@click.option("--metric", type=click.Choice(list(choices.METRICS)), default="snr",
               show_default=True, help="Metric drawn by --plot.")
 @click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
               help="Fail below this cosine (default per precision: fp32 0.9999, fp16 0.999, "
@@ -83,6 +84,8 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
       featviz compare model.onnx model.onnx images/ --provider-a cpu --provider-b cuda
       featviz compare model.onnx model_fp16.onnx t10k-images-idx3-ubyte.gz --json -
     """
+    from onnx_featviz.audit import compare as audit_compare
+    from onnx_featviz.audit import output as audit_output
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
@@ -113,6 +116,7 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
 # == stats (owner: stats helper; keep other code outside this section) ========================
 def _split_findings(ctx: click.Context, param: click.Parameter, value: str | None
                     ) -> tuple[str, ...]:
+    from onnx_featviz.audit import compare as audit_compare
     kinds = tuple(k.strip() for k in (value or "").split(",") if k.strip())
     unknown = [k for k in kinds if k not in audit_compare.FINDINGS]
     if unknown:
@@ -158,6 +162,8 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
       featviz stats models/mnist_cnn.onnx t10k-images-idx3-ubyte.gz --plot stats.png
       featviz stats model.onnx images/ --layers all --json stats.json --fail-on dead,nonfinite
     """
+    from onnx_featviz.audit import output as audit_output
+    from onnx_featviz.audit import stats as audit_stats
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file
     audit_output.check_outputs([json_path] if json_path else [],

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from onnx_featviz import __version__, api
+from onnx_featviz import __version__
+from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
@@ -21,6 +23,9 @@ from onnx_featviz.cli.options import (
     provider_option,
     reports_errors,
 )
+
+if TYPE_CHECKING:  # annotations only: the library loads inside each command
+    from onnx_featviz import api
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -74,6 +79,7 @@ def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> No
       featviz info models/mnist_cnn.onnx
       featviz info squeezenet.onnx --json > layers.json
     """
+    from onnx_featviz import api
     with api.Inspector(model, provider, prep=prep) as inspector:
         summary = api.describe(inspector)
     click.echo(json.dumps(summary, indent=2) if as_json else api.format_summary(summary))
@@ -100,6 +106,7 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
       featviz predict models/mnist_cnn.onnx models/samples/
       featviz predict squeezenet.onnx cat.png --preset caffe --labels imagenet_classes.txt
     """
+    from onnx_featviz import api
     names = api.read_labels(labels) if labels else None
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
         results = inspector.predict(api.expand_images(images), top_k)
@@ -130,6 +137,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
       featviz filters models/mnist_cnn.onnx --layer conv1 --annotate
       featviz filters model.onnx --out filters/ --save-npz filters.npz
     """
+    from onnx_featviz import api
     opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
     result = api.render_model_filters(model, layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
@@ -171,6 +179,7 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
       featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
     """
+    from onnx_featviz import api
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
                                 every_layer=which == "all", normalize=normalize)
     with api.Inspector(model, provider, prep=prep) as inspector:
@@ -198,6 +207,7 @@ def build_conv(filters_file: Path | None, preset: str | None, out: Path,
       featviz build-conv --preset edges --out edges.onnx
       featviz build-conv my_filters.npy --out mine.onnx --activation none
     """
+    from onnx_featviz import api
     if (filters_file is None) == (preset is None):
         raise click.UsageError("give either FILTERS or --preset edges")
     written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
@@ -261,6 +271,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam model.onnx cat.png --explain-top 3
       featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
     """
+    from onnx_featviz import api
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
@@ -277,7 +288,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--method", type=click.Choice(list(api.BACKPROP_METHODS)), default="saliency",
+@click.option("--method", type=click.Choice(list(choices.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
 @click.option("--target", help="Class index or label name; default: top-1.")
 @click.option("--score", help="Tensor or layer with one score per class (default: the "
@@ -295,6 +306,7 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
       featviz backprop models/mnist_cnn.onnx models/samples/digit_9.png
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
     """
+    from onnx_featviz import api
     with api.Inspector(model, provider, prep=prep) as inspector:
         result = api.render_backprop(inspector, api.expand_images(images), method,
                                      _target(target), score=score)

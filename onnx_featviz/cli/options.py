@@ -9,16 +9,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
-from onnx_featviz import api
+from onnx_featviz.cli.choices import PRESET_NAMES
 from onnx_featviz.errors import FeatvizError, LayerNotFoundError
-from onnx_featviz.structs import Progress, ProgressFn
+
+if TYPE_CHECKING:  # annotations only: the library loads inside each command
+    from onnx_featviz.structs import Progress, ProgressFn
+
 
 F = TypeVar("F", bound=Callable[..., Any])
-PRESET_NAMES = ("imagenet", "caffe", "unit", "raw", "tf", "mnist")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -106,9 +108,11 @@ def prep_options(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
                 bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
-        kwargs["prep"] = api.PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
-                                         channel_order="BGR" if bgr else None, size=size,
-                                         resize=resize)
+        from onnx_featviz.inspector import PrepOptions
+
+        kwargs["prep"] = PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
+                                     channel_order="BGR" if bgr else None, size=size,
+                                     resize=resize)
         return fn(*args, **kwargs)
 
     for option in reversed(options):

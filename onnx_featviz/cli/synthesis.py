@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from onnx_featviz import api
+from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
@@ -16,7 +17,10 @@ from onnx_featviz.cli.options import (
     provider_option,
     reports_errors,
 )
-from onnx_featviz.synthesis import run as synthesis
+
+if TYPE_CHECKING:  # annotations only: the library loads inside each command
+    from onnx_featviz import api
+
 
 
 @click.command(context_settings=CONTEXT)
@@ -24,10 +28,10 @@ from onnx_featviz.synthesis import run as synthesis
 @click.option("--layer", required=True, help="Layer name, tensor name or index.")
 @click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
               help="Channel to visualize (repeat for several); default: the first 16.")
-@click.option("--objective", type=click.Choice(list(synthesis.OBJECTIVES)), default="channel",
+@click.option("--objective", type=click.Choice(list(choices.OBJECTIVES)), default="channel",
               show_default=True, help="Maximize a channel's mean, its centre neuron, or the "
               "layer's mean square.")
-@click.option("--recipe", type=click.Choice(list(synthesis.RECIPES)), default="fourier",
+@click.option("--recipe", type=click.Choice(list(choices.RECIPES)), default="fourier",
               show_default=True, help="fourier: 1/f spectrum + decorrelated colour + random "
               "transforms; pyramid: pixels grown from 56 px by 1.2 for 12 scales.")
 @click.option("--steps", type=click.IntRange(min=1),
@@ -60,6 +64,8 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
       featviz maximize squeezenet.onnx --preset caffe --layer fire4/concat_1 --channel 3
       featviz maximize model.onnx --layer conv3 --recipe pyramid --blur 5 --json
     """
+    from onnx_featviz import api
+    from onnx_featviz.synthesis import run as synthesis
     options = synthesis.MaximizeOptions(
         layer, channels=channels or None, objective=objective, recipe=recipe,
         steps=steps, seed=seed, lr=lr, diversity=diversity, images=images, blur=blur)
@@ -105,6 +111,8 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
       featviz invert models/mnist_cnn.onnx models/samples/digit_7.png --layer conv1 --layer conv2
       featviz invert squeezenet.onnx cat.png --preset caffe --layer conv1_2 --tv 0.1
     """
+    from onnx_featviz import api
+    from onnx_featviz.synthesis import run as synthesis
     synthesis.check_outputs(out, save_npz, picture="invert.png")
     results = []
     with api.Inspector(model, provider, prep=prep) as inspector:

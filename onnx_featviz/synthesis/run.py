@@ -33,11 +33,12 @@ from PIL import Image
 
 import onnx_featviz.autodiff as autodiff
 import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.inspector as inspection
 import onnx_featviz.io.files as fileio
+import onnx_featviz.io.outputs as outputs
 import onnx_featviz.render.pictures as render
 import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis.maths as syn
-from onnx_featviz import api
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.structs import Progress, ProgressFn
 
@@ -54,7 +55,7 @@ TARGET_IN = f"{PREFIX}/target"
 WEIGHT_IN = f"{PREFIX}/weight"
 DEFAULT_CHANNELS = 16
 F32 = NDArray[np.float32]
-ModelOrInspector = api.Inspector | api.ModelSource
+ModelOrInspector = inspection.Inspector | inspection.ModelSource
 
 
 # -- options and results ---------------------------------------------------------------------
@@ -390,7 +391,7 @@ class _GradientSession:
     in one session call and returns each row's objective and d(objective)/d(view).
     """
 
-    def __init__(self, inspector: api.Inspector, tensor: str, head: _Head) -> None:
+    def __init__(self, inspector: inspection.Inspector, tensor: str, head: _Head) -> None:
         self.inspector, self.tensor, self.head = inspector, tensor, head
         self.imap = syn.input_map(inspector.spec, inspector.preprocessing)
         shape = inspector.spec.shape
@@ -489,7 +490,7 @@ def check_outputs(out: Path, npz: Path | None = None, *, picture: str = "maximiz
     fileio.check_writable([out / picture, *([npz] if npz is not None else [])])
 
 
-def layer_tensors(inspector: api.Inspector, layers: Sequence[str | int]) -> list[str]:
+def layer_tensors(inspector: inspection.Inspector, layers: Sequence[str | int]) -> list[str]:
     """Resolve every layer to its tensor up front (as ``maximize`` and ``invert`` do).
 
     Raises:
@@ -499,14 +500,14 @@ def layer_tensors(inspector: api.Inspector, layers: Sequence[str | int]) -> list
 
 
 # -- layer, size and unit resolution ---------------------------------------------------------
-def _layer_tensor(inspector: api.Inspector, layer: str | int) -> str:
+def _layer_tensor(inspector: inspection.Inspector, layer: str | int) -> str:
     """The tensor of ``layer``: the name itself when it is a tensor, else the layer's output."""
     tensor = inspector.layer_tensors([layer], "conv")[0]
     lay = inspector.layer(layer)
     return layer if isinstance(layer, str) and layer in lay.outputs else tensor
 
 
-def _image_size(inspector: api.Inspector, size: int | None) -> tuple[int, int]:
+def _image_size(inspector: inspection.Inspector, size: int | None) -> tuple[int, int]:
     """(H, W) of the optimized images: the model's fixed size, else ``size``, else the
     preprocessing size, else 224."""
     spec = inspector.spec
@@ -522,7 +523,7 @@ def _image_size(inspector: api.Inspector, size: int | None) -> tuple[int, int]:
     return chosen
 
 
-def _layer_shape(inspector: api.Inspector, imap: syn.InputMap, tensor: str,
+def _layer_shape(inspector: inspection.Inspector, imap: syn.InputMap, tensor: str,
                  size: tuple[int, int]) -> tuple[int, ...]:
     """Per-row shape ``(C, ...)`` of ``tensor`` for a grey image of ``size`` (one real run).
 
@@ -591,7 +592,8 @@ def maximize(source: ModelOrInspector, options: MaximizeOptions,
             layer has no gradient rule (the message names it).
     """
     opts = _check_maximize(options)
-    inspector = source if isinstance(source, api.Inspector) else api.Inspector(source, provider)
+    inspector = (source if isinstance(source, inspection.Inspector)
+                 else inspection.Inspector(source, provider))
     try:
         return _maximize(inspector, opts, progress)
     finally:
@@ -616,7 +618,7 @@ def _check_maximize(opts: MaximizeOptions) -> MaximizeOptions:
     return opts
 
 
-def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
+def _maximize(inspector: inspection.Inspector, opts: MaximizeOptions,
               progress: ProgressFn | None) -> MaximizeResult:
     imap = syn.input_map(inspector.spec, inspector.preprocessing)
     size = _image_size(inspector, opts.size)
@@ -647,8 +649,8 @@ def _maximize(inspector: api.Inspector, opts: MaximizeOptions,
 class _Feeds:
     """The head's per-row inputs for each view size (neuron positions depend on the size)."""
 
-    def __init__(self, inspector: api.Inspector, imap: syn.InputMap, tensor: str, head: _Head,
-                 units: Sequence[int]) -> None:
+    def __init__(self, inspector: inspection.Inspector, imap: syn.InputMap, tensor: str,
+                 head: _Head, units: Sequence[int]) -> None:
         self.inspector, self.imap, self.tensor, self.head, self.units = (
             inspector, imap, tensor, head, units)
         self.cache: dict[tuple[int, ...], dict[str, F32]] = {}
@@ -793,7 +795,7 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
 
 
 # -- feature inversion -------------------------------------------------------------------------
-def invert(source: ModelOrInspector, image: api.Images, options: InvertOptions,
+def invert(source: ModelOrInspector, image: inspection.Images, options: InvertOptions,
            progress: ProgressFn | None = None, *, provider: str = "auto") -> InvertResult:
     """Reconstruct each input image from its features at one layer (Mahendran & Vedaldi).
 
@@ -817,7 +819,8 @@ def invert(source: ModelOrInspector, image: api.Images, options: InvertOptions,
     if options.steps < 1 or options.tv < 0 or not options.lr > 0:
         raise InputError(f"invert needs steps >= 1, tv >= 0 and lr > 0; got steps "
                          f"{options.steps}, tv {options.tv}, lr {options.lr}")
-    inspector = source if isinstance(source, api.Inspector) else api.Inspector(source, provider)
+    inspector = (source if isinstance(source, inspection.Inspector)
+                 else inspection.Inspector(source, provider))
     try:
         return _invert(inspector, image, options, progress)
     finally:
@@ -825,7 +828,7 @@ def invert(source: ModelOrInspector, image: api.Images, options: InvertOptions,
             inspector.close()
 
 
-def _invert(inspector: api.Inspector, image: api.Images, opts: InvertOptions,
+def _invert(inspector: inspection.Inspector, image: inspection.Images, opts: InvertOptions,
             progress: ProgressFn | None) -> InvertResult:
     imap = syn.input_map(inspector.spec, inspector.preprocessing)
     loaded = inspector.load_batch(image)
@@ -875,7 +878,7 @@ def _hwc(images: F32) -> F32:
 
 # -- pictures -------------------------------------------------------------------------------------
 def render_maximized(result: MaximizeResult, *, tile: int | None = None,
-                     columns: int | None = None) -> api.Rendered:
+                     columns: int | None = None) -> outputs.Rendered:
     """Draw a grid of the optimized images and one PNG per image.
 
     Args:
@@ -889,25 +892,26 @@ def render_maximized(result: MaximizeResult, *, tile: int | None = None,
         ``<tensor>/<unit>.png`` per image; arrays ``images``, ``model_input``, ``units``,
         ``start``, ``final`` and ``history`` for ``.npz`` export.
     """
-    stem = api._file_stem(result.tensor)
+    stem = outputs.file_stem(result.tensor)
     names = _unit_names(result.units)
     singles = [_picture(img) for img in result.images]
     captions = [name.replace("_", " ").replace("channel", "ch") for name in names]
     grid = _grid([_fit_tile(p, tile) for p in singles], captions, columns)
     title = (f"{result.tensor}: {result.objective} objective, {result.recipe} recipe, "
              f"{len(result.history)} steps")
-    pictures = [api.Picture(f"maximize_{stem}.png", render.render_side_by_side([grid], [title]))]
-    pictures += [api.Picture(f"{stem}/{name}.png", pic) for name, pic in zip(names, singles,
+    side = render.render_side_by_side([grid], [title])
+    pictures = [outputs.Picture(f"maximize_{stem}.png", side)]
+    pictures += [outputs.Picture(f"{stem}/{name}.png", pic) for name, pic in zip(names, singles,
                                                                              strict=True)]
     arrays: dict[str, NDArray[np.generic]] = {
         "images": result.images, "model_input": result.model_input,
         "units": np.asarray(result.units, np.int64), "start": result.start,
         "final": result.final, "history": result.history}
-    return api.Rendered(tuple(pictures), arrays)
+    return outputs.Rendered(tuple(pictures), arrays)
 
 
 def render_inversions(results: Sequence[InvertResult], *, tile: int | None = None
-                      ) -> api.Rendered:
+                      ) -> outputs.Rendered:
     """Draw, per input, its original beside its reconstruction at each layer.
 
     Returns:
@@ -920,21 +924,21 @@ def render_inversions(results: Sequence[InvertResult], *, tile: int | None = Non
         raise InputError("no inversion results to draw; invert at least one layer")
     rows, pictures = [], []
     arrays: dict[str, NDArray[np.generic]] = {"original": results[0].originals}
-    for index, folder in enumerate(api._input_folders(results[0].sources)):
+    for index, folder in enumerate(outputs.input_folders(results[0].sources)):
         tiles = [_fit_tile(_picture(results[0].originals[index]), tile)]
         captions = ["original"]
         for res in results:
             pic = _picture(res.images[index])
             tiles.append(_fit_tile(pic, tile))
             captions.append(f"{res.tensor} r={res.correlation[index]:.2f}")
-            stem = api._file_stem(res.tensor)
-            pictures.append(api.Picture(f"{folder}/invert_{stem}.png", pic))
+            stem = outputs.file_stem(res.tensor)
+            pictures.append(outputs.Picture(f"{folder}/invert_{stem}.png", pic))
         rows.append(render.render_side_by_side(tiles, captions))
     for res in results:
-        key = api._file_stem(res.tensor)
+        key = outputs.file_stem(res.tensor)
         arrays.update({key: res.images, f"{key}_loss": res.loss,
                        f"{key}_correlation": res.correlation})
-    return api.Rendered((api.Picture("invert.png", _stack(rows)), *pictures), arrays)
+    return outputs.Rendered((outputs.Picture("invert.png", _stack(rows)), *pictures), arrays)
 
 
 def _unit_names(units: Sequence[int]) -> list[str]:

@@ -1,0 +1,473 @@
+"""CAM and backprop runs: forward and gradient sessions on an ``Inspector``, targets, and the
+call into the pure maths of ``attribution.methods``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+import onnx_featviz.attribution.methods as cams
+import onnx_featviz.autodiff as autodiff
+import onnx_featviz.graph.catalog as catalog
+import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.render.pictures as render
+import onnx_featviz.runtime as runtime
+from onnx_featviz.errors import InputError
+from onnx_featviz.inspector import (
+    Batch,
+    Images,
+    Inspector,
+    as_probabilities,
+    check_exposable,
+    exposed_name,
+    spatial_size,
+    stage_tensors,
+)
+from onnx_featviz.structs import (
+    ClassScore,
+    Progress,
+    ProgressFn,
+)
+
+BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
+
+
+#: Window, stride and fill of the occlusion method (``CamOptions.occlusion``).
+OcclusionOptions = cams.OcclusionOptions
+
+
+@dataclass(frozen=True, slots=True)
+class CamOptions:
+    """What ``Inspector.cam`` computes.
+
+    ``method``: a ``cams.METHODS`` name or alias; ``layer``: layer name, tensor or index (None:
+    the last conv layer with spatial size > 1); ``target``: class index or label (None: top-1);
+    ``top_k``: classes listed per image in ``CamReport.top`` (None: 5); ``explain_top``: one
+    CAM for each of every image's ``explain_top`` best classes (only without ``target``);
+    ``score``: the layer or tensor holding one score per class (None: the pre-softmax logits
+    when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
+    ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion;
+    ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only); ``occlusion``: the
+    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults).
+    """
+
+    method: str = "grad_cam"
+    layer: str | int | None = None
+    target: int | str | None = None
+    top_k: int | None = None
+    explain_top: int = 1
+    score: str | int | None = None
+    alpha: float = 0.5
+    cmap: str = "jet"
+    batch_size: int = 32
+    overlays: bool = True
+    occlusion: cams.OcclusionOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CamReport:
+    """Result of ``Inspector.cam``.
+
+    Attributes:
+        method: the registry name used; layer: the tensor the CAM was taken at; score_tensor:
+            the tensor targets are scored on (pre-softmax logits when the graph ends in Softmax).
+        targets: (R,) int64 classes explained, one per CAM row (R = N inputs, or N * k with
+            ``explain_top=k``, image-major); top: per input, the best classes with
+            probabilities; cam: (R, H, W) float32 in [0, 1]; layer_cam: (R, h, w) raw map;
+        overlays: one RGB heatmap overlay per row; sources: where each input came from;
+        image_index: (R,) the input each row explains; rank: (R,) 0 for the input's best class,
+            1 for the second... (-1 when the target was given).
+    """
+
+    method: str
+    layer: str
+    score_tensor: str
+    targets: NDArray[np.int64]
+    top: tuple[tuple[ClassScore, ...], ...]
+    cam: NDArray[np.float32]
+    layer_cam: NDArray[np.float32]
+    overlays: tuple[Image.Image, ...]
+    sources: tuple[str, ...] = ()
+    image_index: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    rank: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
+    """Render a (C, H, W) model input as a gray RGB picture (channel mean, min-max scaled)."""
+    plane = x.mean(axis=0)
+    lo, hi = float(plane.min()), float(plane.max())
+    scaled = (plane - lo) / (hi - lo) if hi > lo else np.zeros_like(plane)
+    return Image.fromarray(np.uint8(np.round(scaled * 255))).convert("RGB")
+
+
+def _row_progress(progress: ProgressFn | None) -> cams.ProgressFn | None:
+    """Adapt a ``structs.ProgressFn`` to the ``(done, total)`` callback of ``cam``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, total: report(Progress(done, total, "row"))
+
+
+
+# -- class-activation maps -----------------------------------------------------------
+def cam(inspector: Inspector, images: Images, options: CamOptions, *,
+        progress: ProgressFn | None = None) -> CamReport:
+    """Return class-activation maps of ``options.method`` for each input.
+
+    Gradients come from the model's own ONNX reverse graph (``autodiff``), run in the same
+    kind of session as the forward pass. ``progress`` is called as the forward passes of
+    Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``).
+
+    Returns:
+        ``CamReport`` with ``cam`` (R, H, W) in [0, 1] at the input size, ``layer_cam``
+        (R, h, w) raw, targets (R,), overlays on the un-normalized inputs; R = N inputs, or
+        N * k with ``explain_top=k``.
+
+    Raises:
+        InputError: unknown method, target out of range, label not found, a layer without
+            spatial dims; ModelError: an op on the gradient path has no rule.
+    """
+    method = cams.resolve_method(options.method)
+    loaded = inspector.load_batch(images)
+    layer = cam_layer(inspector, options.layer)
+    entry = cams.METHODS[method]
+    run = _cam_pass(inspector, loaded.array, layer, entry, options)
+    score, scores, targets, index, rank, batch, cam_targets, acts, grads = run
+    nchw = _as_nchw(inspector, batch)
+    inputs = cams.CamInputs(
+        targets=cam_targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
+        gradients=grads, input_batch=nchw if entry.needs_input else None,
+        forward=_forward_fn(inspector, score) if entry.needs_forward else None,
+        forward_masked=(_masked_forward_fn(inspector, score, nchw, acts.shape[2:])
+                        if method == "score_cam" else None),
+        forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch)
+                            if entry.needs_layer_forward else None),
+        occlusion=options.occlusion or cams.OcclusionOptions(),
+        batch_size=options.batch_size, progress=_row_progress(progress))
+    result = cams.compute(method, inputs)
+    probs, _ = as_probabilities(np.asarray(scores, np.float64))
+    top = tuple(inspector.prediction(src, score, row, options.top_k or 5, True).top
+                for src, row in zip(loaded.sources, probs, strict=True))
+    overlays: tuple[Image.Image, ...] = ()
+    if options.overlays:
+        pictures = _pictures(inspector, loaded, _as_nchw(inspector, loaded.array))
+        overlays = tuple(render.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
+                                                cmap=options.cmap)
+                         for i, heat in zip(index, result.cam, strict=True))
+    return CamReport(method, layer, score, result.targets, top, result.cam,
+                     result.layer_cam, overlays, loaded.sources, index, rank)
+
+
+def _cam_pass(inspector: Inspector, batch: NDArray[np.generic], layer: str, entry: cams.CamMethod,
+              options: CamOptions) -> tuple[Any, ...]:
+    """Run what a method needs before ``cam.compute``.
+
+    Returns:
+        (score tensor, (N, classes) scores, targets (R,), image index (R,), rank (R,),
+        the batch the method sees, its targets, activations, gradients or None).
+    """
+    n = len(batch)
+    if entry.needs_gradients and options.target is None and options.explain_top == 1:
+        score, scores, targets, grads, acts = _top1_gradients(inspector, batch, layer,
+                                                                    options.score)
+        index, rank = np.arange(n, dtype=np.int64), np.zeros(n, np.int64)
+        return score, scores, targets, index, rank, batch, targets, acts, grads
+    score, scores, shape, acts = _cam_forward(inspector, batch, layer, options.score,
+                                                   gradients=entry.needs_gradients)
+    targets, index, rank = _cam_targets(inspector, scores, options)
+    if not entry.needs_gradients:  # the forward-pass methods serve T targets per image
+        return (score, scores, targets, index, rank, batch, targets.reshape(n, -1), acts,
+                None)
+    rows = batch[index]  # each (image, class) row needs its own reverse pass
+    grads, acts = _gradients(inspector, rows, score, layer, targets, (len(rows), *shape[1:]),
+                                  keep=[layer])
+    return score, scores, targets, index, rank, rows, targets, acts, grads
+
+
+def _top1_gradients(inspector: Inspector, batch: NDArray[np.generic], layer: str,
+                    score: str | int | None) -> tuple[str, NDArray[np.float32],
+                                                      NDArray[np.int64],
+                                                      NDArray[np.float32],
+                                                      NDArray[np.float32]]:
+    """One call: scores, each row's top-1 class, its gradient at ``layer``, activations.
+
+    The gradient model's seed is the one-hot arg-max of the score computed in the graph
+    (``autodiff.seed_top1``), so no separate forward pass picks the classes.
+    """
+    name = score_tensor(inspector, score)
+    key = ("top1", (name, layer))
+    fused = inspector.cached(("model", key), lambda: autodiff.seed_top1(autodiff.differentiate(
+        inspector.model, of=name, wrt=[layer], keep_outputs=[layer])))
+    session = inspector.cached(key, lambda: runtime.Session(fused.model, inspector.provider))
+    names = [name, fused.outputs[-1], fused.gradient(layer), layer]
+    values = session.run({inspector.spec.name: batch}, names, max_batch=inspector.max_batch)
+    scores = _class_scores(values[name], name)
+    return (name, scores, np.asarray(values[names[1]], np.int64),
+            np.asarray(values[names[2]], np.float32), np.asarray(values[layer], np.float32))
+
+
+def _cam_targets(inspector: Inspector, scores: NDArray[np.float32], options: CamOptions
+                 ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Return (targets, image index, rank) per CAM row (image-major for ``explain_top``)."""
+    n = len(scores)
+    if options.explain_top < 1:
+        raise InputError(f"explain_top must be >= 1, got {options.explain_top}")
+    if options.explain_top > 1 and options.target is not None:
+        raise InputError(f"explain_top={options.explain_top} explains each image's best "
+                         f"classes, but target={options.target!r} was also given; use one")
+    if options.explain_top == 1:
+        targets = cams.select_targets(scores, options.target, labels=inspector.labels)
+        rank = np.full(n, 0 if options.target is None else -1, np.int64)
+        return targets, np.arange(n, dtype=np.int64), rank
+    k = options.explain_top
+    best = cams.select_targets(scores, None, labels=inspector.labels, top_k=k)
+    return (best.reshape(-1), np.repeat(np.arange(n, dtype=np.int64), k),
+            np.tile(np.arange(k, dtype=np.int64), n))
+
+
+def cam_layer(inspector: Inspector, layer: str | int | None = None) -> str:
+    """Return the tensor a CAM uses: a conv layer's activation output, else the layer output.
+
+    Default: the last conv layer whose output has spatial size > 1.
+
+    Raises:
+        InputError: the layer has no spatial dims; LayerNotFoundError: no such layer.
+    """
+    if layer is None:
+        for lay in reversed(inspector.info.conv_layers):
+            tensor = stage_tensors(lay, "act")[0]
+            if spatial_size(inspector.info.layer(tensor).shape) > 1:
+                return tensor
+        raise InputError("the model has no conv layer with spatial size > 1; name a layer "
+                         "with spatial dims (N, C, h, w) via layer=")
+    lay = inspector.layer(layer)
+    check_exposable(lay)
+    tensor = stage_tensors(lay, "act")[0]
+    shape = inspector.info.layer(tensor).shape
+    if shape is not None and (len(shape) != 4 or spatial_size(shape) == 1):
+        raise InputError(f"layer {lay.name!r} (tensor {tensor!r}, shape {shape}) has no "
+                         "spatial dims; a CAM needs an (N, C, h, w) layer with h*w > 1: "
+                         "pick a conv layer")
+    return tensor
+
+
+def score_tensor(inspector: Inspector, score: str | int | None = None) -> str:
+    """Return the tensor CAM targets are scored on.
+
+    Args:
+        score: a layer or tensor holding one score per class, (N, classes); None: the
+            pre-softmax logits when the graph ends in Softmax, else output 0.
+    """
+    if score is None:
+        return catalog.find_softmax_logits(inspector.model) or inspector.info.outputs[0].name
+    if isinstance(score, str) and score in [o.name for o in inspector.info.outputs]:
+        return score
+    return inspector.layer(score).output
+
+
+def _scores(inspector: Inspector, batch: NDArray[np.generic], score: str | int | None = None
+            ) -> tuple[str, NDArray[np.float32], tuple[int, ...]]:
+    """Return the score tensor's name, its values as (N, classes) and its real shape."""
+    name = score_tensor(inspector, score)
+    values = inspector.run(batch, [name], exposed=_score_exposure(inspector, name))[name]
+    return name, _class_scores(values, name), tuple(values.shape)
+
+
+def _score_exposure(inspector: Inspector, score: str) -> tuple[str, ...] | None:
+    """The plain session serves a model output; any other score tensor must be exposed."""
+    return () if score in [o.name for o in inspector.info.outputs] else None
+
+
+def _grad_session(inspector: Inspector, of: str, wrt: str, *, guided: bool = False,
+                  keep: Sequence[str] = ()) -> tuple[runtime.Session, autodiff.GradModel]:
+    """Return (building once) the gradient model of ``of`` w.r.t. ``wrt`` and its session."""
+    key = ("guided" if guided else "grad", (of, wrt, *keep))
+    grad = inspector.cached(("model", key), lambda: autodiff.differentiate(
+        inspector.model, of=of, wrt=[wrt], guided=guided, keep_outputs=list(keep)))
+    session = inspector.cached(key, lambda: runtime.Session(grad.model, inspector.provider))
+    return session, grad
+
+
+def _gradients(inspector: Inspector, batch: NDArray[np.generic], of: str, wrt: str,
+               targets: NDArray[np.int64], shape: tuple[int, ...], *, guided: bool = False,
+               keep: Sequence[str] = ()) -> list[NDArray[np.float32]]:
+    """Return the gradient w.r.t. ``wrt`` of each row's target score, then ``keep`` values."""
+    session, grad = _grad_session(inspector, of, wrt, guided=guided, keep=keep)
+    onehot = np.zeros((len(targets), int(np.prod(shape[1:]))), np.float32)
+    onehot[np.arange(len(targets)), targets] = 1.0
+    seed = onehot.reshape(shape).astype(session.input_types.get(grad.seed, "float32"))
+    names = [grad.gradient(wrt), *keep]
+    values = session.run({inspector.spec.name: batch, grad.seed: seed}, names,
+                         max_batch=inspector.max_batch)
+    return [np.asarray(values[n], np.float32) for n in names]
+
+
+def _cam_forward(inspector: Inspector, batch: NDArray[np.generic], layer: str,
+                 score: str | int | None, *, gradients: bool
+                 ) -> tuple[str, NDArray[np.float32], tuple[int, ...], NDArray[np.float32]]:
+    """One forward pass: (score tensor, (N, classes) scores, their shape, activations).
+
+    Gradient methods get the activations from their gradient pass, so only the scores are
+    fetched here (the plain session); the others take both from one exposed pass.
+    """
+    if gradients:
+        name, scores, shape = _scores(inspector, batch, score)
+        return name, scores, shape, np.zeros((0,), np.float32)
+    name = score_tensor(inspector, score)
+    got = inspector.capture(batch, [layer, name])
+    return (name, _class_scores(got[name], name), tuple(got[name].shape),
+            np.asarray(got[layer], np.float32))
+
+
+def _forward_fn(inspector: Inspector, score: str) -> cams.ForwardFn:
+    exposed = _score_exposure(inspector, score)
+
+    def forward(rows: NDArray[np.floating]) -> NDArray[np.floating]:
+        model_rows = _from_nchw(inspector, np.asarray(rows, np.float32))
+        values = inspector.run(model_rows, [score], exposed=exposed)[score]
+        return np.asarray(values, np.float32).reshape(len(values), -1)
+
+    return forward
+
+
+def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.float32],
+                       map_size: tuple[int, ...]) -> cams.MaskedForwardFn:
+    """Score-CAM rows masked inside the session (``rewrite.mask_input``).
+
+    Only the layer maps, a row -> image index and the images a call uses are fed; the
+    model's fixed batch size (Caffe2 zoo: 1), if any, bounds the rows per call.
+    """
+    size = (int(map_size[0]), int(map_size[1]))
+    key = ("mask", (score, *map(str, size)))
+    def build() -> runtime.Session:
+        outputs = [o.name for o in inspector.info.outputs]
+        base = (inspector.model if score in outputs
+                else rewrite.expose_tensors(inspector.model, [score]))
+        masked = rewrite.mask_input(base, map_size=size, input_size=images.shape[2:4],
+                                    layout=inspector.spec.layout)
+        return runtime.Session(masked, inspector.provider)
+
+    session = inspector.cached(key, build)
+    name = exposed_name(session, score)
+    first = inspector.spec.shape[0] if inspector.spec.shape else None
+    fixed = first if isinstance(first, int) and first > 0 else None
+
+    def forward(maps: NDArray[np.float32], image_index: NDArray[np.intp]
+                ) -> NDArray[np.floating]:
+        step = fixed or len(maps)
+        parts = []
+        for start in range(0, len(maps), step):
+            used, local = np.unique(image_index[start:start + step], return_inverse=True)
+            feeds: dict[str, NDArray[np.generic]] = {
+                     rewrite.MASK_IMAGES: images[used],
+                     rewrite.MASK_INDEX: local.astype(np.int64),
+                     rewrite.MASK_MAPS: np.asarray(maps[start:start + step], np.float32)}
+            parts.append(np.asarray(session.run(feeds, [name], split=False)[name]))
+        values = np.concatenate(parts)
+        return values.reshape(len(values), -1).astype(np.float32)
+
+    return forward
+
+
+def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArray[np.generic]
+                      ) -> cams.LayerForwardFn:
+    """Scores of the network after ``layer`` fed with a layer batch (for Ablation-CAM).
+
+    The model cut at ``layer`` (``rewrite.cut_at``) is built once and kept in the session
+    dict under ``("cut", (layer, score))``. Where the rest of the graph still reads the model
+    input (a skip connection from before ``layer``), row ``b`` is fed image
+    ``batch[image_index[b]]``.
+    """
+    key = ("cut", (layer, score))
+    session = inspector.cached(key, lambda: runtime.Session(
+        rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score]),
+        inspector.provider))
+    dtype = session.input_types.get(layer, "float32")
+
+    def forward(rows: NDArray[np.floating], image_index: NDArray[np.intp]
+                ) -> NDArray[np.floating]:
+        feeds: dict[str, NDArray[np.generic]] = {layer: np.asarray(rows).astype(dtype)}
+        if inspector.spec.name in session.input_types:
+            feeds[inspector.spec.name] = batch[np.asarray(image_index, np.intp)]
+        values = session.run(feeds, [score], max_batch=inspector.max_batch)[score]
+        return np.asarray(values, np.float32).reshape(len(values), -1)
+
+    return forward
+
+
+def _as_nchw(inspector: Inspector, batch: NDArray[np.generic]) -> NDArray[np.float32]:
+    arr = np.asarray(batch, np.float32)
+    if inspector.spec.layout == "NHWC":
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    return arr[:, None] if inspector.spec.layout == "NHW" else arr
+
+
+def _from_nchw(inspector: Inspector, rows: NDArray[np.float32]) -> NDArray[np.generic]:
+    if inspector.spec.layout == "NHWC":
+        rows = np.ascontiguousarray(rows.transpose(0, 2, 3, 1))
+    elif inspector.spec.layout == "NHW":
+        rows = rows[:, 0]
+    return rows.astype(inspector.spec.dtype)
+
+
+def _pictures(inspector: Inspector, loaded: Batch, nchw: NDArray[np.float32]) -> list[Image.Image]:
+    if len(loaded.images) == len(nchw):
+        return list(loaded.images)
+    return [_gray_picture(x) for x in nchw]
+
+
+def backprop(inspector: Inspector, images: Images, method: str, target: int | str | None = None, *,
+             score: str | int | None = None) -> NDArray[np.float32]:
+    """Return input-space gradient views: ``saliency``, ``guided`` or ``guided-gradcam``.
+
+    ``score`` picks the (N, classes) tensor targets are scored on (see ``CamOptions``).
+
+    Returns:
+        saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1]
+        (the model's channel order).
+
+    Raises:
+        InputError: unknown method, bad target; ModelError: an op without gradient rule.
+    """
+    if method not in BACKPROP_METHODS:
+        raise InputError(f"unknown backprop method {method!r}; choose one of "
+                         f"{', '.join(BACKPROP_METHODS)}")
+    batch = inspector.load_batch(images).array
+    score, scores, full = _scores(inspector, batch, score)
+    targets = cams.select_targets(scores, target, labels=inspector.labels)
+    grads = _as_nchw(inspector, _gradients(inspector, batch, score, inspector.spec.name, targets,
+                                           full, guided=method != "saliency")[0])
+    if method == "saliency":
+        return cams.saliency(grads)
+    if method == "guided-gradcam":
+        layer = cam_layer(inspector, None)
+        lgrad, acts = _gradients(inspector, batch, score, layer, targets, full, keep=[layer])
+        heat = cams.compute("grad_cam", cams.CamInputs(
+            targets=targets, input_size=(grads.shape[2], grads.shape[3]),
+            activations=acts, gradients=lgrad)).cam
+        grads = cams.guided_grad_cam(grads, heat)
+    return cams.guided_backprop_image(grads)
+
+
+def _class_scores(values: NDArray[np.generic], name: str) -> NDArray[np.float32]:
+    """Return (N, classes) float32 scores; trailing size-1 axes ((N, C, 1, 1) heads) are dropped.
+
+    Raises:
+        InputError: the tensor is not one score per class (a feature map, a detection head).
+    """
+    arr = np.asarray(values, np.float32)
+    shape = arr.shape
+    while arr.ndim > 2 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise InputError(f"tensor {name!r} has shape {shape}, not one score per class "
+                         "(N, classes); CAM targets need a classifier score: pass score= with "
+                         "the name of an (N, classes) tensor or layer (ModelInfo.layers lists "
+                         "every tensor with its shape)")
+    return arr

@@ -1,0 +1,532 @@
+"""``Inspector``: a model, its preprocessing and the onnxruntime sessions that serve it; capture,
+stream, predict and activations. Nothing method-specific: CAMs, audits and synthesis build on it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from PIL import Image
+
+import onnx_featviz.graph.catalog as catalog
+import onnx_featviz.graph.rewrite as rewrite
+import onnx_featviz.graph.weights as weights
+import onnx_featviz.io.files as fileio
+import onnx_featviz.io.preprocess as preprocess
+import onnx_featviz.runtime as runtime
+from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.structs import (
+    META_LABELS,
+    ClassScore,
+    InputSpec,
+    Layer,
+    ModelInfo,
+    Prediction,
+    Preprocessing,
+)
+
+ModelSource = str | Path | bytes | onnx.ModelProto
+
+
+ImageSource = str | Path | Image.Image
+
+
+Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
+
+
+STAGES = ("conv", "act", "both")
+_T = TypeVar("_T")
+_I = TypeVar("_I", bound="Inspector")
+
+
+@dataclass(frozen=True, slots=True)
+class PrepOptions:
+    """Overrides of the model's preprocessing; ``None`` keeps what the model or preset says."""
+
+    preset: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    channel_order: str | None = None
+    size: tuple[int, int] | None = None
+    resize: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A model-ready input batch and where each item came from."""
+
+    array: NDArray[np.generic]
+    sources: tuple[str, ...]
+    images: tuple[Image.Image, ...] = ()
+
+
+def load_model(model: ModelSource) -> onnx.ModelProto:
+    """Return a ``ModelProto`` for a path, serialized bytes or a proto (never modified)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return fileio.load_model(model)
+
+
+class Inspector:
+    """A model plus the onnxruntime sessions that serve it; use as a context manager.
+
+    Args:
+        model: path, serialized bytes or ``ModelProto`` (not modified).
+        provider: ``"auto"``, ``"cuda"`` or ``"cpu"``.
+        prep: preprocessing overrides (default: the model's metadata, else a per-input default).
+        max_batch: largest batch sent to onnxruntime in one call.
+        labels: class names (default: the model's ``featviz.labels`` metadata when present).
+        transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
+            device as float16 (half the bytes; returned as float32, exact to float16 rounding).
+
+    Raises:
+        ModelError: unreadable model; ProviderError: provider not usable.
+    """
+
+    def __init__(self, model: ModelSource, provider: str = "auto", *,
+                 prep: PrepOptions | None = None, max_batch: int | None = 32,
+                 labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
+        if transfer not in ("float32", "float16"):
+            raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
+        self.model = load_model(model)
+        self.transfer = transfer
+        self.provider = provider
+        self.max_batch = max_batch
+        self.spec: InputSpec = preprocess.infer_input_spec(self.model)
+        self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
+        self.labels: tuple[str, ...] | None = (
+            tuple(labels) if labels is not None else _model_labels(self.model))
+        self._sessions: dict[Hashable, Any] = {}
+        self._info: ModelInfo | None = None
+        runtime.resolve_providers(provider)
+
+    def __enter__(self: _I) -> _I:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every session this inspector opened."""
+        for value in self._sessions.values():
+            if isinstance(value, runtime.Session):
+                value.close()
+        self._sessions.clear()
+
+    def cached(self, key: Hashable, build: Callable[[], _T]) -> _T:
+        """Return what ``build()`` made for ``key``, building it once per inspector.
+
+        Capability packages keep their sessions (and the models behind them) here, so they live
+        exactly as long as the inspector; ``close`` closes every cached ``runtime.Session``.
+        """
+        if key not in self._sessions:
+            self._sessions[key] = build()
+        value: _T = self._sessions[key]
+        return value
+
+    # -- model description -------------------------------------------------------------
+    @property
+    def info(self) -> ModelInfo:
+        """The layer catalog; shapes inference cannot give come from one real run."""
+        if self._info is None:
+            info = catalog.read_catalog(self.model)
+            missing = [lay.output for lay in info.layers if lay.exposable and lay.shape is None
+                       and lay.output]
+            if missing:
+                info = self._fill_shapes(missing)
+            self._info = info
+        return self._info
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """Every layer in graph order."""
+        return self.info.layers
+
+    def layer(self, name: str | int) -> Layer:
+        """Return a layer by node name, output tensor name or index (close matches on error)."""
+        return self.info.layer(name)
+
+    def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
+        batch = np.zeros(_example_shape(self.spec, self.preprocessing), self.spec.dtype)
+        try:
+            values = self.run(batch, tensors)
+        except (ModelError, InputError):
+            return catalog.read_catalog(self.model)
+        shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
+        dtypes = {k: str(v.dtype) for k, v in values.items()}
+        return catalog.read_catalog(self.model, shapes=shapes, dtypes=dtypes)
+
+    # -- inputs --------------------------------------------------------------------------
+    def load_batch(self, images: Images) -> Batch:
+        """Turn image paths, PIL images, ``.npy``/``.npz`` paths or an array into a batch.
+
+        Returns:
+            ``Batch`` whose array fits the model input (layout, size, dtype).
+
+        Raises:
+            InputError: unreadable image, wrong channel count, wrong array shape.
+        """
+        if isinstance(images, np.ndarray):
+            checked = preprocess.check_batch(images, self.spec)
+            return Batch(checked, row_sources("array", len(checked)))
+        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        if not items:
+            raise InputError("no images were given; pass at least one image path or array")
+        arrays, pics = [], []
+        sources: list[str] = []
+        for item in items:
+            for source, array, pic in self._load_item(item):
+                arrays.append(array)
+                sources.extend(row_sources(source, len(array)))
+                pics.extend([pic] if pic is not None else [])
+        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
+
+    def _load_item(self, item: ImageSource
+                   ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
+        if isinstance(item, Image.Image):
+            yield "image", self._image_array(item), self.display(item)
+            return
+        path = Path(item)
+        if path.suffix.lower() in (".npy", ".npz"):
+            for key, array in fileio.load_array_file(path).items():
+                checked = preprocess.check_batch(array, self.spec)
+                yield f"{path}:{key}", checked, None
+            return
+        image = fileio.load_image(path)
+        yield str(path), self._image_array(image), self.display(image)
+
+    def _image_array(self, image: Image.Image) -> NDArray[np.generic]:
+        return preprocess.images_to_batch([image], self.spec, self.preprocessing)
+
+    def display(self, image: Image.Image) -> Image.Image:
+        """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
+        return preprocess.display_image(image, self.spec, self.preprocessing)
+
+    # -- running -------------------------------------------------------------------------
+    def session(self, tensors: Sequence[str] = (), *, stats: bool = False) -> runtime.Session:
+        """Return (opening once) a session whose outputs include ``tensors``.
+
+        With ``stats=True`` the session instead outputs the per-channel reductions of
+        ``tensors`` (see ``rewrite.append_channel_stats``).
+        """
+        key = ("stats" if stats else "expose", tuple(tensors))
+        if key not in self._sessions:
+            model = self.model
+            if stats:
+                model = rewrite.append_channel_stats(self.model, list(key[1]))
+            elif key[1]:
+                model = rewrite.expose_tensors(self.model, list(key[1]),
+                                               float16=self.transfer == "float16")
+            self._sessions[key] = runtime.Session(model, self.provider)
+        session: runtime.Session = self._sessions[key]
+        return session
+
+    def run(self, batch: NDArray[np.generic], tensors: Sequence[str], *,
+             exposed: Sequence[str] | None = None) -> dict[str, NDArray[np.generic]]:
+        """Fetch ``tensors`` from the session that exposes ``exposed`` (default: the same)."""
+        session = self.session(tuple(exposed if exposed is not None else tensors))
+        wanted = [exposed_name(session, t) for t in tensors]
+        values = session.run({self.spec.name: batch}, wanted, max_batch=self.max_batch)
+        return {t: values[w] for t, w in zip(tensors, wanted, strict=True)}
+
+    def outputs(self, images: Images) -> dict[str, NDArray[np.generic]]:
+        """Run the unmodified model and return its own outputs."""
+        batch = self.load_batch(images).array
+        session = self.session()
+        return session.run({self.spec.name: batch}, max_batch=self.max_batch)
+
+    def predict(self, images: Images, top_k: int = 5) -> list[Prediction]:
+        """Return the top-k classes per input with probabilities (softmax applied to logits).
+
+        Raises:
+            InputError: ``top_k`` < 1; ModelError: the model has no classifier-like output.
+        """
+        if top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        loaded = self.load_batch(images)
+        output = self.info.outputs[0].name
+        scores = self.session().run({self.spec.name: loaded.array}, [output],
+                                    max_batch=self.max_batch)[output]
+        flat = np.asarray(scores, np.float64).reshape(len(scores), -1)
+        probs, applied = as_probabilities(flat)
+        return [self.prediction(src, output, row, top_k, applied)
+                for src, row in zip(loaded.sources, probs, strict=True)]
+
+    def prediction(self, source: str, output: str, probs: NDArray[np.float64], top_k: int,
+                    applied: bool) -> Prediction:
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        labels = self.labels if self.labels and len(self.labels) == len(probs) else None
+        top = tuple(ClassScore(int(i), labels[i] if labels else None, float(probs[i]))
+                    for i in order)
+        return Prediction(source, output, top, applied)
+
+    def layer_tensors(self, layers: Sequence[str | int] | None = None, stage: str = "conv"
+                      ) -> list[str]:
+        """Resolve layer names/indices (default: every conv layer) to tensors for a stage.
+
+        Args:
+            layers: node names, tensor names or indices; None for all conv layers.
+            stage: ``"conv"`` (the layer's output), ``"act"`` (its activation) or ``"both"``.
+        """
+        if stage not in STAGES:
+            raise InputError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        chosen = self.info.conv_layers if layers is None else [self.layer(n) for n in layers]
+        if layers is None and not chosen:
+            raise InputError("the model has no conv layers; name layers explicitly "
+                             "(all names are in ModelInfo.layers)")
+        tensors: list[str] = []
+        for lay in chosen:
+            check_exposable(lay)
+            for tensor in stage_tensors(lay, stage):
+                if tensor not in tensors:
+                    tensors.append(tensor)
+        return tensors
+
+    def activations(self, images: Images, layers: Sequence[str | int] | None = None, *,
+                    stage: str = "conv", float32: bool = True,
+                    max_bytes: int | None = None) -> dict[str, NDArray[np.generic]]:
+        """Return the tensors of ``layers`` (default: every conv) for the inputs, in graph order.
+
+        Args:
+            images: image paths, PIL images, .npy/.npz paths or a model-ready array.
+            layers: node names, tensor names or indices.
+            stage: ``"conv"``, ``"act"`` or ``"both"`` (see ``layer_tensors``).
+            float32: convert float16 tensors to float32 (int8 tensors are returned dequantized).
+            max_bytes: bound on the bytes one onnxruntime pass may produce (None: no bound).
+
+        Returns:
+            Tensor name -> array (N, ...) exactly as the model computed it.
+        """
+        batch = self.load_batch(images).array
+        return self.capture(batch, self.layer_tensors(layers, stage), float32=float32,
+                            max_bytes=max_bytes)
+
+    def capture(self, batch: NDArray[np.generic], tensors: Sequence[str], *,
+                float32: bool = True, max_bytes: int | None = None
+                ) -> dict[str, NDArray[np.generic]]:
+        """Return ``tensors`` (names, not layers) for a model-ready batch, in the order given."""
+        parts: dict[str, list[NDArray[np.generic]]] = {t: [] for t in tensors}
+        for _, group in self.stream(batch, tensors, float32=float32, max_bytes=max_bytes):
+            for name, value in group.items():
+                parts[name].append(value)
+        # one pass (the usual case) needs no copy
+        return {t: parts[t][0] if len(parts[t]) == 1 else np.concatenate(parts[t])
+                for t in tensors}
+
+    def stream(self, batch: NDArray[np.generic], tensors: Sequence[str], *, float32: bool = True,
+               max_bytes: int | None = None
+               ) -> Iterator[tuple[slice, dict[str, NDArray[np.generic]]]]:
+        """Yield ``(batch_slice, {tensor: array})`` groups whose bytes stay under ``max_bytes``.
+
+        The batch is split into chunks so that one pass never holds more than ``max_bytes`` of
+        exposed tensors (counted twice: onnxruntime's buffers and the returned arrays). When one
+        sample alone exceeds the bound, the tensors are split into
+        groups that each run in their own short-lived session (onnxruntime allocates every graph
+        output of a session on each pass, fetched or not); all chunks of a group come before the
+        next group.
+        """
+        sizes = self._sample_bytes(tensors)
+        plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
+        if len(plan_groups(plan)) == 1:
+            for rows, group in plan:
+                values = self.run(batch[rows], group)
+                yield rows, {t: _to_host(values[t], float32) for t in group}
+            return
+        for group, chunks in plan_groups(plan):
+            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+                wanted = [exposed_name(s, t) for t in group]
+                for rows in chunks:
+                    values = s.run({self.spec.name: batch[rows]}, wanted)
+                    yield rows, {t: _to_host(values[w], float32)
+                                 for t, w in zip(group, wanted, strict=True)}
+
+    def _sample_bytes(self, tensors: Sequence[str]) -> dict[str, int]:
+        info = self.info
+        out = {}
+        for tensor in tensors:
+            lay = info.layer(tensor)
+            shape = lay.shape if tensor == lay.output else None
+            known = [d for d in (shape or ())[1:] if isinstance(d, int)]
+            out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
+        return out
+
+    def filters(self, layer: str | int) -> weights.Filters:
+        """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
+        return weights.read_filters(self.model, self.layer(layer))
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def expand_images(paths: Sequence[Path]) -> list[Path]:
+    """Return the image files named by ``paths`` (folders searched recursively)."""
+    return [image for path in paths for image in fileio.list_images(path)]
+
+
+
+
+
+
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
+                  prep: PrepOptions | None) -> Preprocessing:
+    opts = prep or PrepOptions()
+    return preprocess.resolve_preprocessing(
+        spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
+        std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
+        resize=opts.resize)
+
+
+def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:
+    for prop in model.metadata_props:
+        if prop.key == META_LABELS:
+            try:
+                value: Any = json.loads(prop.value)
+            except json.JSONDecodeError as err:
+                raise ModelError(f"metadata {META_LABELS!r} is not a JSON list of class names: "
+                                 f"{err}; fix or remove it") from err
+            return tuple(str(v) for v in value)
+    return None
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Read class names, one per line (index = class id); ``synset`` lines keep their text."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read labels file {path}: {err}; give a text file with one "
+                         "class name per line") from err
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
+    h = spec.height or (prep.size[0] if prep.size else 224)
+    w = spec.width or (prep.size[1] if prep.size else 224)
+    if spec.layout == "NHWC":
+        return (1, h, w, spec.channels)
+    if spec.layout == "NHW":
+        return (1, h, w)
+    return (1, spec.channels, h, w)
+
+
+def row_sources(source: str, rows: int) -> tuple[str, ...]:
+    """One source name per batch row: ``source`` itself, or ``source[i]`` for several rows."""
+    return (source,) if rows == 1 else tuple(f"{source}[{i}]" for i in range(rows))
+
+
+def exposed_name(session: runtime.Session, tensor: str) -> str:
+    for name in (rewrite.dequantized_name(tensor), rewrite.float16_name(tensor)):
+        if name in session.output_names:
+            return name
+    return tensor
+
+
+def check_exposable(layer: Layer) -> None:
+    if not layer.exposable:
+        raise ModelError(f"layer {layer.name!r} cannot be exposed: {layer.reason}; "
+                         "choose a layer of the main graph")
+
+
+def stage_tensors(layer: Layer, stage: str) -> list[str]:
+    act = layer.activation or layer.output
+    if stage == "conv" or not layer.is_conv:
+        return [layer.output]
+    if stage == "act":
+        return [act]
+    return [layer.output] if act == layer.output else [layer.output, act]
+
+
+def spatial_size(shape: Sequence[int | str | None] | None) -> int:
+    """Known h*w of an (N, C, h, w) shape; 0 when unknown (dynamic), 1 without spatial dims."""
+    if shape is None or len(shape) < 3:
+        return 1
+    dims = shape[2:]
+    if not all(isinstance(d, int) for d in dims):
+        return 0
+    return int(np.prod([int(d) for d in dims if isinstance(d, int)]))
+
+
+def as_probabilities(scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
+    rows_sum = scores.sum(axis=1)
+    if np.all(scores >= 0) and np.allclose(rows_sum, 1.0, atol=1e-2):
+        return scores, False
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True), True
+
+
+def _to_host(value: NDArray[np.generic], float32: bool) -> NDArray[np.generic]:
+    if float32 and value.dtype == np.float16:
+        return value.astype(np.float32)
+    return value
+
+
+def _plan_passes(tensors: Sequence[str], sizes: Mapping[str, int], total: int,
+                 max_bytes: int | None, max_batch: int | None
+                 ) -> list[tuple[slice, list[str]]]:
+    """Split rows into chunks (and, if one sample is too big, tensors into groups).
+
+    Returns:
+        ``(rows, tensors)`` passes, group-major, each producing at most ``max_bytes`` when a
+        single sample of a single tensor fits in it.
+    """
+    step = max_batch or total or 1
+    # A pass briefly holds its outputs twice: onnxruntime's buffers and the arrays returned.
+    per_sample = 2 * sum(sizes.values())
+    if not max_bytes or per_sample <= max_bytes:
+        if max_bytes and per_sample:
+            step = max(1, min(step, max_bytes // per_sample))
+        return [(slice(i, i + step), list(tensors)) for i in range(0, total, step)]
+    groups: list[list[str]] = []
+    used = max_bytes + 1
+    for tensor in tensors:
+        if used + 2 * sizes[tensor] > max_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(tensor)
+        used += 2 * sizes[tensor]
+    return [(slice(i, i + 1), g) for g in groups for i in range(total)]
+
+
+def plan_groups(plan: Sequence[tuple[slice, list[str]]]) -> list[tuple[list[str], list[slice]]]:
+    """Regroup a group-major pass plan as ``(tensors, [row slices])`` pairs."""
+    out: list[tuple[list[str], list[slice]]] = []
+    for rows, group in plan:
+        if not out or out[-1][0] != group:
+            out.append((group, []))
+        out[-1][1].append(rows)
+    return out
+
+
+
+
+
+
+
