@@ -22,6 +22,17 @@ from onnx_featviz.attribution.run import (
     CamReport,
     OcclusionOptions,
 )
+from onnx_featviz.audit.compare import CompareOptions, CompareResult, compare_models
+from onnx_featviz.audit.output import (
+    compare_to_json,
+    format_compare,
+    format_stats,
+    save_compare,
+    save_stats,
+    stats_to_json,
+)
+from onnx_featviz.audit.plots import render_compare_plot, render_stats_plot
+from onnx_featviz.audit.stats import StatsOptions, StatsResult, dataset_stats
 from onnx_featviz.inspector import (
     STAGES,
     Batch,
@@ -34,9 +45,19 @@ from onnx_featviz.inspector import (
     plan_groups,
     read_labels,
 )
+from onnx_featviz.io.data import open_data
 from onnx_featviz.io.outputs import Picture, Rendered, save_pictures
 from onnx_featviz.render.text import format_predictions, format_summary, predictions_to_json
 from onnx_featviz.structs import ChannelStats, ProgressFn
+from onnx_featviz.synthesis.pictures import render_inversions, render_maximized
+from onnx_featviz.synthesis.run import (
+    InvertOptions,
+    InvertResult,
+    MaximizeOptions,
+    MaximizeResult,
+    invert,
+    maximize,
+)
 from onnx_featviz.views.model import (
     build_conv,
     compute_activations,
@@ -81,6 +102,11 @@ class Inspector(inspection.Inspector):
 
 
 __all__ = [
+    "CompareOptions", "CompareResult", "InvertOptions", "InvertResult", "MaximizeOptions",
+    "MaximizeResult", "StatsOptions", "StatsResult", "compare_models", "compare_to_json",
+    "dataset_stats", "format_compare", "format_stats", "invert", "maximize", "open_data",
+    "render_compare_plot", "render_inversions", "render_maximized", "render_stats_plot",
+    "save_compare", "save_stats", "stats_to_json",
     "BACKPROP_METHODS", "STAGES", "Batch", "CamOptions", "CamReport", "FilterRenderOptions",
     "ImageSource", "Images", "Inspector", "MapRenderOptions", "ModelSource", "OcclusionOptions",
     "Picture", "PrepOptions", "Rendered", "build_conv", "cam_to_json", "compute_activations",

@@ -23,6 +23,7 @@ import onnx_featviz.io.files as fileio
 import onnx_featviz.io.preprocess as preprocess
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.graph import reductions
 from onnx_featviz.structs import (
     META_LABELS,
     ClassScore,
@@ -197,6 +198,10 @@ class Inspector:
             yield "image", self._image_array(item), self.display(item)
             return
         path = Path(item)
+        if path.is_dir():  # every image below it, as the command line takes folders
+            for image_path in fileio.list_images(path):
+                yield from self._load_item(image_path)
+            return
         if path.suffix.lower() in (".npy", ".npz"):
             for key, array in fileio.load_array_file(path).items():
                 checked = preprocess.check_batch(array, self.spec)
@@ -217,13 +222,13 @@ class Inspector:
         """Return (opening once) a session whose outputs include ``tensors``.
 
         With ``stats=True`` the session instead outputs the per-channel reductions of
-        ``tensors`` (see ``rewrite.append_channel_stats``).
+        ``tensors`` (see ``reductions.append_channel_stats``).
         """
         key = ("stats" if stats else "expose", tuple(tensors))
         if key not in self._sessions:
             model = self.model
             if stats:
-                model = rewrite.append_channel_stats(self.model, list(key[1]))
+                model = reductions.append_channel_stats(self.model, list(key[1]))
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from onnx_featviz.attribution import maps as cam_maps
 from onnx_featviz.attribution import methods as cam
+from onnx_featviz.attribution import perturbation as cam_perturbation
 from onnx_featviz.errors import InputError
 
 RTOL = 1e-4
@@ -125,7 +127,7 @@ def test_grad_cam_pp_equals_pytorch_grad_cam_formula_when_eps_is_negligible() ->
     aij = np.where(g != 0, aij, 0)
     w = (np.maximum(g, 0) * aij).sum(axis=(2, 3))
     want = np.maximum((w[:, :, None, None] * a).sum(axis=1), 0)
-    _close(cam.grad_cam_pp(a, g), want, rtol=1e-4)
+    _close(cam_maps.grad_cam_pp(a, g), want, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- Eigen-CAM
@@ -158,7 +160,7 @@ def test_eigen_cam_sign_points_at_the_active_region() -> None:
     acts = rng.uniform(0, 0.1, (2, 6, 8, 8))
     acts[:, :, 2:4, 5:7] += rng.uniform(1, 2, (2, 6, 1, 1))  # a blob lit up in every channel
     acts[1] *= -1  # negated activations: the sign rule still follows the channel mean
-    got = cam.eigen_cam(acts)
+    got = cam_maps.eigen_cam(acts)
     assert np.unravel_index(got[0].argmax(), (8, 8)) in {(r, c) for r in (2, 3) for c in (5, 6)}
     assert got[1, 2:4, 5:7].max() == 0  # the blob is now the least active region
 
@@ -208,7 +210,7 @@ def test_score_cam_matches_torch_definition() -> None:
         with t.no_grad():
             return model(t.from_numpy(batch)).numpy()
 
-    got = cam.score_cam(acts, x, targets=s["targets"], forward=forward, batch_size=7)
+    got = cam_perturbation.score_cam(acts, x, targets=s["targets"], forward=forward, batch_size=7)
     up = t.nn.functional.interpolate(s["A"], size=(12, 12), mode="bilinear", align_corners=False)
     lo = up.amin(dim=(2, 3), keepdim=True)
     masks = (up - lo) / (up.amax(dim=(2, 3), keepdim=True) - lo + 1e-8)
@@ -262,8 +264,8 @@ def test_ablation_cam_matches_torch_rest_of_network() -> None:
         with t.no_grad():
             return back(t.from_numpy(layer)).numpy()
 
-    got = cam.ablation_cam(s["A"].numpy(), targets=s["targets"], forward_from_layer=rest,
-                           batch_size=4)
+    got = cam_perturbation.ablation_cam(s["A"].numpy(), targets=s["targets"],
+                                        forward_from_layer=rest, batch_size=4)
     want = []
     with t.no_grad():
         for n, target in enumerate(s["targets"]):
@@ -283,7 +285,7 @@ def test_ablation_cam_matches_torch_rest_of_network() -> None:
 def test_occlusion_on_a_linear_model_by_hand() -> None:
     x = np.arange(1 * 2 * 5 * 5, dtype=np.float32).reshape(1, 2, 5, 5) / 10
     wts = np.random.default_rng(0).uniform(-1, 1, (3, 2, 5, 5))
-    opts = cam.OcclusionOptions(window=(2, 3), stride=(2, 2), baseline=0.5)
+    opts = cam_perturbation.OcclusionOptions(window=(2, 3), stride=(2, 2), baseline=0.5)
     rec = _Recorder()
     res = cam.compute("occlusion", cam.CamInputs(
         targets=np.array([2]), input_size=(5, 5), input_batch=x, forward=_linear_forward(wts),
@@ -308,12 +310,12 @@ def test_occlusion_mean_baseline_and_bad_window() -> None:
     x = np.ones((1, 1, 4, 4), np.float32)
     x[0, 0, 0, 0] = 5.0
     wts = np.ones((1, 1, 4, 4))
-    got = cam.occlusion(x, targets=np.array([0]), forward=_linear_forward(wts),
-                        options=cam.OcclusionOptions(window=(4, 4), baseline="mean"))
+    got = cam_perturbation.occlusion(x, targets=np.array([0]), forward=_linear_forward(wts),
+                        options=cam_perturbation.OcclusionOptions(window=(4, 4), baseline="mean"))
     _close(got, np.zeros((1, 1, 1)), rtol=1e-6)  # mean fill keeps the total: no drop
     with pytest.raises(InputError, match="larger than the input"):
-        cam.occlusion(x, targets=np.array([0]), forward=_linear_forward(wts),
-                      options=cam.OcclusionOptions(window=(5, 2)))
+        cam_perturbation.occlusion(x, targets=np.array([0]), forward=_linear_forward(wts),
+                      options=cam_perturbation.OcclusionOptions(window=(5, 2)))
 
 
 # --------------------------------------------------------------------------- resize / normalize
@@ -327,23 +329,23 @@ def test_upsample_bilinear_matches_torch_interpolate(src: tuple[int, int],
     maps = np.random.default_rng(0).standard_normal((2, *src)).astype(np.float32)
     want = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=dst,
                                            mode="bilinear", align_corners=False)[:, 0].numpy()
-    got = cam.upsample_bilinear(maps, dst)
+    got = cam_maps.upsample_bilinear(maps, dst)
     assert got.shape == (2, *dst) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_upsample_bilinear_rejects_bad_shapes() -> None:
     with pytest.raises(InputError, match=r"\(N, h, w\)"):
-        cam.upsample_bilinear(np.zeros((3, 3)), (4, 4))
+        cam_maps.upsample_bilinear(np.zeros((3, 3)), (4, 4))
     with pytest.raises(InputError, match="two positive ints"):
-        cam.upsample_bilinear(np.zeros((1, 3, 3)), (0, 4))
+        cam_maps.upsample_bilinear(np.zeros((1, 3, 3)), (0, 4))
 
 
 def test_normalize_heatmaps_range_constant_and_nan() -> None:
     maps = np.random.default_rng(0).standard_normal((3, 4, 5)) * 100
     maps[1] = 7.0
     maps[2, 0, 0] = np.nan
-    out = cam.normalize_heatmaps(maps)
+    out = cam_maps.normalize_heatmaps(maps)
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     assert out[0].min() == 0 and out[0].max() == 1
     np.testing.assert_array_equal(out[1], 0)
@@ -355,15 +357,15 @@ def test_normalize_heatmaps_range_constant_and_nan() -> None:
 
 def test_saliency_guided_views() -> None:
     g = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
-    raw = cam.saliency(g, normalize=False)
+    raw = cam_maps.saliency(g, normalize=False)
     np.testing.assert_array_equal(raw, np.abs(g).max(axis=1))
-    assert cam.saliency(g).max() == 1
-    img = cam.guided_backprop_image(g)
+    assert cam_maps.saliency(g).max() == 1
+    img = cam_maps.guided_backprop_image(g)
     assert img.shape == (2, 4, 5, 3) and img.min() >= 0 and img.max() <= 1
     heat = np.random.default_rng(1).uniform(0, 1, (2, 4, 5)).astype(np.float32)
-    np.testing.assert_allclose(cam.guided_grad_cam(g, heat), g * heat[:, None], rtol=1e-6)
+    np.testing.assert_allclose(cam_maps.guided_grad_cam(g, heat), g * heat[:, None], rtol=1e-6)
     with pytest.raises(InputError, match="upsample the CAM"):
-        cam.guided_grad_cam(g, heat[:, :2])
+        cam_maps.guided_grad_cam(g, heat[:, :2])
 
 
 # --------------------------------------------------------------------------- compute / registry

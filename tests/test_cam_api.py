@@ -15,6 +15,7 @@ from onnx_featviz import api
 from onnx_featviz.attribution import run as attribution_run
 from onnx_featviz.cli.commands import main
 from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.graph import masking
 from onnx_featviz.graph import rewrite as rewrite
 from tests import graphs
 from tests.conftest import shared_path
@@ -408,9 +409,9 @@ def test_explain_top_forward_methods_share_passes(method: str) -> None:
 
 def _host_masked(images: np.ndarray, index: np.ndarray, maps: np.ndarray) -> np.ndarray:
     """Score-CAM's masked inputs built on the host with the numpy reference upsampling."""
-    from onnx_featviz.attribution import methods as cams
+    from onnx_featviz.attribution import maps as cam_maps
 
-    up = cams.upsample_bilinear(maps, images.shape[2:]).astype(np.float64)
+    up = cam_maps.upsample_bilinear(maps, images.shape[2:]).astype(np.float64)
     lo = up.min(axis=(1, 2), keepdims=True)
     hi = up.max(axis=(1, 2), keepdims=True)
     return (images[index] * ((up - lo) / (hi - lo + 1e-8))[:, None]).astype(np.float32)
@@ -426,15 +427,15 @@ def test_mask_input_equals_host_masks(kind: str) -> None:
     index = np.array([0, 1, 1, 0, 2], np.int64)
     maps = rng.random((5, 3, 5)).astype(np.float32)
     before = base.SerializeToString()
-    masked = rewrite.mask_input(base, map_size=(3, 5), input_size=size,
+    masked = masking.mask_input(base, map_size=(3, 5), input_size=size,
                                 layout="NHWC" if kind == "nhwc" else "NCHW")
     assert base.SerializeToString() == before and masked.ir_version == base.ir_version
     onnx.checker.check_model(masked, full_check=True)
     out = base.graph.output[0].name
     got = ort.InferenceSession(masked.SerializeToString(), providers=["CPUExecutionProvider"]
-                               ).run([out], {rewrite.MASK_IMAGES: images,
-                                             rewrite.MASK_INDEX: index,
-                                             rewrite.MASK_MAPS: maps})[0]
+                               ).run([out], {masking.MASK_IMAGES: images,
+                                             masking.MASK_INDEX: index,
+                                             masking.MASK_MAPS: maps})[0]
     x = _host_masked(images, index, maps)
     if kind == "nhwc":
         x = x.transpose(0, 2, 3, 1)
@@ -448,13 +449,13 @@ def test_mask_input_equals_host_masks(kind: str) -> None:
 
 
 def test_score_cam_device_masks_equal_host_masks() -> None:
-    from onnx_featviz.attribution import methods as cams
+    from onnx_featviz.attribution import perturbation as cam_perturbation
 
     x = _batch()
     with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
         report = inspector.cam(x, api.CamOptions("score_cam", batch_size=7))
         acts = inspector.capture(x, ["r2"])["r2"]
-        host = cams.score_cam(acts, x, targets=report.targets,
+        host = cam_perturbation.score_cam(acts, x, targets=report.targets,
                               forward=attribution_run._forward_fn(inspector, "logits"),
                               batch_size=7)
         assert any(key[0] == "mask" for key in inspector._sessions)  # the device path ran

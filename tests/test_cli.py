@@ -23,6 +23,7 @@ from onnx_featviz import api
 from onnx_featviz.graph import catalog as catalog
 from onnx_featviz.graph import construction as construction
 from onnx_featviz.graph import rewrite as rewrite
+from onnx_featviz.render import compose
 from onnx_featviz.render import pictures as render
 from tests import reference
 from tests.conftest import run
@@ -337,7 +338,7 @@ def test_filters_annotate_cli_values_and_ink(tmp_path: Path) -> None:
     with np.load(tmp_path / "f.npz") as saved:
         weight = saved["conv"]
     assert weight.shape == (2, 1, 4, 4)
-    strings = render.format_cell_values(weight)
+    strings = compose.format_cell_values(weight)
     assert strings == [f"{v:.2f}" for v in weight.ravel()]
     assert strings[:4] == ["1.00", "0.00", "-1.00", "0.50"]
     image = Image.open(tmp_path / "f.png")
@@ -354,7 +355,7 @@ def test_filters_annotate_cli_values_and_ink(tmp_path: Path) -> None:
 def test_render_filters_annotated_text_matches_values() -> None:
     weight = np.array([[[[-2.0, 0.0], [1.25, 2.0]]], [[[0.5, -0.75], [0.0, -2.0]]]], np.float32)
     options = render.FilterOptions(annotate=True, cell=48, title=None)
-    image = render.render_filters(weight, options)
+    image = compose.render_filters(weight, options)
     layout = render.grid_layout(2, 2, 2, render.GridOptions(
         scale=48, min_tile=48, colorbar=True, shape=weight.shape))
     assert image.size == (layout.width, layout.height)

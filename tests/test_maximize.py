@@ -10,10 +10,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-import onnx_featviz.synthesis.maths as syn
 from onnx_featviz import api
 from onnx_featviz.cli.commands import main
 from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
+from onnx_featviz.synthesis import heads as synth_heads
+from onnx_featviz.synthesis import optim as syn_optim
+from onnx_featviz.synthesis import pictures as synth_pictures
 from onnx_featviz.synthesis import run as synth
 from tests import graphs
 from tests.conftest import MODELS, shared_path
@@ -130,7 +132,7 @@ def test_maximizing_image_correlates_with_the_edge_filter(recipe, steps, thresho
                                  size=32, start_size=16, scales=4)
     result = synth.maximize(edge_model(), opts, provider="cpu")
     patch = _centre_patch(result.images[0, :, :, 0], 5)
-    assert syn.image_correlation(patch[None], EDGE[None])[0] >= threshold
+    assert syn_optim.image_correlation(patch[None], EDGE[None])[0] >= threshold
     assert result.final[0] >= 0.75 * 10.0  # the neuron's maximum on [0, 1] images is 10
     assert result.start[0] < 1.0
 
@@ -181,7 +183,7 @@ def test_mnist_inversion_keeps_the_digit_at_conv1_and_less_deeper():
 
 
 # -- heads against host references ----------------------------------------------------------------
-def _directional_fd(grads: synth._GradientSession, x: np.ndarray, feeds: dict, seed: int
+def _directional_fd(grads: synth_heads._GradientSession, x: np.ndarray, feeds: dict, seed: int
                     ) -> tuple[float, float]:
     """<d(sum objective)/dx, d> from the gradient model and from central differences."""
     _, grad = grads.run_model(x, feeds)
@@ -200,12 +202,12 @@ def test_objective_head_matches_the_numpy_reference(kind):
     units = (-1, -1, -1) if kind == "layer" else (0, 5, 2)
     with api.Inspector(two_conv_model(middle="Tanh"), "cpu") as inspector:
         acts = inspector.capture(x, ["c2"])["c2"]
-        head = synth._Head(kind, 6)
+        head = synth_heads._Head(kind, 6)
         feeds = synth._unit_feeds(head, units, acts.shape[1:])
-        with synth._GradientSession(inspector, "c2", head) as grads:
+        with synth_heads._GradientSession(inspector, "c2", head) as grads:
             values, grad = grads.run_model(x, feeds)
             analytic, numeric = _directional_fd(grads, x, feeds, 4)
-    want, _ = syn.objective_values(kind, acts, [] if kind == "layer" else list(units))
+    want, _ = syn_optim.objective_values(kind, acts, [] if kind == "layer" else list(units))
     np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-6)
     assert grad.shape == x.shape
     assert analytic == pytest.approx(numeric, rel=1e-2)
@@ -215,16 +217,16 @@ def test_diversity_head_matches_numpy_and_finite_differences():
     rng = np.random.default_rng(2)
     x = rng.random((4, 3, 8, 8), dtype=np.float32)
     units, weight = (1, 1, 4, 4), 0.7
-    head = synth._Head("channel", 6, group=2, diversity=weight)
+    head = synth_heads._Head("channel", 6, group=2, diversity=weight)
     with api.Inspector(two_conv_model(middle="Tanh"), "cpu") as inspector:
         acts = inspector.capture(x, ["c2"])["c2"]
         feeds = synth._unit_feeds(head, units, acts.shape[1:])
-        with synth._GradientSession(inspector, "c2", head) as grads:
+        with synth_heads._GradientSession(inspector, "c2", head) as grads:
             values, _ = grads.run_model(x, feeds)
             analytic, numeric = _directional_fd(grads, x, feeds, 5)
-    channel, _ = syn.objective_values("channel", acts, list(units))
-    np.testing.assert_allclose(values, channel - weight * syn.diversity(acts, 2)[0], rtol=1e-4,
-                               atol=1e-5)
+    channel, _ = syn_optim.objective_values("channel", acts, list(units))
+    np.testing.assert_allclose(values, channel - weight * syn_optim.diversity(acts, 2)[0],
+                               rtol=1e-4, atol=1e-5)
     assert analytic == pytest.approx(numeric, rel=2e-2)
 
 
@@ -234,20 +236,20 @@ def test_inversion_head_matches_the_numpy_reference():
     with api.Inspector(two_conv_model(middle="Tanh"), "cpu") as inspector:
         target, acts = (inspector.capture(v, ["c2"])["c2"] for v in (x0, x))
         flat = target.reshape(2, 6, -1)
-        feeds = {synth.TARGET_IN: flat,
-                 synth.WEIGHT_IN: (1 / np.mean(flat**2, axis=(1, 2))).astype(np.float32)}
-        with synth._GradientSession(inspector, "c2", synth._Head("invert", 6)) as grads:
+        feeds = {synth_heads.TARGET_IN: flat,
+                 synth_heads.WEIGHT_IN: (1 / np.mean(flat**2, axis=(1, 2))).astype(np.float32)}
+        with synth_heads._GradientSession(inspector, "c2", synth_heads._Head("invert", 6)) as grads:
             values, _ = grads.run_model(x, feeds)
             analytic, numeric = _directional_fd(grads, x, feeds, 6)
-    np.testing.assert_allclose(values, syn.inversion_loss(acts, target)[0], rtol=1e-4)
+    np.testing.assert_allclose(values, syn_optim.inversion_loss(acts, target)[0], rtol=1e-4)
     assert analytic == pytest.approx(numeric, rel=1e-2)
 
 
 # -- inputs of every kind ----------------------------------------------------------------------
 def test_fixed_batch_is_freed_for_one_call_per_step():
     with api.Inspector(two_conv_model(fixed_batch=True), "cpu") as inspector:
-        head = synth._Head("channel", 6)
-        with synth._GradientSession(inspector, "c2", head) as grads:
+        head = synth_heads._Head("channel", 6)
+        with synth_heads._GradientSession(inspector, "c2", head) as grads:
             values, _ = grads.run_model(np.zeros((3, 3, 8, 8), np.float32),
                                         synth._unit_feeds(head, (0, 1, 2), (6, 6, 6)))
             assert grads.freed and values.shape == (3,)
@@ -426,8 +428,8 @@ def test_invert_rejects_bad_options_and_dead_features():
 # -- pictures and the command line ----------------------------------------------------------
 def test_render_maximized_names_and_arrays():
     opts = synth.MaximizeOptions("conv2", channels=(0, 5), steps=2, images=2)
-    rendered = synth.render_maximized(synth.maximize(graphs.small_cnn(), opts, provider="cpu"),
-                                      tile=48)
+    result = synth.maximize(graphs.small_cnn(), opts, provider="cpu")
+    rendered = synth_pictures.render_maximized(result, tile=48)
     names = [p.name for p in rendered.pictures]
     assert names == ["maximize_c2.png", "c2/channel_0_0.png", "c2/channel_0_1.png",
                      "c2/channel_5_0.png", "c2/channel_5_1.png"]

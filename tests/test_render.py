@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from onnx_featviz.errors import InputError
+from onnx_featviz.render import compose
 from onnx_featviz.render import pictures as render
 
 NO_DECOR = render.GridOptions(labels=False)
@@ -233,14 +234,14 @@ def _edge_filters() -> np.ndarray:
 
 def test_format_cell_values() -> None:
     weight = _rng().standard_normal((2, 1, 3, 3)).astype(np.float32)
-    assert render.format_cell_values(weight) == [f"{v:.2f}" for v in weight.ravel()]
-    assert render.format_cell_values(_edge_filters())[:4] == ["-1.00", "-1.00", "1.00", "1.00"]
+    assert compose.format_cell_values(weight) == [f"{v:.2f}" for v in weight.ravel()]
+    assert compose.format_cell_values(_edge_filters())[:4] == ["-1.00", "-1.00", "1.00", "1.00"]
 
 
 def test_annotated_filter_text_colour_follows_cell_luminance() -> None:
     weight = np.array([[[[-1.0, 0.05], [0.1, 1.0]]]], np.float32)
     opts = render.FilterOptions(annotate=True, cell=40, colorbar=False)
-    image = render.render_filters(weight, opts)
+    image = compose.render_filters(weight, opts)
     grid = render.GridOptions(scale=40, min_tile=48, symmetric=True, cmap="RdBu_r",
                               mode="layer", label_texts=("0",), colorbar=False)
     layout = render.grid_layout(1, 2, 2, grid)
@@ -254,7 +255,7 @@ def test_annotated_filter_text_colour_follows_cell_luminance() -> None:
 
 
 def test_annotated_edge_filters_geometry() -> None:
-    image = render.render_filters(_edge_filters(), render.FilterOptions(annotate=True, cell=36,
+    image = compose.render_filters(_edge_filters(), render.FilterOptions(annotate=True, cell=36,
                                                                          title="edges"))
     assert image.mode == "RGB"
     assert image.width >= 2 * 4 * 36  # two columns of 4x4 cells of 36 px
@@ -263,7 +264,7 @@ def test_annotated_edge_filters_geometry() -> None:
 def test_filter_grid_rows_are_outputs_columns_inputs() -> None:
     weight = _rng().standard_normal((5, 4, 3, 3)).astype(np.float32)
     opts = render.FilterOptions(max_filters=3, max_inputs=2, colorbar=False, cell=10)
-    image = render.render_filters(weight, opts)
+    image = compose.render_filters(weight, opts)
     grid = render.GridOptions(columns=2, scale=10, label_texts=("",) * 6, min_tile=48)
     layout = render.grid_layout(6, 3, 3, grid)
     assert (layout.rows, layout.columns) == (3, 2)
@@ -281,21 +282,21 @@ def test_rgb_filter_with_red_input_renders_reddish() -> None:
     weight[0, 0] = _rng().random((5, 5)) + 0.5
     weight[1, 2] = 1.0
     weight[1, 2, 0, 0] = 0.0
-    image = render.render_filters(weight, render.FilterOptions(cell=8))
+    image = compose.render_filters(weight, render.FilterOptions(cell=8))
     layout = render.grid_layout(2, 5, 5, render.GridOptions(scale=8, colorbar=False))
     red = _tile(image, layout, 0).reshape(-1, 3).astype(int).mean(axis=0)
     blue = _tile(image, layout, 1).reshape(-1, 3).astype(int).mean(axis=0)
     assert red[0] > 150 and red[1] < 20 and red[2] < 20
     assert blue[2] > 150 and blue[0] < 20
-    forced = render.render_filters(weight, render.FilterOptions(rgb=False, colorbar=False))
+    forced = compose.render_filters(weight, render.FilterOptions(rgb=False, colorbar=False))
     assert forced.size != image.size
 
 
 def test_render_filters_rejects_bad_weight() -> None:
     with pytest.raises(InputError, match=r"\(O, I, kH, kW\)"):
-        render.render_filters(np.ones((3, 3)))
+        compose.render_filters(np.ones((3, 3)))
     with pytest.raises(InputError, match="3 input channels"):
-        render.render_filters(np.ones((2, 4, 3, 3)), render.FilterOptions(rgb=True))
+        compose.render_filters(np.ones((2, 4, 3, 3)), render.FilterOptions(rgb=True))
 
 
 # ----------------------------------------------------------------------------- composition
@@ -314,26 +315,26 @@ def test_render_channel_blocks() -> None:
 def test_side_by_side_size_and_content() -> None:
     a = Image.new("RGB", (30, 20), (255, 0, 0))
     b = Image.new("L", (40, 25), 0)
-    out = render.render_side_by_side([a, b], ["before", "after"], gap=5)
+    out = compose.render_side_by_side([a, b], ["before", "after"], gap=5)
     assert out.mode == "RGB" and out.width == 30 + 40 + 3 * 5
     column = np.asarray(out)[:, 10]
     assert (column == (255, 0, 0)).all(axis=1).sum() == 20
     with pytest.raises(InputError, match="one label per image"):
-        render.render_side_by_side([a], [])
+        compose.render_side_by_side([a], [])
 
 
 def test_overlay_alpha_extremes_and_resize() -> None:
     rng = _rng()
     image = Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8))
     heat = rng.random((16, 20)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(render.overlay_heatmap(image, heat, alpha=0.0)),
+    np.testing.assert_array_equal(np.asarray(compose.overlay_heatmap(image, heat, alpha=0.0)),
                                   np.asarray(image))
-    np.testing.assert_array_equal(np.asarray(render.overlay_heatmap(image, heat, alpha=1.0)),
+    np.testing.assert_array_equal(np.asarray(compose.overlay_heatmap(image, heat, alpha=1.0)),
                                   render.apply_colormap(heat, "jet"))
-    half = render.overlay_heatmap(image, heat, alpha=0.5)
+    half = compose.overlay_heatmap(image, heat, alpha=0.5)
     expected = (np.asarray(image).astype(float) + render.apply_colormap(heat, "jet")) / 2
     assert np.abs(np.asarray(half).astype(float) - expected).max() <= 1.0
-    small = render.overlay_heatmap(image.convert("L"), heat[::4, ::4], alpha=0.3)
+    small = compose.overlay_heatmap(image.convert("L"), heat[::4, ::4], alpha=0.3)
     assert small.size == image.size and small.mode == "RGB"
     with pytest.raises(InputError, match="alpha"):
-        render.overlay_heatmap(image, heat, alpha=1.5)
+        compose.overlay_heatmap(image, heat, alpha=1.5)

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_featviz.errors import InputError, LayerNotFoundError, ModelError
 from onnx_featviz.graph import catalog as catalog
+from onnx_featviz.graph import reductions
 from onnx_featviz.graph import rewrite as rewrite
 from tests import graphs, reference
 from tests.conftest import shared_path
@@ -42,7 +43,7 @@ def checked_expose(model: onnx.ModelProto, tensors: list[str], **kw: object) -> 
 
 def checked_stats(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     before = model.SerializeToString()
-    out = rewrite.append_channel_stats(model, tensors)
+    out = reductions.append_channel_stats(model, tensors)
     assert model.SerializeToString() == before
     onnx.checker.check_model(out)
     assert out.ir_version == model.ir_version
@@ -111,7 +112,7 @@ def test_unknown_and_subgraph_tensors_raise() -> None:
     with pytest.raises(ModelError, match="subgraph"):
         rewrite.expose_tensors(graphs.if_subgraph(), ["t"])
     with pytest.raises(ModelError, match="subgraph"):
-        rewrite.append_channel_stats(graphs.if_subgraph(), ["t2"])
+        reductions.append_channel_stats(graphs.if_subgraph(), ["t2"])
 
 
 def test_unknown_rank_gets_dtype_only_until_a_run_fills_it() -> None:
@@ -258,11 +259,11 @@ def per_sample_reference(value: NDArray[np.generic]) -> dict[str, NDArray[np.flo
 def per_sample_found(got: Mapping[str, NDArray[np.generic]], tensor: str, channels: int
                      ) -> dict[str, NDArray[np.float64]]:
     """Mean and variance per sample from the shifted sums (K + S1 / L, S2 / L - (S1 / L)^2)."""
-    positions = int(got[rewrite.stat_output("count", tensor)]) // (
-        got[rewrite.stat_output("sum", tensor)].shape[0] * channels)
-    shift = got[rewrite.stat_output("shift", tensor)].astype(np.float64).reshape(1, channels)
-    s1 = got[rewrite.stat_output("sum", tensor)].astype(np.float64) / positions
-    s2 = got[rewrite.stat_output("sumsq", tensor)].astype(np.float64) / positions
+    positions = int(got[reductions.stat_output("count", tensor)]) // (
+        got[reductions.stat_output("sum", tensor)].shape[0] * channels)
+    shift = got[reductions.stat_output("shift", tensor)].astype(np.float64).reshape(1, channels)
+    s1 = got[reductions.stat_output("sum", tensor)].astype(np.float64) / positions
+    s2 = got[reductions.stat_output("sumsq", tensor)].astype(np.float64) / positions
     return {"shift": shift[0], "mean": shift + s1, "var": s2 - s1 * s1}
 
 
@@ -271,12 +272,12 @@ def assert_stats(got: Mapping[str, NDArray[np.generic]], tensor: str,
     """Compare every reduction with numpy per sample; sums only on channels free of NaN/Inf."""
     ref = per_sample_reference(value)
     n, c = value.shape[:2]
-    assert int(got[rewrite.stat_output("count", tensor)]) == value.size
-    shift = got[rewrite.stat_output("shift", tensor)]
+    assert int(got[reductions.stat_output("count", tensor)]) == value.size
+    shift = got[reductions.stat_output("shift", tensor)]
     assert shift.dtype == np.float32 and shift.shape == (1, c, *[1] * (value.ndim - 2))
     found = per_sample_found(got, tensor, c)
     for stat in ("shift", "mean", "var", "min", "max", "zeros"):
-        out = found[stat] if stat in found else got[rewrite.stat_output(stat, tensor)]
+        out = found[stat] if stat in found else got[reductions.stat_output(stat, tensor)]
         if stat not in found:
             assert out.dtype == np.float32 and out.shape == (n, c), stat
         picked = slice(None) if stat == "zeros" else clean
@@ -289,7 +290,7 @@ def assert_stats(got: Mapping[str, NDArray[np.generic]], tensor: str,
 def run_nonfinite(model: onnx.ModelProto, tensors: list[str],
                   feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
     before = model.SerializeToString()
-    out = rewrite.append_nonfinite_counts(model, tensors)
+    out = reductions.append_nonfinite_counts(model, tensors)
     assert model.SerializeToString() == before
     onnx.checker.check_model(out)
     return run(out, feeds)
@@ -306,11 +307,11 @@ def test_channel_stats_equal_numpy(opset: int) -> None:
     assert_stats(got, "x", x, clean=[2])
     assert_stats(got, "r", reference.relu(x), clean=[2])
     # NaN / Inf make the channel's sum non-finite: that is how a batch is flagged for a recount
-    assert not np.isfinite(got[rewrite.stat_output("sum", "x")][:, :2].sum(axis=0)).any()
+    assert not np.isfinite(got[reductions.stat_output("sum", "x")][:, :2].sum(axis=0)).any()
     counts = run_nonfinite(model, ["x", "r"], {"x": x})
-    np.testing.assert_array_equal(counts[rewrite.stat_output("nonfinite", "x")],
+    np.testing.assert_array_equal(counts[reductions.stat_output("nonfinite", "x")],
                                   per_sample_reference(x)["nonfinite"])
-    np.testing.assert_array_equal(counts[rewrite.stat_output("nonfinite", "x")].sum(axis=0),
+    np.testing.assert_array_equal(counts[reductions.stat_output("nonfinite", "x")].sum(axis=0),
                                   [1, 2, 0])
     np.testing.assert_array_equal(got["y"], run(model, {"x": x})["y"])
     added = len(out.graph.node) - len(model.graph.node)
@@ -322,15 +323,15 @@ def test_channel_stats_idempotent_and_named() -> None:
     once = checked_stats(model, ["r"])
     assert once.SerializeToString() == checked_stats(once, ["r", "r"]).SerializeToString()
     assert [o.name for o in once.graph.output][1:] == [
-        rewrite.stat_output(s, "r") for s in rewrite.STAT_NAMES]
-    assert rewrite.stat_output("sumsq", "r") == "featviz/stats/sumsq/r"
+        reductions.stat_output(s, "r") for s in reductions.STAT_NAMES]
+    assert reductions.stat_output("sumsq", "r") == "featviz/stats/sumsq/r"
     assert all(n.name.startswith("featviz/") for n in once.graph.node[len(model.graph.node):])
     with pytest.raises(InputError, match="unknown statistic"):
-        rewrite.stat_output("median", "r")
+        reductions.stat_output("median", "r")
     with pytest.raises(ModelError, match="at least 2 dims"):
-        rewrite.append_channel_stats(graphs.small_cnn(), ["f", "fc_b"])
+        reductions.append_channel_stats(graphs.small_cnn(), ["f", "fc_b"])
     with pytest.raises(ModelError, match="at least 2 dims"):
-        rewrite.append_nonfinite_counts(graphs.small_cnn(), ["fc_b"])
+        reductions.append_nonfinite_counts(graphs.small_cnn(), ["fc_b"])
 
 
 def test_channel_stats_large_mean_small_spread() -> None:
@@ -352,16 +353,16 @@ def test_channel_stats_large_mean_small_spread() -> None:
 @pytest.mark.parametrize("opset", [9, 13])
 def test_clip_bound_counts(opset: int) -> None:
     model = graphs.conv_clip_channels(opset)
-    assert rewrite.clip_bounds(model, ["y", "c"]) == {"y": (-1.0, 6.0), "c": (None, None)}
+    assert reductions.clip_bounds(model, ["y", "c"]) == {"y": (-1.0, 6.0), "c": (None, None)}
     out = checked_stats(model, ["y", "c"])
     names = [o.name for o in out.graph.output]
-    assert rewrite.stat_output("at_high", "y") in names
-    assert rewrite.stat_output("at_low", "c") not in names
+    assert reductions.stat_output("at_high", "y") in names
+    assert reductions.stat_output("at_low", "c") not in names
     x = np.random.default_rng(0).standard_normal((3, 1, 6, 6)).astype(np.float32) * 4
     got = run(out, {"x": x})
     y = run(rewrite.expose_tensors(model, ["y"]), {"x": x})["y"]
     for stat, bound in (("at_low", -1.0), ("at_high", 6.0)):
-        np.testing.assert_array_equal(got[rewrite.stat_output(stat, "y")],
+        np.testing.assert_array_equal(got[reductions.stat_output(stat, "y")],
                                       (y == np.float32(bound)).sum(axis=(2, 3)))
 
 

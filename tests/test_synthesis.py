@@ -12,6 +12,7 @@ import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError
 from onnx_featviz.io import preprocess as preprocess
 from onnx_featviz.structs import InputSpec, Preprocessing
+from onnx_featviz.synthesis import optim as syn_optim
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
@@ -161,7 +162,7 @@ def test_random_sampler_is_seeded_and_varied():
 
 
 def test_linear_resize_adjoint_and_torch_reference():
-    resize = syn.linear_resize((5, 7), (11, 13))
+    resize = syn_optim.linear_resize((5, 7), (11, 13))
     _assert_adjoint(resize.apply, resize.adjoint, (2, 1, 5, 7), (2, 1, 11, 13))
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(0).random((1, 2, 5, 7), dtype=np.float32)
@@ -177,7 +178,7 @@ def test_bicubic_resize_matches_torch():
     x = np.random.default_rng(0).random((1, 3, 6, 8), dtype=np.float32)
     want = torch.nn.functional.interpolate(torch.from_numpy(x), size=(7, 9), mode="bicubic",
                                            align_corners=False).numpy()
-    np.testing.assert_allclose(syn.resize_bicubic(x, (7, 9)), np.clip(want, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(syn_optim.resize_bicubic(x, (7, 9)), np.clip(want, 0, 1), atol=1e-5)
 
 
 def test_box_blur_matches_a_naive_reflect101_mean():
@@ -187,16 +188,16 @@ def test_box_blur_matches_a_naive_reflect101_mean():
     for i in range(6):
         for j in range(7):
             want[:, :, i, j] = padded[:, :, i:i + 5, j:j + 5].mean(axis=(2, 3))
-    np.testing.assert_allclose(syn.box_blur(x, 5), want, atol=1e-6)
-    np.testing.assert_array_equal(syn.box_blur(x, 1), x)
+    np.testing.assert_allclose(syn_optim.box_blur(x, 5), want, atol=1e-6)
+    np.testing.assert_array_equal(syn_optim.box_blur(x, 1), x)
 
 
 def test_pyramid_sizes_follow_filter_visualizer():
-    assert syn.pyramid_sizes(56, 12, 1.2) == [56, 67, 80, 96, 115, 138, 165, 198, 237, 284,
+    assert syn_optim.pyramid_sizes(56, 12, 1.2) == [56, 67, 80, 96, 115, 138, 165, 198, 237, 284,
                                               340, 408]
-    assert syn.pyramid_sizes(56, 12, 1.2, cap=224)[-4:] == [224, 224, 224, 224]
+    assert syn_optim.pyramid_sizes(56, 12, 1.2, cap=224)[-4:] == [224, 224, 224, 224]
     with pytest.raises(InputError, match="pyramid"):
-        syn.pyramid_sizes(56, 0, 1.2)
+        syn_optim.pyramid_sizes(56, 0, 1.2)
 
 
 # -- the model's preprocessing ------------------------------------------------------------------
@@ -235,19 +236,19 @@ def test_input_map_rejects_non_image_inputs():
 # -- optimizer and regularizers -----------------------------------------------------------------
 def test_adam_matches_hand_computed_steps():
     params = np.array([1.0, -2.0], np.float32)
-    state = syn.adam_init(params)
+    state = syn_optim.adam_init(params)
     g1, g2 = np.array([0.5, -4.0], np.float32), np.array([1.0, 2.0], np.float32)
-    p1, state = syn.adam_step(params, g1, state, lr=0.1)
+    p1, state = syn_optim.adam_step(params, g1, state, lr=0.1)
     # step 1: m_hat = g, v_hat = g^2, so the step is lr * sign(g) (eps negligible)
     np.testing.assert_allclose(p1, [1.1, -2.1], rtol=1e-6)
-    p2, state = syn.adam_step(p1, g2, state, lr=0.1)
+    p2, state = syn_optim.adam_step(p1, g2, state, lr=0.1)
     m = 0.9 * 0.1 * g1 + 0.1 * g2              # [0.145, -0.16]
     v = 0.999 * 0.001 * g1**2 + 0.001 * g2**2  # [0.00124975, 0.019984]
     want = p1 + 0.1 * (m / (1 - 0.9**2)) / (np.sqrt(v / (1 - 0.999**2)) + 1e-8)
     np.testing.assert_allclose(p2, want, rtol=1e-6)
     np.testing.assert_allclose(p2, [1.1 + 0.1 * 0.7631579 / 0.7905694 * 1.0,
                                     -2.1 - 0.1 * 0.8421053 / 3.1620504], rtol=1e-4)
-    down, _ = syn.adam_step(params, g1, syn.adam_init(params), lr=0.1, ascend=False)
+    down, _ = syn_optim.adam_step(params, g1, syn_optim.adam_init(params), lr=0.1, ascend=False)
     np.testing.assert_allclose(down, [0.9, -1.9], rtol=1e-6)
     assert state.t == 2 and params.tolist() == [1.0, -2.0]  # inputs untouched
 
@@ -256,14 +257,14 @@ def test_total_variation_value_and_gradient():
     checker = np.indices((4, 4)).sum(axis=0) % 2
     image = checker[None, None].astype(np.float32)
     # 12 vertical + 12 horizontal neighbour pairs each differ by 1, over 16 pixels
-    assert syn.total_variation(image)[0] == pytest.approx(24 / 16)
+    assert syn_optim.total_variation(image)[0] == pytest.approx(24 / 16)
     rng = np.random.default_rng(0)
     x = rng.random((2, 3, 5, 6))
     d = rng.standard_normal(x.shape)
     eps = 1e-4
-    numeric = (syn.total_variation(x + eps * d).sum()
-               - syn.total_variation(x - eps * d).sum()) / (2 * eps)
-    analytic = _dot(syn.total_variation_grad(x.astype(np.float32)), d)
+    numeric = (syn_optim.total_variation(x + eps * d).sum()
+               - syn_optim.total_variation(x - eps * d).sum()) / (2 * eps)
+    analytic = _dot(syn_optim.total_variation_grad(x.astype(np.float32)), d)
     assert analytic == pytest.approx(numeric, rel=1e-4)
 
 
@@ -271,68 +272,68 @@ def test_diversity_value_and_gradient():
     rng = np.random.default_rng(0)
     acts = rng.random((4, 3, 2, 2))
     same = np.concatenate([acts[:1]] * 3)
-    values, _ = syn.diversity(same, 3)
+    values, _ = syn_optim.diversity(same, 3)
     np.testing.assert_allclose(values, 2 / 3)  # every Gram cosine is 1: (B - 1) / B
     # Lucid's loop: sum_{j != i} <G_i, G_j> / B with G the Frobenius-normalized (C, C) Gram
     flat = acts.reshape(4, 3, -1)
     grams = [f @ f.T / np.linalg.norm(f @ f.T) for f in flat]
     want = [sum(float((grams[i] * grams[j]).sum()) for j in range(2 * (i // 2), 2 * (i // 2) + 2)
                 if j != i) / 2 for i in range(4)]
-    np.testing.assert_allclose(syn.diversity(acts, 2)[0], want, rtol=1e-9)
+    np.testing.assert_allclose(syn_optim.diversity(acts, 2)[0], want, rtol=1e-9)
     d = rng.standard_normal(acts.shape)
     eps = 1e-5
-    numeric = (syn.diversity(acts + eps * d, 2)[0].sum()
-               - syn.diversity(acts - eps * d, 2)[0].sum()) / (2 * eps)
-    assert _dot(syn.diversity(acts, 2)[1], d) == pytest.approx(numeric, rel=1e-4)
+    numeric = (syn_optim.diversity(acts + eps * d, 2)[0].sum()
+               - syn_optim.diversity(acts - eps * d, 2)[0].sum()) / (2 * eps)
+    assert _dot(syn_optim.diversity(acts, 2)[1], d) == pytest.approx(numeric, rel=1e-4)
     with pytest.raises(InputError, match="groups"):
-        syn.diversity(acts, 3)
+        syn_optim.diversity(acts, 3)
 
 
 @pytest.mark.parametrize("kind", ["channel", "neuron", "layer"])
 def test_objective_values_and_seeds(kind):
     rng = np.random.default_rng(0)
     acts = rng.standard_normal((3, 4, 5, 5)).astype(np.float32)
-    values, seed = syn.objective_values(kind, acts, [1, 3, 0])
+    values, seed = syn_optim.objective_values(kind, acts, [1, 3, 0])
     want = {"channel": acts[[0, 1, 2], [1, 3, 0]].mean(axis=(1, 2)),
             "neuron": acts[[0, 1, 2], [1, 3, 0], 2, 2],
             "layer": (acts.astype(np.float64) ** 2).mean(axis=(1, 2, 3))}[kind]
     np.testing.assert_allclose(values, want, rtol=1e-6)
     d = rng.standard_normal(acts.shape)
     eps = 1e-3
-    numeric = (syn.objective_values(kind, acts + eps * d, [1, 3, 0])[0].sum()
-               - syn.objective_values(kind, acts - eps * d, [1, 3, 0])[0].sum()) / (2 * eps)
+    numeric = (syn_optim.objective_values(kind, acts + eps * d, [1, 3, 0])[0].sum()
+               - syn_optim.objective_values(kind, acts - eps * d, [1, 3, 0])[0].sum()) / (2 * eps)
     assert _dot(seed, d) == pytest.approx(numeric, rel=1e-3)
 
 
 def test_objective_errors_name_the_problem():
     acts = np.zeros((2, 4, 3, 3), np.float32)
     with pytest.raises(InputError, match=r"channel\(s\) \[4\] out of range.*0\.\.3"):
-        syn.objective_values("channel", acts, [0, 4])
+        syn_optim.objective_values("channel", acts, [0, 4])
     with pytest.raises(InputError, match="spatial dims"):
-        syn.objective_values("neuron", np.zeros((2, 4), np.float32), [0, 1])
+        syn_optim.objective_values("neuron", np.zeros((2, 4), np.float32), [0, 1])
     with pytest.raises(InputError, match="unknown objective"):
-        syn.objective_values("max", acts, [0, 1])
+        syn_optim.objective_values("max", acts, [0, 1])
 
 
 def test_inversion_loss_and_gradient():
     rng = np.random.default_rng(0)
     target = rng.standard_normal((2, 3, 4))
     acts = rng.standard_normal((2, 3, 4))
-    values, grad = syn.inversion_loss(acts, target)
+    values, grad = syn_optim.inversion_loss(acts, target)
     want = ((acts - target) ** 2).sum(axis=(1, 2)) / (target**2).sum(axis=(1, 2))
     np.testing.assert_allclose(values, want)
-    np.testing.assert_allclose(syn.inversion_loss(target, target)[0], 0.0)
+    np.testing.assert_allclose(syn_optim.inversion_loss(target, target)[0], 0.0)
     d = rng.standard_normal(acts.shape)
     eps = 1e-6
-    numeric = (syn.inversion_loss(acts + eps * d, target)[0].sum()
-               - syn.inversion_loss(acts - eps * d, target)[0].sum()) / (2 * eps)
+    numeric = (syn_optim.inversion_loss(acts + eps * d, target)[0].sum()
+               - syn_optim.inversion_loss(acts - eps * d, target)[0].sum()) / (2 * eps)
     assert _dot(grad, d) == pytest.approx(numeric, rel=1e-5)
     with pytest.raises(InputError, match="all zero"):
-        syn.inversion_loss(acts, np.zeros_like(acts))
+        syn_optim.inversion_loss(acts, np.zeros_like(acts))
 
 
 def test_image_correlation():
     a = np.random.default_rng(0).random((2, 10))
-    np.testing.assert_allclose(syn.image_correlation(a, 3 * a + 1), [1.0, 1.0])
-    np.testing.assert_allclose(syn.image_correlation(a, -a), [-1.0, -1.0])
-    assert syn.image_correlation(np.ones((1, 4)), a[:1, :4])[0] == 0.0
+    np.testing.assert_allclose(syn_optim.image_correlation(a, 3 * a + 1), [1.0, 1.0])
+    np.testing.assert_allclose(syn_optim.image_correlation(a, -a), [-1.0, -1.0])
+    assert syn_optim.image_correlation(np.ones((1, 4)), a[:1, :4])[0] == 0.0

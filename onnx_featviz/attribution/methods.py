@@ -26,6 +26,10 @@ Definitions (S = target score, g = dS/dA, sums over spatial positions a, b unles
   channel k of the layer is zeroed; map = ReLU(sum_k w_k A_k).
 - Occlusion (Zeiler & Fergus 2014): a window filled with a baseline slides over the input; the map
   is the drop in target score per window position.
+
+The maths lives in ``attribution.maps`` (gradient and activation maps, input-gradient views)
+and ``attribution.perturbation`` (Score-CAM, Ablation-CAM, occlusion); this module holds the
+registry, ``compute`` and target selection.
 """
 
 from __future__ import annotations
@@ -35,48 +39,60 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from onnx_featviz.attribution.maps import (
+    FloatArray,
+    _check_size,
+    eigen_cam,
+    grad_cam,
+    grad_cam_pp,
+    hires_cam,
+    layer_cam,
+    normalize_heatmaps,
+    upsample_bilinear,
+    xgrad_cam,
+)
+from onnx_featviz.attribution.perturbation import (
+    ForwardFn,
+    LayerForwardFn,
+    MaskedForwardFn,
+    OcclusionOptions,
+    ProgressFn,
+    _row_targets,
+    ablation_cam,
+    occlusion,
+    occlusion_to_pixels,
+    score_cam,
+)
 from onnx_featviz.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FloatArray = NDArray[np.float32]
-ForwardFn = Callable[[FloatArray], NDArray[np.floating]]
+
 """(B, C, H, W) model input batch -> (B, classes) scores (pre-softmax logits preferred)."""
-LayerForwardFn = Callable[[FloatArray, NDArray[np.intp]], NDArray[np.floating]]
+
+
 """(layer batch (B, K, h, w), image_index (B,)) -> (B, classes) scores of the rest of the network.
 
 ``image_index[b]`` is the input image row ``b`` derives from, so the caller can feed any other
 tensor the rest of the graph needs (a skip connection from before the layer) from that image."""
-MaskedForwardFn = Callable[[FloatArray, NDArray[np.intp]], NDArray[np.floating]]
+
+
 """(layer maps (B, h, w), image_index (B,)) -> (B, classes) scores of
 ``input[image_index[b]] * minmax(upsample(maps[b]))``: Score-CAM's masked rows, masks built
-where the model runs (see ``rewrite.mask_input``)."""
-ProgressFn = Callable[[int, int], None]
+where the model runs (see ``masking.mask_input``)."""
+
+
 """Called as ``progress(done, total)`` with ``done`` strictly increasing up to ``total``."""
 
-_XGRAD_EPS = 1e-7  # pytorch-grad-cam xgrad_cam.py
-_SCORE_CAM_EPS = 1e-8  # pytorch-grad-cam score_cam.py, min-max of each upsampled channel
-_ABLATION_EPS = 1e-7  # guards y -> 0 in (y - y_k) / y
 
 
-@dataclass(frozen=True, slots=True)
-class OcclusionOptions:
-    """Sliding-window occlusion settings (input pixels).
 
-    ``window``/``stride`` are ``(height, width)``; ``None`` picks ``max(1, size // 8)`` for the
-    window and half the window for the stride. ``baseline`` fills the window: a number (model
-    input units, 0.0 is the dataset mean for mean/std-normalized inputs) or ``"mean"`` for the
-    per-image, per-channel mean of the input.
-    """
 
-    window: tuple[int, int] | None = None
-    stride: tuple[int, int] | None = None
-    baseline: float | str = 0.0
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,582 +164,6 @@ class CamMethod:
     to_input: Callable[[FloatArray, CamInputs], FloatArray] | None = None
 
 
-# --------------------------------------------------------------------------- resizing / scaling
-
-
-def _interp_matrix(n_in: int, n_out: int) -> NDArray[np.float64]:
-    """(n_out, n_in) matrix of 1-D linear interpolation with half-pixel centres."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to the first pixel
-    lo = np.minimum(np.floor(src).astype(np.intp), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    mat = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    np.add.at(mat, (rows, lo), 1.0 - frac)
-    np.add.at(mat, (rows, hi), frac)
-    return mat
-
-
-def upsample_bilinear(maps: NDArray[np.floating], size: tuple[int, int]) -> FloatArray:
-    """Resize maps bilinearly with half-pixel centres (align_corners=False).
-
-    Matches ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` and
-    ``cv2.resize(INTER_LINEAR)`` when enlarging (no antialiasing when shrinking). Computed as
-    R @ map @ C^T with separable interpolation matrices, in float64.
-
-    Args:
-        maps: (N, h, w) float array.
-        size: output (H, W), each >= 1.
-
-    Returns:
-        (N, H, W) float32.
-
-    Raises:
-        InputError: ``maps`` is not 3-D or ``size`` is not two positive ints.
-    """
-    arr = np.asarray(maps, dtype=np.float64)
-    if arr.ndim != 3 or 0 in arr.shape:
-        raise InputError(f"expected maps of shape (N, h, w), got {arr.shape}; pass one 2-D map "
-                         "per image with a batch axis first")
-    out_h, out_w = _check_size(size)
-    return _resize(arr, (out_h, out_w)).astype(np.float32)
-
-
-def _resize(arr: NDArray[np.floating], size: tuple[int, int]) -> NDArray[Any]:
-    """(N, h, w) -> (N, H, W) bilinear in ``arr``'s float dtype (no checks)."""
-    rows = _interp_matrix(arr.shape[1], size[0]).astype(arr.dtype)
-    cols = _interp_matrix(arr.shape[2], size[1]).astype(arr.dtype)
-    return np.asarray(rows @ arr @ cols.T)
-
-
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise InputError(f"expected an output size (H, W) of two positive ints, got {size!r}")
-    return int(size[0]), int(size[1])
-
-
-def normalize_heatmaps(maps: NDArray[np.floating]) -> FloatArray:
-    """Scale each map to [0, 1] by its own min and max.
-
-    A constant map becomes all zeros. NaN/Inf values are set to 0 first (logged as a warning).
-
-    Args:
-        maps: (N, ...) float array, one map per leading index.
-
-    Returns:
-        float32 array of the same shape with values in [0, 1].
-    """
-    arr = np.asarray(maps, dtype=np.float64)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        log.warning("%d non-finite heatmap values set to 0 before normalizing", int(bad.sum()))
-        arr = np.where(bad, 0.0, arr)
-    if arr.ndim == 0 or arr.size == 0:
-        return arr.astype(np.float32)
-    axes = tuple(range(1, arr.ndim))
-    lo = arr.min(axis=axes, keepdims=True)
-    span = arr.max(axis=axes, keepdims=True) - lo
-    safe = np.where(span > 0, span, 1.0)
-    out = np.where(span > 0, (arr - lo) / safe, 0.0)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- gradient CAMs
-
-
-def _relu_sum(weights: NDArray[np.float64], acts: NDArray[np.float64]) -> FloatArray:
-    """ReLU(sum_k w_k A_k): weights (N, K) or (N, K, h, w), acts (N, K, h, w) -> (N, h, w)."""
-    if weights.ndim == 2:
-        weights = weights[:, :, None, None]
-    out: FloatArray = np.maximum((weights * acts).sum(axis=1), 0.0).astype(np.float32)
-    return out
-
-
-def _pair(activations: NDArray[np.floating], gradients: NDArray[np.floating]
-          ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    acts = _as_layer(activations, "activations")
-    grads = _as_layer(gradients, "gradients")
-    if grads.shape != acts.shape:
-        raise InputError(f"gradients have shape {grads.shape} but activations {acts.shape}; "
-                         "take the gradient of the target score with respect to the same layer")
-    return acts, grads
-
-
-def _as_layer(arr: NDArray[np.floating], what: str) -> NDArray[np.float64]:
-    out = np.asarray(arr, dtype=np.float64)
-    if out.ndim != 4:
-        raise InputError(f"expected {what} of shape (N, K, h, w), got {out.shape}; CAMs need a "
-                         "layer with channel and spatial axes (a conv layer, NCHW)")
-    return out
-
-
-def grad_cam(activations: NDArray[np.floating], gradients: NDArray[np.floating]) -> FloatArray:
-    """Grad-CAM: ReLU(sum_k mean_ab(g_k) A_k).
-
-    Args:
-        activations: (N, K, h, w) layer activations A.
-        gradients: (N, K, h, w) gradients g = dS/dA of each image's target score.
-
-    Returns:
-        (N, h, w) float32 raw map (>= 0, not normalized).
-    """
-    acts, grads = _pair(activations, gradients)
-    return _relu_sum(grads.mean(axis=(2, 3)), acts)
-
-
-def grad_cam_pp(activations: NDArray[np.floating], gradients: NDArray[np.floating]) -> FloatArray:
-    """Grad-CAM++: ReLU(sum_k w_k A_k), w_k = sum_ab alpha_kab ReLU(g_kab).
-
-    alpha = g^2 / (2 g^2 + sum_ab(A_k) g^3) as in pytorch-grad-cam ``grad_cam_plusplus.py``
-    (Chattopadhay et al. eq. 19, exponential score), set to 0 where g = 0. It is evaluated as the
-    algebraically equal 1 / (2 + sum_ab(A_k) g) without pytorch-grad-cam's ``+1e-6`` in the
-    denominator: that eps dominates g^2 when |g| < ~1e-3 (common after global pooling over many
-    positions) and would change the weights; with eps = 0 both forms agree.
-
-    Args:
-        activations: (N, K, h, w) layer activations A.
-        gradients: (N, K, h, w) gradients g = dS/dA.
-
-    Returns:
-        (N, h, w) float32 raw map.
-    """
-    acts, grads = _pair(activations, gradients)
-    denom = 2.0 + acts.sum(axis=(2, 3), keepdims=True) * grads
-    ok = (grads != 0) & (denom != 0)
-    alpha = np.where(ok, 1.0 / np.where(ok, denom, 1.0), 0.0)
-    weights = (alpha * np.maximum(grads, 0.0)).sum(axis=(2, 3))
-    return _relu_sum(weights, acts)
-
-
-def xgrad_cam(activations: NDArray[np.floating], gradients: NDArray[np.floating]) -> FloatArray:
-    """XGrad-CAM: w_k = sum_ab(g_k A_k) / (sum_ab A_k + 1e-7); ReLU(sum_k w_k A_k).
-
-    Args:
-        activations: (N, K, h, w) layer activations A.
-        gradients: (N, K, h, w) gradients g = dS/dA.
-
-    Returns:
-        (N, h, w) float32 raw map.
-    """
-    acts, grads = _pair(activations, gradients)
-    weights = (grads * acts).sum(axis=(2, 3)) / (acts.sum(axis=(2, 3)) + _XGRAD_EPS)
-    return _relu_sum(weights, acts)
-
-
-def hires_cam(activations: NDArray[np.floating], gradients: NDArray[np.floating]) -> FloatArray:
-    """HiRes-CAM: ReLU(sum_k g_k * A_k) (element-wise, no spatial averaging).
-
-    Args:
-        activations: (N, K, h, w) layer activations A.
-        gradients: (N, K, h, w) gradients g = dS/dA.
-
-    Returns:
-        (N, h, w) float32 raw map.
-    """
-    acts, grads = _pair(activations, gradients)
-    return _relu_sum(grads, acts)
-
-
-def layer_cam(activations: NDArray[np.floating], gradients: NDArray[np.floating]) -> FloatArray:
-    """Layer-CAM: ReLU(sum_k ReLU(g_k) * A_k).
-
-    Args:
-        activations: (N, K, h, w) layer activations A.
-        gradients: (N, K, h, w) gradients g = dS/dA.
-
-    Returns:
-        (N, h, w) float32 raw map.
-    """
-    acts, grads = _pair(activations, gradients)
-    return _relu_sum(np.maximum(grads, 0.0), acts)
-
-
-def eigen_cam(activations: NDArray[np.floating]) -> FloatArray:
-    """Eigen-CAM: first principal component of the activations, as a map; then ReLU.
-
-    As pytorch-grad-cam ``get_2d_projection``: per image, M = A reshaped (h*w, K), centred by
-    subtracting its mean over positions; map = M v1 with v1 the first right singular vector.
-    Computed from the smaller Gram matrix (M M^T: M v1 = sqrt(l1) u1, or M^T M: v1), which gives
-    the same projection as the SVD and is far cheaper for wide layers. The sign of a singular
-    vector is arbitrary, so the map is flipped when it correlates negatively with the
-    channel-mean map mean_k A_k (if that correlation is 0: so that its largest-magnitude value is
-    positive), making the highlighted region the one where the layer is active. NaN counts as 0.
-
-    Args:
-        activations: (N, K, h, w) layer activations.
-
-    Returns:
-        (N, h, w) float32 raw map (>= 0).
-    """
-    acts = np.nan_to_num(_as_layer(activations, "activations"), nan=0.0)
-    n, k, h, w = acts.shape
-    mats = acts.reshape(n, k, h * w).transpose(0, 2, 1)
-    mats = mats - mats.mean(axis=1, keepdims=True)
-    if h * w <= k:
-        vals, vecs = np.linalg.eigh(mats @ mats.transpose(0, 2, 1))
-        proj = vecs[:, :, -1] * np.sqrt(np.maximum(vals[:, -1:], 0.0))
-    else:
-        _, vecs = np.linalg.eigh(mats.transpose(0, 2, 1) @ mats)
-        proj = np.einsum("npk,nk->np", mats, vecs[:, :, -1])
-    out: FloatArray = np.maximum(_orient(proj, mats.mean(axis=2)), 0.0)
-    return out.reshape(n, h, w).astype(np.float32)
-
-
-def _orient(proj: NDArray[np.float64], reference: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Flip each row of ``proj`` (N, P) to correlate positively with ``reference`` (N, P)."""
-    corr = (proj * reference).sum(axis=1)
-    scale = np.linalg.norm(proj, axis=1) * np.linalg.norm(reference, axis=1)
-    peak = proj[np.arange(proj.shape[0]), np.abs(proj).argmax(axis=1)]
-    sign = np.where(np.abs(corr) > 1e-9 * scale, np.sign(corr), np.where(peak < 0, -1.0, 1.0))
-    return np.asarray(proj * sign[:, None], dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- forward-pass CAMs
-
-
-def _score_rows(scores: NDArray[np.floating], rows: int, classes: NDArray[np.intp],
-                what: str) -> NDArray[np.float64]:
-    """Pick each row's target scores (classes: (rows, T)) from a (rows, classes) output."""
-    out = np.asarray(scores, dtype=np.float64)
-    if out.ndim == 1 and rows == out.shape[0]:
-        out = out[:, None]
-    if out.ndim != 2 or out.shape[0] != rows:
-        raise InputError(f"{what} returned shape {out.shape} for a batch of {rows}; it must "
-                         "return (batch, classes) scores")
-    if classes.size and classes.max() >= out.shape[1]:
-        raise InputError(f"target class {int(classes.max())} is out of range for the "
-                         f"{out.shape[1]} scores {what} returned; pick a target in "
-                         f"0..{out.shape[1] - 1}")
-    return np.take_along_axis(out, classes, axis=1)
-
-
-def _run_batched(total: int, batch_size: int, make_batch: Callable[[int, int], FloatArray],
-                 call: Callable[[FloatArray, int, int], NDArray[np.float64]],
-                 progress: ProgressFn | None) -> NDArray[np.float64]:
-    """Evaluate rows [0, total) in chunks: ``call(make_batch(i, j), i, j)`` -> (j - i, T).
-
-    Returns:
-        (total, T) float64 scores.
-    """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    parts = []
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        parts.append(call(make_batch(start, stop), start, stop))
-        if progress is not None:
-            progress(stop, total)
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float64)
-
-
-def _softmax(x: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return np.asarray(e / e.sum(axis=axis, keepdims=True), dtype=np.float64)
-
-
-def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floating], *,
-              targets: NDArray[np.integer], forward: ForwardFn, batch_size: int = 32,
-              progress: ProgressFn | None = None,
-              forward_masked: MaskedForwardFn | None = None) -> FloatArray:
-    """Score-CAM: softmax-weighted channels, weights from forward passes of masked inputs.
-
-    For image n and channel k, M_k = minmax(upsample(A_k)) (bilinear to the input size, then
-    (M - min) / (max - min + 1e-8)) masks the input: x * M_k; s_k is its target score;
-    w = softmax_k(s) (as pytorch-grad-cam ``score_cam.py``; the paper's softmax of the score
-    increase over a baseline is the same, softmax being shift-invariant); map = ReLU(sum w_k A_k).
-    Runs N * K forward rows in chunks of ``batch_size``; with T targets per image the same rows
-    serve all of them.
-
-    Args:
-        activations: (N, K, h, w) layer activations.
-        input_batch: (N, C, H, W) float model input.
-        targets: (N,) target class per image, or (N, T) several per image.
-        forward: (B, C, H, W) -> (B, classes) scores.
-        batch_size: rows per forward call.
-        progress: ``progress(done_rows, N * K)`` after each call.
-        forward_masked: when given, rows are fed as (layer map, image index) and masked where
-            the model runs (no (rows, C, H, W) masks on the host); same scores.
-
-    Returns:
-        (N * T, h, w) float32 raw maps, image-major ((N, h, w) for (N,) targets).
-    """
-    acts = _as_layer(activations, "activations")
-    x = _as_input(input_batch, acts.shape[0]).astype(np.float32)
-    n, k = acts.shape[:2]
-    cls = _row_targets(targets, n, k)
-    acts32 = acts.astype(np.float32)  # masks are built in float32: this loop is the hot path
-
-    def masked(i: int, j: int) -> FloatArray:
-        img, ch = np.divmod(np.arange(i, j), k)
-        up = _resize(acts32[img, ch], x.shape[2:])
-        lo = up.min(axis=(1, 2), keepdims=True)
-        up -= lo
-        up /= up.max(axis=(1, 2), keepdims=True) + np.float32(_SCORE_CAM_EPS)
-        out: FloatArray = np.empty((j - i, *x.shape[1:]), dtype=np.float32)
-        for image in np.unique(img):  # rows are grouped by image: broadcast, no gather
-            rows = slice(*np.searchsorted(img, [image, image + 1]))
-            np.multiply(x[image], up[rows, None], out=out[rows])
-        return out
-
-    def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
-        return _score_rows(forward(batch), j - i, cls[i:j], "forward")
-
-    def maps(i: int, j: int) -> FloatArray:
-        img, ch = np.divmod(np.arange(i, j), k)
-        return acts32[img, ch]
-
-    def call_masked(rows: FloatArray, i: int, j: int) -> NDArray[np.float64]:
-        assert forward_masked is not None
-        index = (np.arange(i, j) // k).astype(np.intp)
-        return _score_rows(forward_masked(rows, index), j - i, cls[i:j], "forward_masked")
-
-    if forward_masked is not None:
-        scores = _run_batched(n * k, batch_size, maps, call_masked, progress).reshape(n, k, -1)
-        return _relu_sum_targets(_softmax(scores, axis=1), acts)
-    scores = _run_batched(n * k, batch_size, masked, call, progress).reshape(n, k, -1)
-    return _relu_sum_targets(_softmax(scores, axis=1), acts)
-
-
-def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integer],
-                 forward_from_layer: LayerForwardFn, batch_size: int = 32,
-                 progress: ProgressFn | None = None) -> FloatArray:
-    """Ablation-CAM: w_k = (y - y_k) / y; map = ReLU(sum_k w_k A_k).
-
-    y is the target score from the unchanged layer tensor and y_k the score with channel k set
-    to 0 (the paper's ablation; pytorch-grad-cam instead uses min - 1e7 when activations can be
-    negative), both through ``forward_from_layer`` so they share numerics. |y| < 1e-7 is replaced
-    by +-1e-7 (sign kept) to avoid dividing by 0. Runs N * (K + 1) rows in chunks.
-
-    Args:
-        activations: (N, K, h, w) layer activations.
-        targets: (N,) target class per image, or (N, T) several (the rows serve all).
-        forward_from_layer: (layer batch, image_index) -> (B, classes) scores.
-        batch_size: rows per call.
-        progress: ``progress(done_rows, N * (K + 1))`` after each call.
-
-    Returns:
-        (N * T, h, w) float32 raw maps, image-major.
-    """
-    acts = _as_layer(activations, "activations")
-    n, k = acts.shape[:2]
-    cls = _row_targets(targets, n, k + 1)
-    acts32 = acts.astype(np.float32)
-
-    def ablated(i: int, j: int) -> FloatArray:
-        img, ch = np.divmod(np.arange(i, j), k + 1)  # ch == k: the unablated row
-        batch = acts32[img]  # fancy indexing copies
-        hit = ch < k
-        batch[np.flatnonzero(hit), ch[hit]] = 0.0
-        return batch
-
-    def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
-        index = (np.arange(i, j) // (k + 1)).astype(np.intp)
-        return _score_rows(forward_from_layer(batch, index), j - i, cls[i:j],
-                           "forward_from_layer")
-
-    scores = _run_batched(n * (k + 1), batch_size, ablated, call, progress).reshape(n, k + 1, -1)
-    base = scores[:, k:]
-    base = np.where(np.abs(base) < _ABLATION_EPS, np.where(base < 0, -1.0, 1.0) * _ABLATION_EPS,
-                    base)
-    return _relu_sum_targets((scores[:, k:] - scores[:, :k]) / base, acts)
-
-
-def _row_targets(targets: NDArray[np.integer], n: int, per_image: int) -> NDArray[np.intp]:
-    """(N,) or (N, T) targets -> (N * per_image, T) classes per forward row (image-major)."""
-    cls = np.asarray(targets)
-    if cls.ndim == 1:
-        cls = cls[:, None]
-    if cls.ndim != 2 or cls.shape[0] != n or not np.issubdtype(cls.dtype, np.integer):
-        raise InputError(f"expected targets as {n} ints (one class per image) or (N={n}, T) "
-                         f"ints, got {cls.dtype} array of shape {np.shape(targets)}")
-    if cls.size and cls.min() < 0:
-        raise InputError(f"target {int(cls.min())} is negative; class indices start at 0")
-    return np.repeat(cls.astype(np.intp), per_image, axis=0)
-
-
-def _relu_sum_targets(weights: NDArray[np.float64], acts: NDArray[np.float64]) -> FloatArray:
-    """ReLU(sum_k w_kt A_k) for weights (N, K, T), acts (N, K, h, w) -> (N * T, h, w)."""
-    n, _, h, w = acts.shape
-    maps = np.einsum("nkt,nkhw->nthw", weights, acts, optimize=True)
-    out: FloatArray = np.maximum(maps, 0.0).reshape(n * weights.shape[2], h, w).astype(np.float32)
-    return out
-
-
-def _as_input(input_batch: NDArray[np.floating], n: int) -> NDArray[np.float64]:
-    x = np.asarray(input_batch, dtype=np.float64)
-    if x.ndim != 4 or x.shape[0] != n:
-        raise InputError(f"expected the input batch as (N={n}, C, H, W), got {x.shape}; pass the "
-                         "model input (NCHW) the activations were computed from")
-    return x
-
-
-# --------------------------------------------------------------------------- occlusion
-
-
-def _starts(size: int, window: int, stride: int) -> NDArray[np.intp]:
-    """Window starts covering [0, size): every stride, plus a last one flush with the edge."""
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] + window < size:
-        starts.append(size - window)
-    return np.asarray(starts, dtype=np.intp)
-
-
-def _occlusion_grid(options: OcclusionOptions, size: tuple[int, int]
-                    ) -> tuple[NDArray[np.intp], NDArray[np.intp], tuple[int, int]]:
-    """Row starts, column starts and (wh, ww) window for an input of ``size`` (H, W)."""
-    win = options.window or (max(1, size[0] // 8), max(1, size[1] // 8))
-    stride = options.stride or (max(1, win[0] // 2), max(1, win[1] // 2))
-    for name, pair in (("window", win), ("stride", stride)):
-        if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-            raise InputError(f"occlusion {name} must be two positive ints (h, w), got {pair!r}")
-    if win[0] > size[0] or win[1] > size[1]:
-        raise InputError(f"occlusion window {tuple(win)} is larger than the input {size}; use a "
-                         "window no larger than the input")
-    wh, ww = int(win[0]), int(win[1])
-    return _starts(size[0], wh, int(stride[0])), _starts(size[1], ww, int(stride[1])), (wh, ww)
-
-
-def _baseline(x: NDArray[np.float64], baseline: float | str) -> NDArray[np.float64]:
-    """(N, C, 1, 1) fill value per image and channel."""
-    if isinstance(baseline, str):
-        if baseline != "mean":
-            raise InputError(f"occlusion baseline must be a number or 'mean', got {baseline!r}")
-        return np.asarray(x.mean(axis=(2, 3), keepdims=True), dtype=np.float64)
-    return np.full((x.shape[0], x.shape[1], 1, 1), float(baseline))
-
-
-def occlusion(input_batch: NDArray[np.floating], *, targets: NDArray[np.integer],
-              forward: ForwardFn, options: OcclusionOptions | None = None, batch_size: int = 32,
-              progress: ProgressFn | None = None) -> FloatArray:
-    """Occlusion sensitivity: ReLU(y - y_p) for each window position p.
-
-    Windows start every ``stride`` pixels, plus one flush with the bottom/right edge so every
-    pixel is covered. Runs N (unoccluded) + N * P rows in chunks.
-
-    Args:
-        input_batch: (N, C, H, W) float model input.
-        targets: (N,) target class per image, or (N, T) several (the rows serve all).
-        forward: (B, C, H, W) -> (B, classes) scores.
-        options: window, stride and fill value.
-        batch_size: rows per forward call.
-        progress: ``progress(done_rows, N * (P + 1))`` after each call.
-
-    Returns:
-        (N * T, gh, gw) float32 score drops (after ReLU) on the grid of window positions.
-    """
-    x = np.asarray(input_batch, dtype=np.float64)
-    if x.ndim != 4:
-        raise InputError(f"expected the input batch as (N, C, H, W), got {x.shape}")
-    n = x.shape[0]
-    rows, cols, (wh, ww) = _occlusion_grid(options or OcclusionOptions(), x.shape[2:])
-    per = rows.size * cols.size + 1  # row 0 of each image is the unoccluded input
-    cls = _row_targets(targets, n, per)
-    fill = _baseline(x, (options or OcclusionOptions()).baseline).astype(np.float32)
-    x32 = x.astype(np.float32)
-
-    def occluded(i: int, j: int) -> FloatArray:
-        img, pos = np.divmod(np.arange(i, j), per)
-        batch = x32[img]  # fancy indexing copies
-        for b in np.flatnonzero(pos > 0):
-            r, c = rows[(pos[b] - 1) // cols.size], cols[(pos[b] - 1) % cols.size]
-            batch[b, :, r:r + wh, c:c + ww] = fill[img[b]]
-        return batch
-
-    def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
-        return _score_rows(forward(batch), j - i, cls[i:j], "forward")
-
-    scores = _run_batched(n * per, batch_size, occluded, call, progress).reshape(n, per, -1)
-    drops = (scores[:, :1] - scores[:, 1:]).transpose(0, 2, 1)  # (N, T, P)
-    return np.maximum(drops, 0.0).reshape(-1, rows.size, cols.size).astype(np.float32)
-
-
-def occlusion_to_pixels(grid: NDArray[np.floating], size: tuple[int, int], *,
-                        options: OcclusionOptions | None = None) -> FloatArray:
-    """Average each pixel over the occlusion windows covering it.
-
-    Args:
-        grid: (N, gh, gw) values per window position, as returned by ``occlusion``.
-        size: input (H, W) the windows were placed on.
-        options: the same options ``occlusion`` used.
-
-    Returns:
-        (N, H, W) float32 per-pixel mean of the covering windows' values.
-    """
-    rows, cols, (wh, ww) = _occlusion_grid(options or OcclusionOptions(), _check_size(size))
-    vals = np.asarray(grid, dtype=np.float64)
-    if vals.shape[1:] != (rows.size, cols.size):
-        raise InputError(f"occlusion grid has shape {vals.shape[1:]}, expected "
-                         f"{(rows.size, cols.size)} for input {size} and these options")
-    total = np.zeros((vals.shape[0], *size))
-    count = np.zeros(size)
-    for a, r in enumerate(rows):
-        for b, c in enumerate(cols):
-            total[:, r:r + wh, c:c + ww] += vals[:, a, b, None, None]
-            count[r:r + wh, c:c + ww] += 1.0
-    return (total / count).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- backprop views
-
-
-def saliency(input_gradients: NDArray[np.floating], *, normalize: bool = True) -> FloatArray:
-    """Vanilla saliency (Simonyan et al. 2014): max over channels of |dS/dx|.
-
-    Args:
-        input_gradients: (N, C, H, W) gradient of each image's target score w.r.t. the input.
-        normalize: scale each map to [0, 1].
-
-    Returns:
-        (N, H, W) float32.
-    """
-    g = _as_layer(input_gradients, "input gradients")
-    out = np.abs(g).max(axis=1)
-    return normalize_heatmaps(out) if normalize else out.astype(np.float32)
-
-
-def guided_backprop_image(guided_gradients: NDArray[np.floating]) -> FloatArray:
-    """Turn guided-backprop gradients into displayable images.
-
-    Per image: (g - mean) / (std + 1e-5) * 0.1 + 0.5, clipped to [0, 1] (the usual deprocessing,
-    e.g. pytorch-grad-cam ``deprocess_image``), moved to channels-last. Channel order is the
-    model's (BGR models give BGR images).
-
-    Args:
-        guided_gradients: (N, C, H, W) guided gradients w.r.t. the input.
-
-    Returns:
-        (N, H, W, C) float32 in [0, 1].
-    """
-    g = _as_layer(guided_gradients, "guided gradients")
-    mean = g.mean(axis=(1, 2, 3), keepdims=True)
-    std = g.std(axis=(1, 2, 3), keepdims=True)
-    out = np.clip((g - mean) / (std + 1e-5) * 0.1 + 0.5, 0.0, 1.0)
-    return np.ascontiguousarray(out.transpose(0, 2, 3, 1)).astype(np.float32)
-
-
-def guided_grad_cam(guided_gradients: NDArray[np.floating],
-                    cam: NDArray[np.floating]) -> FloatArray:
-    """Guided Grad-CAM: guided gradients times the input-size heatmap, element-wise.
-
-    Args:
-        guided_gradients: (N, C, H, W) guided gradients w.r.t. the input.
-        cam: (N, H, W) Grad-CAM heatmap at the input size (``CamResult.cam``).
-
-    Returns:
-        (N, C, H, W) float32 (pass to ``guided_backprop_image`` for display).
-    """
-    g = _as_layer(guided_gradients, "guided gradients")
-    heat = np.asarray(cam, dtype=np.float64)
-    if heat.shape != (g.shape[0], *g.shape[2:]):
-        raise InputError(f"cam has shape {heat.shape}, expected {(g.shape[0], *g.shape[2:])} to "
-                         "match the gradients; upsample the CAM to the input size first")
-    return (g * heat[:, None]).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- registry
-
-
 def _need(inputs: CamInputs, name: str, method: str) -> object:
     value = getattr(inputs, name)
     if value is None:
@@ -787,7 +227,10 @@ METHODS: Mapping[str, CamMethod] = MappingProxyType({
                            needs_activations=False, to_input=_occlusion_pixels,
                            description="Occlusion: sliding baseline window over the input"),
 })
+
+
 """Name -> CAM method. Names are snake_case; ``resolve_method`` also accepts aliases."""
+
 
 _ALIASES = {
     "gradcam": "grad_cam", "gradcam++": "grad_cam_pp", "grad_cam++": "grad_cam_pp",
@@ -862,9 +305,6 @@ def compute(method: str, inputs: CamInputs) -> CamResult:
     return CamResult(name, raw, normalize_heatmaps(full), targets)
 
 
-# --------------------------------------------------------------------------- targets
-
-
 def select_targets(scores: NDArray[np.floating], target: int | str | None = None, *,
                    labels: Sequence[str] | None = None,
                    top_k: int | None = None) -> NDArray[np.int64]:
@@ -928,3 +368,4 @@ def _label_index(target: str, labels: Sequence[str] | None) -> int:
     hint = f"close matches: {', '.join(repr(x) for x in near)}" if near else "no close matches"
     raise InputError(f"label {target!r} not found among {len(labels)} labels; {hint}; "
                      "use a class index or an exact label")
+

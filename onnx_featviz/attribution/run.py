@@ -16,9 +16,11 @@ import onnx_featviz.attribution.methods as cams
 import onnx_featviz.autodiff as autodiff
 import onnx_featviz.graph.catalog as catalog
 import onnx_featviz.graph.rewrite as rewrite
-import onnx_featviz.render.pictures as render
 import onnx_featviz.runtime as runtime
+from onnx_featviz.attribution import maps as cam_maps
+from onnx_featviz.attribution import perturbation as cam_perturbation
 from onnx_featviz.errors import InputError
+from onnx_featviz.graph import masking
 from onnx_featviz.inspector import (
     Batch,
     Images,
@@ -29,6 +31,7 @@ from onnx_featviz.inspector import (
     spatial_size,
     stage_tensors,
 )
+from onnx_featviz.render import compose
 from onnx_featviz.structs import (
     ClassScore,
     Progress,
@@ -39,7 +42,7 @@ BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
 
 
 #: Window, stride and fill of the occlusion method (``CamOptions.occlusion``).
-OcclusionOptions = cams.OcclusionOptions
+OcclusionOptions = cam_perturbation.OcclusionOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class CamOptions:
     cmap: str = "jet"
     batch_size: int = 32
     overlays: bool = True
-    occlusion: cams.OcclusionOptions | None = None
+    occlusion: cam_perturbation.OcclusionOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
     return Image.fromarray(np.uint8(np.round(scaled * 255))).convert("RGB")
 
 
-def _row_progress(progress: ProgressFn | None) -> cams.ProgressFn | None:
+def _row_progress(progress: ProgressFn | None) -> cam_perturbation.ProgressFn | None:
     """Adapt a ``structs.ProgressFn`` to the ``(done, total)`` callback of ``cam``."""
     if progress is None:
         return None
@@ -148,7 +151,7 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
                         if method == "score_cam" else None),
         forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch)
                             if entry.needs_layer_forward else None),
-        occlusion=options.occlusion or cams.OcclusionOptions(),
+        occlusion=options.occlusion or cam_perturbation.OcclusionOptions(),
         batch_size=options.batch_size, progress=_row_progress(progress))
     result = cams.compute(method, inputs)
     probs, _ = as_probabilities(np.asarray(scores, np.float64))
@@ -157,7 +160,7 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
     overlays: tuple[Image.Image, ...] = ()
     if options.overlays:
         pictures = _pictures(inspector, loaded, _as_nchw(inspector, loaded.array))
-        overlays = tuple(render.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
+        overlays = tuple(compose.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
                                                 cmap=options.cmap)
                          for i, heat in zip(index, result.cam, strict=True))
     return CamReport(method, layer, score, result.targets, top, result.cam,
@@ -325,7 +328,7 @@ def _cam_forward(inspector: Inspector, batch: NDArray[np.generic], layer: str,
             np.asarray(got[layer], np.float32))
 
 
-def _forward_fn(inspector: Inspector, score: str) -> cams.ForwardFn:
+def _forward_fn(inspector: Inspector, score: str) -> cam_perturbation.ForwardFn:
     exposed = _score_exposure(inspector, score)
 
     def forward(rows: NDArray[np.floating]) -> NDArray[np.floating]:
@@ -337,8 +340,8 @@ def _forward_fn(inspector: Inspector, score: str) -> cams.ForwardFn:
 
 
 def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.float32],
-                       map_size: tuple[int, ...]) -> cams.MaskedForwardFn:
-    """Score-CAM rows masked inside the session (``rewrite.mask_input``).
+                       map_size: tuple[int, ...]) -> cam_perturbation.MaskedForwardFn:
+    """Score-CAM rows masked inside the session (``masking.mask_input``).
 
     Only the layer maps, a row -> image index and the images a call uses are fed; the
     model's fixed batch size (Caffe2 zoo: 1), if any, bounds the rows per call.
@@ -349,7 +352,7 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
         outputs = [o.name for o in inspector.info.outputs]
         base = (inspector.model if score in outputs
                 else rewrite.expose_tensors(inspector.model, [score]))
-        masked = rewrite.mask_input(base, map_size=size, input_size=images.shape[2:4],
+        masked = masking.mask_input(base, map_size=size, input_size=images.shape[2:4],
                                     layout=inspector.spec.layout)
         return runtime.Session(masked, inspector.provider)
 
@@ -365,9 +368,9 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
         for start in range(0, len(maps), step):
             used, local = np.unique(image_index[start:start + step], return_inverse=True)
             feeds: dict[str, NDArray[np.generic]] = {
-                     rewrite.MASK_IMAGES: images[used],
-                     rewrite.MASK_INDEX: local.astype(np.int64),
-                     rewrite.MASK_MAPS: np.asarray(maps[start:start + step], np.float32)}
+                     masking.MASK_IMAGES: images[used],
+                     masking.MASK_INDEX: local.astype(np.int64),
+                     masking.MASK_MAPS: np.asarray(maps[start:start + step], np.float32)}
             parts.append(np.asarray(session.run(feeds, [name], split=False)[name]))
         values = np.concatenate(parts)
         return values.reshape(len(values), -1).astype(np.float32)
@@ -376,7 +379,7 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
 
 
 def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArray[np.generic]
-                      ) -> cams.LayerForwardFn:
+                      ) -> cam_perturbation.LayerForwardFn:
     """Scores of the network after ``layer`` fed with a layer batch (for Ablation-CAM).
 
     The model cut at ``layer`` (``rewrite.cut_at``) is built once and kept in the session
@@ -444,15 +447,15 @@ def backprop(inspector: Inspector, images: Images, method: str, target: int | st
     grads = _as_nchw(inspector, _gradients(inspector, batch, score, inspector.spec.name, targets,
                                            full, guided=method != "saliency")[0])
     if method == "saliency":
-        return cams.saliency(grads)
+        return cam_maps.saliency(grads)
     if method == "guided-gradcam":
         layer = cam_layer(inspector, None)
         lgrad, acts = _gradients(inspector, batch, score, layer, targets, full, keep=[layer])
         heat = cams.compute("grad_cam", cams.CamInputs(
             targets=targets, input_size=(grads.shape[2], grads.shape[3]),
             activations=acts, gradients=lgrad)).cam
-        grads = cams.guided_grad_cam(grads, heat)
-    return cams.guided_backprop_image(grads)
+        grads = cam_maps.guided_grad_cam(grads, heat)
+    return cam_maps.guided_backprop_image(grads)
 
 
 def _class_scores(values: NDArray[np.generic], name: str) -> NDArray[np.float32]:

@@ -21,7 +21,7 @@ def batch_channel_stats(reduced: Mapping[str, NDArray[np.generic]]) -> ChannelSt
     a large mean with a small spread loses no precision to cancellation.
 
     Args:
-        reduced: stat name -> array, as ``rewrite.append_channel_stats`` outputs them:
+        reduced: stat name -> array, as ``reductions.append_channel_stats`` outputs them:
             ``shift`` (1, C, 1...), ``sum``, ``sumsq``, ``min``, ``max``, ``zeros`` (N, C),
             ``count`` (scalar, N * C * positions); optional ``nonfinite``, ``at_low``,
             ``at_high`` counts (N, C).

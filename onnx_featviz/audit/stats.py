@@ -18,6 +18,7 @@ import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
 from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS
 from onnx_featviz.errors import InputError
+from onnx_featviz.graph import reductions
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io import data as api_data
 from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
@@ -104,7 +105,7 @@ def dataset_stats(model: inspection.ModelSource, data: Path | str,
     """Measure per-channel statistics of a model's layers over a whole dataset.
 
     Each batch runs once through the model with on-device reductions
-    (``rewrite.append_channel_stats``): only (N, C) statistics leave the device, so memory does
+    (``reductions.append_channel_stats``): only (N, C) statistics leave the device, so memory does
     not grow with the dataset. Batches are merged in float64 (shifted sums, Chan's parallel
     variance); batches whose sums are non-finite run once more to count NaN/Inf. A Ctrl-C while
     streaming returns what was merged, marked ``partial``.
@@ -204,7 +205,7 @@ def _layers_stats(inspector: inspection.Inspector, tensors: Sequence[str],
                   ) -> tuple[LayerStats, ...]:
     """Attach the producing op, Clip bounds and findings to each measured tensor."""
     producers = {o: lay for lay in inspector.info.layers for o in lay.outputs if o}
-    bounds = rewrite.clip_bounds(inspector.model, tensors)
+    bounds = reductions.clip_bounds(inspector.model, tensors)
     found = []
     for tensor in (t for t in tensors if t in merged):
         layer = source = producers[tensor]
@@ -226,9 +227,9 @@ def image_stats(inspector: Inspector, images: Images, layers: Sequence[str | int
     """Return per-channel statistics of ``layers`` over all inputs, reduced on the device.
 
     Each chunk of ``max_batch`` rows runs once with the reductions of
-    ``rewrite.append_channel_stats`` (only (N, C) statistics leave the device); a chunk
+    ``reductions.append_channel_stats`` (only (N, C) statistics leave the device); a chunk
     whose sums come out non-finite runs once more to count its NaN/Inf
-    (``rewrite.append_nonfinite_counts``). Chunks are merged in float64
+    (``reductions.append_nonfinite_counts``). Chunks are merged in float64
     (``audit.merge_channel_stats``); ``at_low`` / ``at_high`` are set for Clip outputs.
 
     Returns:
@@ -239,16 +240,16 @@ def image_stats(inspector: Inspector, images: Images, layers: Sequence[str | int
     session = inspector.session(tensors, stats=True)
     names = [n for n in session.output_names if n.startswith("featviz/stats/")]
     counts = ("nonfinite", tuple(tensors))
-    low_zero = {t: b[0] == 0.0 for t, b in rewrite.clip_bounds(inspector.model, tensors).items()}
+    low_zero = {t: b[0] == 0.0 for t, b in reductions.clip_bounds(inspector.model, tensors).items()}
     merged: dict[str, ChannelStats] = {}
     step = min(v for v in (inspector.max_batch, inspector.spec.batch, len(batch)) if v)
     for start in range(0, len(batch), step):
         feed = {inspector.spec.name: batch[start:start + step]}
         values = session.run(feed, names, split=False)
-        if not all(np.isfinite(values[rewrite.stat_output("sum", t)]).all() for t in tensors):
+        if not all(np.isfinite(values[reductions.stat_output("sum", t)]).all() for t in tensors):
             nonfinite = inspector.cached(counts, lambda: runtime.Session(
-                rewrite.append_nonfinite_counts(inspector.model, tensors), inspector.provider))
-            wanted = [rewrite.stat_output(rewrite.NONFINITE_STAT, t) for t in tensors]
+                reductions.append_nonfinite_counts(inspector.model, tensors), inspector.provider))
+            wanted = [reductions.stat_output(reductions.NONFINITE_STAT, t) for t in tensors]
             values.update(nonfinite.run(feed, wanted, split=False))
         for tensor in tensors:
             part = _batch_stats(values, tensor, low_zero[tensor])
@@ -263,9 +264,9 @@ def _batch_stats(values: Mapping[str, NDArray[np.generic]], tensor: str, low_zer
 
     ``low_zero``: the tensor is a Clip output with lower bound 0, whose ``at_low`` is ``zeros``.
     """
-    stats = (*rewrite.STAT_NAMES, *rewrite.BOUND_STAT_NAMES, rewrite.NONFINITE_STAT)
-    reduced = {s: values[rewrite.stat_output(s, tensor)] for s in stats
-               if rewrite.stat_output(s, tensor) in values}
+    stats = (*reductions.STAT_NAMES, *reductions.BOUND_STAT_NAMES, reductions.NONFINITE_STAT)
+    reduced = {s: values[reductions.stat_output(s, tensor)] for s in stats
+               if reductions.stat_output(s, tensor) in values}
     if low_zero:
         reduced["at_low"] = reduced["zeros"]
     return audit.batch_channel_stats(reduced)

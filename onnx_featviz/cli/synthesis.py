@@ -65,6 +65,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
       featviz maximize model.onnx --layer conv3 --recipe pyramid --blur 5 --json
     """
     from onnx_featviz import api
+    from onnx_featviz.synthesis import pictures as synthesis_pictures
     from onnx_featviz.synthesis import run as synthesis
     options = synthesis.MaximizeOptions(
         layer, channels=channels or None, objective=objective, recipe=recipe,
@@ -73,7 +74,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     with api.Inspector(model, provider, prep=prep) as inspector, \
             progress_bar("maximize", enabled=not as_json) as bar:
         result = synthesis.maximize(inspector, options, bar)
-    rendered = synthesis.render_maximized(result, tile=tile)
+    rendered = synthesis_pictures.render_maximized(result, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {
         "tensor": result.tensor, "objective": objective, "recipe": recipe,
@@ -112,6 +113,7 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
       featviz invert squeezenet.onnx cat.png --preset caffe --layer conv1_2 --tv 0.1
     """
     from onnx_featviz import api
+    from onnx_featviz.synthesis import pictures as synthesis_pictures
     from onnx_featviz.synthesis import run as synthesis
     synthesis.check_outputs(out, save_npz, picture="invert.png")
     results = []
@@ -121,7 +123,7 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
             opts = synthesis.InvertOptions(layer, steps=steps, tv=tv, lr=lr, seed=seed)
             with progress_bar(f"invert {layer}", enabled=not as_json) as bar:
                 results.append(synthesis.invert(inspector, image, opts, bar))
-    rendered = synthesis.render_inversions(results, tile=tile)
+    rendered = synthesis_pictures.render_inversions(results, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {"layers": [
         {"tensor": r.tensor, "loss": r.loss.tolist(), "correlation": r.correlation.tolist()}

@@ -1,18 +1,5 @@
-"""Feature visualization by optimization and feature inversion on the deployed ONNX model.
-
-``maximize`` finds images that maximize a channel, a neuron or a whole layer; ``invert`` finds an
-image whose features at a layer match a photo's. Both run one gradient session per call: the
-model, cut at the layer, gets a small *objective head* (standard ONNX nodes computing one
-objective value per batch row from the layer tensor) and is differentiated by ``autodiff`` with
-respect to the image input. One session call per step returns every row's objective and its
-input gradient; the host (``synthesis``) applies the adjoints of the preprocessing, the random
-transforms and the image parameterization, then takes an Adam step.
-
-Why a head rather than seeding ``d(objective)/d(layer)`` from the host: the layer objective,
-inversion and diversity seeds depend on the activations of the very view being differentiated,
-so a host seed would need a second forward pass per step; the head also keeps the per-step
-traffic to the image, its gradient and one value per row (no layer-sized seed or activation
-copies), and reduces in float32 even for float16 models.
+"""``maximize`` and ``invert``: feature visualization runs on an ``Inspector`` (options, results,
+the optimization loops).
 """
 
 from __future__ import annotations
@@ -23,38 +10,44 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
-import onnx_featviz.autodiff as autodiff
-import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
 import onnx_featviz.io.files as fileio
-import onnx_featviz.io.outputs as outputs
-import onnx_featviz.render.pictures as render
-import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis.maths as syn
-from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.errors import InputError
 from onnx_featviz.structs import Progress, ProgressFn
+from onnx_featviz.synthesis import optim as syn_optim
+from onnx_featviz.synthesis.heads import (
+    POSITION_IN,
+    SELECT_IN,
+    TARGET_IN,
+    WEIGHT_IN,
+    _GradientSession,
+    _Head,
+)
 
 LOG = logging.getLogger(__name__)
+
+
 _T = TypeVar("_T")
+
+
 RECIPES = ("fourier", "pyramid")
-OBJECTIVES = syn.OBJECTIVES
-PREFIX = "featviz/synth"
-OBJECTIVE_OUT = f"{PREFIX}/objective"
-UNIT_OUT = f"{PREFIX}/unit"  # the objective without the diversity term
-SELECT_IN = f"{PREFIX}/select"
-POSITION_IN = f"{PREFIX}/position"
-TARGET_IN = f"{PREFIX}/target"
-WEIGHT_IN = f"{PREFIX}/weight"
+
+
+OBJECTIVES = syn_optim.OBJECTIVES
+
+
 DEFAULT_CHANNELS = 16
+
+
 F32 = NDArray[np.float32]
+
+
 ModelOrInspector = inspection.Inspector | inspection.ModelSource
 
 
@@ -175,303 +168,6 @@ class InvertResult:
     history: F32
 
 
-# -- the objective head and its gradient model ---------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _Head:
-    """Which objective the head computes: ``kind`` in OBJECTIVES or ``"invert"``; ``channels``
-    of the layer tensor; ``group`` consecutive rows share a unit (for ``diversity``)."""
-
-    kind: str
-    channels: int
-    group: int = 1
-    diversity: float = 0.0
-
-
-class _Nodes:
-    """Collects the head's nodes, constants and inputs, named ``featviz/synth/<purpose>/...``."""
-
-    def __init__(self, tensor: str, opset: int) -> None:
-        self.tensor, self.opset = tensor, opset
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[TensorProto] = []
-        self.count = 0
-
-    def name(self, purpose: str) -> str:
-        self.count += 1
-        return f"{PREFIX}/{purpose}_{self.count}/{self.tensor}"
-
-    def op(self, op_type: str, inputs: Sequence[str], purpose: str, **attrs: Any) -> str:
-        out = self.name(purpose)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-        return out
-
-    def const(self, purpose: str, value: NDArray[np.generic]) -> str:
-        name = self.name(purpose)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int) -> str:
-        """ReduceSum/ReduceMean with axes as an attribute or an input, as the opset wants."""
-        since = 13 if op_type == "ReduceSum" else 18
-        if self.opset >= since:
-            axes_in = self.const("axes", np.asarray(list(axes), np.int64))
-            return self.op(op_type, [x, axes_in], op_type.lower(), keepdims=keepdims)
-        return self.op(op_type, [x], op_type.lower(), axes=list(axes), keepdims=keepdims)
-
-    def reshape(self, x: str, shape: Sequence[int]) -> str:
-        return self.op("Reshape", [x, self.const("shape", np.asarray(shape, np.int64))],
-                       "reshape")
-
-    def scalar(self, value: float) -> str:
-        return self.const("scalar", np.asarray(value, np.float32))
-
-
-def _head_nodes(b: _Nodes, head: _Head) -> str:
-    """Emit the objective of each row as a ``(rows,)`` float32 tensor; return its name."""
-    f = b.op("Cast", [b.tensor], "float", to=TensorProto.FLOAT)
-    flat = b.reshape(f, [0, head.channels, -1])
-    if head.kind == "layer":
-        obj = b.reduce("ReduceMean", b.op("Mul", [flat, flat], "square"), [1, 2], 0)
-    elif head.kind == "invert":
-        diff = b.op("Sub", [flat, TARGET_IN], "diff")
-        mse = b.reduce("ReduceMean", b.op("Mul", [diff, diff], "square"), [1, 2], 0)
-        obj = b.op("Mul", [mse, WEIGHT_IN], "relative")
-    else:
-        if head.kind == "neuron":
-            pooled = b.reshape(b.op("MatMul", [flat, POSITION_IN], "neuron"), [0, -1])
-        else:
-            pooled = b.reduce("ReduceMean", flat, [2], 0)
-        obj = b.reduce("ReduceMean", b.op("Mul", [pooled, SELECT_IN], "select"), [1], 0)
-    if head.diversity:
-        b.nodes.append(helper.make_node("Identity", [obj], [UNIT_OUT], name=UNIT_OUT))
-        term = b.op("Mul", [_diversity_nodes(b, flat, head), b.scalar(head.diversity)], "weight")
-        obj = b.op("Sub", [obj, term], "diverse")
-    b.nodes.append(helper.make_node("Identity", [obj], [OBJECTIVE_OUT], name=OBJECTIVE_OUT))
-    return OBJECTIVE_OUT
-
-
-def _diversity_nodes(b: _Nodes, flat: str, head: _Head) -> str:
-    """Lucid's diversity per row (see ``synthesis.diversity``), from ``flat`` (R, C, S)."""
-    c, group = head.channels, head.group
-    gram = b.op("MatMul", [flat, b.op("Transpose", [flat], "t", perm=[0, 2, 1])], "gram")
-    power = b.reduce("ReduceSum", b.op("Mul", [gram, gram], "g2"), [1, 2], 1)
-    norm = b.op("Sqrt", [b.op("Add", [power, b.scalar(1e-12)], "eps")], "norm")
-    unit = b.reshape(b.op("Div", [gram, norm], "unit"), [-1, group, c * c])
-    total = b.reduce("ReduceSum", unit, [1], 1)
-    cross = b.reduce("ReduceSum", b.op("Mul", [unit, total], "cross"), [2], 0)
-    own = b.reduce("ReduceSum", b.op("Mul", [unit, unit], "own"), [2], 0)
-    value = b.op("Div", [b.op("Sub", [cross, own], "others"), b.scalar(float(group))], "mean")
-    return b.reshape(value, [-1])
-
-
-def _head_inputs(head: _Head, rows: int | str) -> list[onnx.ValueInfoProto]:
-    c = head.channels
-    if head.kind == "invert":
-        return [helper.make_tensor_value_info(TARGET_IN, TensorProto.FLOAT, [rows, c, None]),
-                helper.make_tensor_value_info(WEIGHT_IN, TensorProto.FLOAT, [rows])]
-    if head.kind == "layer":
-        return []
-    out = [helper.make_tensor_value_info(SELECT_IN, TensorProto.FLOAT, [rows, c])]
-    if head.kind == "neuron":
-        out.append(helper.make_tensor_value_info(POSITION_IN, TensorProto.FLOAT, [rows, None, 1]))
-    return out
-
-
-def _objective_model(model: onnx.ModelProto, image_input: str, tensor: str, head: _Head, *,
-                     integer: bool, free_batch: bool) -> onnx.ModelProto:
-    """Return a copy of ``model`` whose only output is the head's objective per row."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    if integer:
-        _float_input(graph, image_input)
-    rows = _free_batch(graph, image_input) if free_batch else _batch_dim(graph, image_input)
-    opset = max([i.version for i in out.opset_import if i.domain in ("", "ai.onnx")] or [1])
-    builder = _Nodes(tensor, opset)
-    _head_nodes(builder, head)
-    graph.node.extend(builder.nodes)
-    graph.initializer.extend(builder.inits)
-    if out.ir_version < 4:  # IR 3 lists every initializer as a graph input
-        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                           for t in builder.inits)
-    graph.input.extend(_head_inputs(head, rows))
-    del graph.output[:]
-    graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [rows])
-                        for name in _head_outputs(head))
-    rewrite.prune_graph(graph)
-    return out
-
-
-def _head_outputs(head: _Head) -> list[str]:
-    """The objective, then (with diversity) the objective without the diversity term."""
-    return [OBJECTIVE_OUT] + ([UNIT_OUT] if head.diversity else [])
-
-
-def _batch_dim(graph: onnx.GraphProto, name: str) -> int | str:
-    for value in graph.input:
-        if value.name == name and value.type.tensor_type.shape.dim:
-            dim = value.type.tensor_type.shape.dim[0]
-            return int(dim.dim_value) if dim.HasField("dim_value") else (dim.dim_param or "N")
-    return "N"
-
-
-def _free_batch(graph: onnx.GraphProto, name: str) -> str:
-    """Make the batch axis of input ``name`` symbolic; drop value_info inferred for batch 1."""
-    for value in graph.input:
-        if value.name == name and value.type.tensor_type.shape.dim:
-            dim = value.type.tensor_type.shape.dim[0]
-            dim.Clear()
-            dim.dim_param = "featviz_rows"
-    del graph.value_info[:]
-    return "featviz_rows"
-
-
-def _float_input(graph: onnx.GraphProto, name: str) -> None:
-    """Turn an integer image input into float32 (its values stay integers 0..255 when fed).
-
-    Consumers may be Cast (kept: float to float) or DequantizeLinear (rewritten exactly as
-    ``(x - zero_point) * scale``, per tensor or per channel); anything else has no float path
-    for gradients.
-    """
-    rank = 0
-    for value in graph.input:
-        if value.name == name:
-            value.type.tensor_type.elem_type = TensorProto.FLOAT
-            rank = len(value.type.tensor_type.shape.dim)
-    nodes: list[onnx.NodeProto] = []
-    shapes: list[TensorProto] = []
-    for node in graph.node:
-        if name not in node.input or node.op_type == "Cast":
-            nodes.append(node)
-        elif (node.op_type == "DequantizeLinear" and node.input[0] == name
-              and not any(a.name == "block_size" and a.i for a in node.attribute)):
-            nodes += _dequantize_nodes(node, rank, shapes)
-        else:
-            raise ModelError(f"the integer image input {name!r} feeds a {node.op_type} node "
-                             f"({node.name!r}); optimizing an image needs a float path from the "
-                             "input (a Cast or DequantizeLinear right after it)")
-    del graph.node[:]
-    graph.node.extend(nodes)
-    graph.initializer.extend(shapes)
-
-
-def _dequantize_nodes(node: onnx.NodeProto, rank: int, inits: list[TensorProto]
-                      ) -> list[onnx.NodeProto]:
-    """``(x - zero_point) * scale`` for a DequantizeLinear fed a float ``x``, with the scale
-    and zero point (scalar or 1-D along ``axis``) reshaped to broadcast over ``x``."""
-    out = node.output[0]
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(rank, 1)
-    shape = [1] * rank
-    shape[axis] = -1
-    shape_name = f"{PREFIX}/dequantize_shape/{out}"
-    inits.append(numpy_helper.from_array(np.asarray(shape, np.int64), shape_name))
-    scale = f"{PREFIX}/dequantize_scale/{out}"
-    nodes = [helper.make_node("Reshape", [node.input[1], shape_name], [scale], name=scale)]
-    if len(node.input) < 3 or not node.input[2]:  # the zero point defaults to 0
-        return [*nodes, helper.make_node("Mul", [node.input[0], scale], [out], name=out)]
-    zero, cast, centred = (f"{PREFIX}/dequantize_{p}/{out}" for p in ("zero", "cast", "centred"))
-    return [*nodes,
-            helper.make_node("Cast", [node.input[2]], [cast], name=cast, to=TensorProto.FLOAT),
-            helper.make_node("Reshape", [cast, shape_name], [zero], name=zero),
-            helper.make_node("Sub", [node.input[0], zero], [centred], name=centred),
-            helper.make_node("Mul", [centred, scale], [out], name=out)]
-
-
-def _gradient_problem(err: ModelError) -> str:
-    """What ``autodiff`` refused, without its advice (CAM methods, of/wrt tensors) or the
-    head's internal output name, which do not apply to optimizing an image."""
-    text = str(err).split("; use a gradient-free method")[0]
-    return text.removeprefix(f"cannot differentiate {OBJECTIVE_OUT!r}: ")
-
-
-class _GradientSession:
-    """The differentiated objective head of one layer and its session (close it when done).
-
-    ``run(view, feeds)`` maps image-space views to the model input, runs forward and backward
-    in one session call and returns each row's objective and d(objective)/d(view).
-    """
-
-    def __init__(self, inspector: inspection.Inspector, tensor: str, head: _Head) -> None:
-        self.inspector, self.tensor, self.head = inspector, tensor, head
-        self.imap = syn.input_map(inspector.spec, inspector.preprocessing)
-        shape = inspector.spec.shape
-        self.freed = bool(shape) and isinstance(shape[0], int)
-        self._open(free_batch=self.freed)
-
-    def _open(self, *, free_batch: bool) -> None:
-        spec = self.inspector.spec
-        model = _objective_model(self.inspector.model, spec.name, self.tensor, self.head,
-                                 integer=self.imap.integer, free_batch=free_batch)
-        try:
-            grad = autodiff.differentiate(model, of=OBJECTIVE_OUT, wrt=[spec.name],
-                                          keep_outputs=_head_outputs(self.head)[1:])
-        except ModelError as err:
-            raise ModelError(f"cannot optimize an input image for layer tensor "
-                             f"{self.tensor!r}: {_gradient_problem(err)}; every op from the "
-                             "input to the layer needs a gradient: pick a layer before the "
-                             "op named") from err
-        try:
-            # the host maps images between calls: spinning threads would compete with it
-            self.session = runtime.Session(grad.model, self.inspector.provider, spinning=False)
-        except ModelError:
-            if not free_batch:
-                raise
-            self._batch_fixed()  # e.g. a Reshape to a constant batch of 1 fails at load time
-            return
-        self.seed, self.gradient = grad.seed, grad.gradient(spec.name)
-        self.dtype = self.session.input_types.get(spec.name, "float32")
-
-    def _batch_fixed(self) -> None:
-        """Reopen with the model's own fixed batch (one row per call)."""
-        if self.head.diversity:
-            raise InputError("the diversity term needs all images of a channel in one batch, "
-                             "but this model's fixed batch axis cannot be freed; drop the "
-                             "diversity")
-        LOG.info("the model's batch axis cannot be freed; running one row per call")
-        self.freed = False
-        self._open(free_batch=False)
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> _GradientSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def run(self, view: F32, feeds: dict[str, F32], *, unit: bool = False
-            ) -> tuple[NDArray[np.float64], F32]:
-        """Return the objective per row ``(R,)`` and its gradient w.r.t. ``view``."""
-        values, grad = self.run_model(syn.to_model(self.imap, view), feeds, unit=unit)
-        return values, syn.to_model_adjoint(self.imap, grad)
-
-    def run_model(self, x: F32, feeds: dict[str, F32], *, unit: bool = False
-                  ) -> tuple[NDArray[np.float64], F32]:
-        """Return the objective per row and its gradient w.r.t. the float model input ``x``.
-
-        With ``unit`` the values are the unit's objective without the diversity term (what the
-        user asked to maximize); the gradient is always that of the full objective.
-        """
-        rows = len(x)
-        inputs = {self.inspector.spec.name: x.astype(self.dtype, copy=False),
-                  self.seed: np.ones(rows, np.float32), **feeds}
-        names = _head_outputs(self.head)
-        try:
-            out = self.session.run(inputs, [*names, self.gradient])
-        except (InputError, ModelError):
-            if not self.freed or rows == 1:
-                raise
-            out = {}
-        value = out.get(OBJECTIVE_OUT)
-        if self.freed and (value is None or value.shape != (rows,)):
-            self.close()
-            self._batch_fixed()
-            return self.run_model(x, feeds, unit=unit)
-        grad = np.asarray(out[self.gradient], np.float32)
-        return np.asarray(out[names[-1] if unit else OBJECTIVE_OUT], np.float64), grad
-
-
 # -- checks before a long run -------------------------------------------------------------------
 def check_outputs(out: Path, npz: Path | None = None, *, picture: str = "maximize.png") -> None:
     """Refuse, before any optimization step, outputs that ``save_pictures`` would reject.
@@ -550,7 +246,7 @@ def _units(opts: MaximizeOptions, channels: int) -> tuple[int, ...]:
             raise InputError("the layer objective uses every channel; give no channels")
         return (-1,) * per
     chans = opts.channels if opts.channels else tuple(range(min(channels, DEFAULT_CHANNELS)))
-    syn.check_channels(chans, channels)
+    syn_optim.check_channels(chans, channels)
     return tuple(c for c in chans for _ in range(per))
 
 
@@ -565,7 +261,7 @@ def _unit_feeds(head: _Head, units: Sequence[int], shape: Sequence[int]) -> dict
     if head.kind == "neuron":
         spatial = int(np.prod(shape[1:], dtype=np.int64))
         position = np.zeros((rows, spatial, 1), np.float32)
-        position[:, syn.centre_index(shape[1:]), 0] = 1.0
+        position[:, syn_optim.centre_index(shape[1:]), 0] = 1.0
         feeds[POSITION_IN] = position
     return feeds
 
@@ -693,7 +389,7 @@ class _FourierRun:
         self.chunks = [slice(int(a[0]), int(a[-1]) + 1)
                        for a in np.array_split(np.arange(shape[0]), workers)]
         self.spectra = [spectrum[c] for c in self.chunks]
-        self.states = [syn.adam_init(part) for part in self.spectra]
+        self.states = [syn_optim.adam_init(part) for part in self.spectra]
         self.lr, self.transforms = opts.lr or 0.05, opts.transforms
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
 
@@ -729,8 +425,8 @@ class _FourierRun:
             g = syn.to_model_adjoint(imap, grad[self.chunks[i]])
             g = syn.sample_adjoint(sampler, g) if sampler is not None else g
             g = syn.fourier_vjp(self.param, parts[i][0], g)
-            self.spectra[i], self.states[i] = syn.adam_step(self.spectra[i], g, self.states[i],
-                                                            lr=self.lr)
+            self.spectra[i], self.states[i] = syn_optim.adam_step(
+                self.spectra[i], g, self.states[i], lr=self.lr)
 
         self._map(backward)
         return values
@@ -770,7 +466,7 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
     longest = max(target)
     # the pyramid grows the long side; a fixed non-square input keeps its aspect at every scale
     sizes = [(max(1, round(side * target[0] / longest)), max(1, round(side * target[1] / longest)))
-             for side in syn.pyramid_sizes(opts.start_size, opts.scales, opts.factor,
+             for side in syn_optim.pyramid_sizes(opts.start_size, opts.scales, opts.factor,
                                            cap=longest)]
     per, lr = opts.steps or 20, opts.lr or 0.03
     image = first = syn.pixel_init((shape[0], shape[1], *sizes[0]), rng)
@@ -778,16 +474,16 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
     start = np.zeros(shape[0])
     for index, size in enumerate(sizes):
         if index:
-            image = syn.resize_bicubic(image, size)
-            image = syn.box_blur(image, opts.blur) if opts.blur else image
+            image = syn_optim.resize_bicubic(image, size)
+            image = syn_optim.box_blur(image, opts.blur) if opts.blur else image
         out = target if fixed else size
-        resize = syn.linear_resize(size, out)
-        rows, state = feeds(out), syn.adam_init(image)
+        resize = syn_optim.linear_resize(size, out)
+        rows, state = feeds(out), syn_optim.adam_init(image)
         if index == 0:
             start, _ = grads.run(resize.apply(image), rows, unit=True)
         for step in range(per):
             values, grad = grads.run(resize.apply(image), rows, unit=True)
-            image, state = syn.adam_step(image, resize.adjoint(grad), state, lr=lr)
+            image, state = syn_optim.adam_step(image, resize.adjoint(grad), state, lr=lr)
             image = syn.project_pixels(image)
             history[index * per + step] = values
             _report(progress, index * per + step + 1, len(history), values)
@@ -837,7 +533,7 @@ def _invert(inspector: inspection.Inspector, image: inspection.Images, opts: Inv
     if target.ndim < 2:
         raise InputError(f"layer tensor {tensor!r} has shape {target.shape}, without a channel "
                          "axis; pick a layer with shape (N, C) or (N, C, H, W)")
-    syn.inversion_loss(target, target)  # raises for all-zero features
+    syn_optim.inversion_loss(target, target)  # raises for all-zero features
     originals = syn.from_model(imap, loaded.array)
     flat = target.reshape(len(target), target.shape[1], -1)
     feeds = {TARGET_IN: flat, WEIGHT_IN: (1.0 / np.mean(flat * flat, axis=(1, 2))).astype(
@@ -850,7 +546,7 @@ def _invert(inspector: inspection.Inspector, image: inspection.Images, opts: Inv
             pixels = syn.from_model(imap, x)  # the rounded image the model scores
         loss, _ = grads.run_model(x, feeds)
     return InvertResult(tensor, loaded.sources, _hwc(pixels), _hwc(originals), loss,
-                        syn.image_correlation(pixels, originals), history)
+                        syn_optim.image_correlation(pixels, originals), history)
 
 
 def _invert_loop(grads: _GradientSession, shape: tuple[int, ...], opts: InvertOptions,
@@ -858,13 +554,13 @@ def _invert_loop(grads: _GradientSession, shape: tuple[int, ...], opts: InvertOp
                  progress: ProgressFn | None) -> tuple[F32, F32]:
     """Adam descent on the pixels; return the image (N, C, H, W) and the loss history."""
     pixels = syn.pixel_init(shape, rng)
-    state = syn.adam_init(pixels)
+    state = syn_optim.adam_init(pixels)
     history = np.zeros((opts.steps, shape[0]), np.float32)
     for step in range(opts.steps):
         values, grad = grads.run(pixels, feeds)
-        total = values + opts.tv * syn.total_variation(pixels)
-        grad = grad + np.float32(opts.tv) * syn.total_variation_grad(pixels)
-        pixels, state = syn.adam_step(pixels, grad, state, lr=opts.lr, ascend=False)
+        total = values + opts.tv * syn_optim.total_variation(pixels)
+        grad = grad + np.float32(opts.tv) * syn_optim.total_variation_grad(pixels)
+        pixels, state = syn_optim.adam_step(pixels, grad, state, lr=opts.lr, ascend=False)
         pixels = syn.project_pixels(pixels)
         history[step] = total
         if progress is not None:
@@ -875,117 +571,3 @@ def _invert_loop(grads: _GradientSession, shape: tuple[int, ...], opts: InvertOp
 def _hwc(images: F32) -> F32:
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
 
-
-# -- pictures -------------------------------------------------------------------------------------
-def render_maximized(result: MaximizeResult, *, tile: int | None = None,
-                     columns: int | None = None) -> outputs.Rendered:
-    """Draw a grid of the optimized images and one PNG per image.
-
-    Args:
-        result: from ``maximize``.
-        tile: side of each grid tile in pixels (None: the image size, at least 96; images are
-            scaled with nearest neighbour when enlarged and bicubic when reduced).
-        columns: grid columns (None: about square).
-
-    Returns:
-        Pictures ``maximize_<tensor>.png`` (grid with channel captions) and
-        ``<tensor>/<unit>.png`` per image; arrays ``images``, ``model_input``, ``units``,
-        ``start``, ``final`` and ``history`` for ``.npz`` export.
-    """
-    stem = outputs.file_stem(result.tensor)
-    names = _unit_names(result.units)
-    singles = [_picture(img) for img in result.images]
-    captions = [name.replace("_", " ").replace("channel", "ch") for name in names]
-    grid = _grid([_fit_tile(p, tile) for p in singles], captions, columns)
-    title = (f"{result.tensor}: {result.objective} objective, {result.recipe} recipe, "
-             f"{len(result.history)} steps")
-    side = render.render_side_by_side([grid], [title])
-    pictures = [outputs.Picture(f"maximize_{stem}.png", side)]
-    pictures += [outputs.Picture(f"{stem}/{name}.png", pic) for name, pic in zip(names, singles,
-                                                                             strict=True)]
-    arrays: dict[str, NDArray[np.generic]] = {
-        "images": result.images, "model_input": result.model_input,
-        "units": np.asarray(result.units, np.int64), "start": result.start,
-        "final": result.final, "history": result.history}
-    return outputs.Rendered(tuple(pictures), arrays)
-
-
-def render_inversions(results: Sequence[InvertResult], *, tile: int | None = None
-                      ) -> outputs.Rendered:
-    """Draw, per input, its original beside its reconstruction at each layer.
-
-    Returns:
-        ``invert.png`` (one row per input: original, then one tile per layer captioned with the
-        correlation), ``<input>/invert_<tensor>.png`` per reconstruction, and arrays
-        ``original`` plus ``<tensor>`` reconstructions, ``<tensor>_loss`` and
-        ``<tensor>_correlation``.
-    """
-    if not results:
-        raise InputError("no inversion results to draw; invert at least one layer")
-    rows, pictures = [], []
-    arrays: dict[str, NDArray[np.generic]] = {"original": results[0].originals}
-    for index, folder in enumerate(outputs.input_folders(results[0].sources)):
-        tiles = [_fit_tile(_picture(results[0].originals[index]), tile)]
-        captions = ["original"]
-        for res in results:
-            pic = _picture(res.images[index])
-            tiles.append(_fit_tile(pic, tile))
-            captions.append(f"{res.tensor} r={res.correlation[index]:.2f}")
-            stem = outputs.file_stem(res.tensor)
-            pictures.append(outputs.Picture(f"{folder}/invert_{stem}.png", pic))
-        rows.append(render.render_side_by_side(tiles, captions))
-    for res in results:
-        key = outputs.file_stem(res.tensor)
-        arrays.update({key: res.images, f"{key}_loss": res.loss,
-                       f"{key}_correlation": res.correlation})
-    return outputs.Rendered((outputs.Picture("invert.png", _stack(rows)), *pictures), arrays)
-
-
-def _unit_names(units: Sequence[int]) -> list[str]:
-    counts = {u: units.count(u) for u in units}
-    seen: dict[int, int] = {}
-    names = []
-    for unit in units:
-        base = "layer" if unit < 0 else f"channel_{unit}"
-        seen[unit] = seen.get(unit, 0) + 1
-        names.append(base if counts[unit] == 1 else f"{base}_{seen[unit] - 1}")
-    return names
-
-
-def _picture(image: F32) -> Image.Image:
-    """(H, W, C) float in [0, 1] -> RGB (C = 3) or L (C = 1) image."""
-    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-
-
-def _fit_tile(image: Image.Image, tile: int | None) -> Image.Image:
-    side = max(image.size)
-    target = tile or max(side, 96)
-    if target == side:
-        return image
-    size = (max(1, round(image.width * target / side)), max(1, round(image.height * target / side)))
-    if target > side and target % side == 0:
-        return image.resize(size, Image.Resampling.NEAREST)
-    return image.resize(size, Image.Resampling.BICUBIC if target < side else
-                        Image.Resampling.NEAREST)
-
-
-def _grid(tiles: Sequence[Image.Image], captions: Sequence[str], columns: int | None
-          ) -> Image.Image:
-    side = max(1, int(np.ceil(np.sqrt(len(tiles)))))
-    # about square, preferring a column count that leaves no empty cell (8 tiles: 4 x 2)
-    cols = columns or min(range(side, side + 3), key=lambda c: (-len(tiles) % c, c))
-    rows = [render.render_side_by_side(list(tiles[i:i + cols]), list(captions[i:i + cols]))
-            for i in range(0, len(tiles), cols)]
-    return _stack(rows)
-
-
-def _stack(rows: Sequence[Image.Image]) -> Image.Image:
-    """Stack pictures top to bottom on white, left-aligned."""
-    out = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)),
-                    (255, 255, 255))
-    top = 0
-    for row in rows:
-        out.paste(row, (0, top))
-        top += row.height
-    return out

@@ -16,6 +16,7 @@ import onnx_featviz.render.pictures as render
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.inspector import Images, Inspector, ModelSource, load_model
 from onnx_featviz.io.outputs import Picture, Rendered, file_stem, input_folders
+from onnx_featviz.render import compose
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
     for layer in chosen:
         found = weights.read_filters(proto, layer)
         title = f"{layer.name}  weight {'x'.join(map(str, found.weight.shape))}"
-        image = render.render_filters(found.weight, render.FilterOptions(
+        image = compose.render_filters(found.weight, render.FilterOptions(
             annotate=opts.annotate, cmap=opts.cmap, title=title))
         pictures.append(Picture(f"filters_{file_stem(layer.name)}.png", image))
         arrays[layer.name] = found.weight
@@ -138,7 +139,7 @@ def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
     for layer in inspector.info.conv_layers:
         act = layer.activation
         if act and act != layer.output and layer.output in grids and act in grids:
-            image = render.render_side_by_side(
+            image = compose.render_side_by_side(
                 [grids[layer.output], grids[act]],
                 [f"before {layer.activation_op or 'activation'}: {layer.output}",
                  f"after: {act}"])

@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO))
 
 from onnx_featviz import api, runtime  # noqa: E402
 from onnx_featviz.graph import rewrite as rewrite  # noqa: E402
+from onnx_featviz.synthesis import heads as synth_heads  # noqa: E402
 from onnx_featviz.synthesis import maths as syn  # noqa: E402
+from onnx_featviz.synthesis import optim as syn_optim  # noqa: E402
 from onnx_featviz.synthesis import run as synth  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
 from tools.bench.timing import best_of  # noqa: E402
@@ -76,9 +78,9 @@ class Case:
         shape = synth._layer_shape(ins, self.imap, self.tensor, self.size)
         opts = synth.MaximizeOptions(layer, channels=tuple(range(batch)))
         units = synth._units(opts, shape[0])
-        head = synth._Head("channel", shape[0])
+        head = synth_heads._Head("channel", shape[0])
         self.feeds = synth._Feeds(ins, self.imap, self.tensor, head, units)(self.size)
-        self.grads = synth._GradientSession(ins, self.tensor, head)
+        self.grads = synth_heads._GradientSession(ins, self.tensor, head)
         self.run = synth._FourierRun(self.grads, (batch, self.imap.image_channels, *self.size),
                                      opts, np.random.default_rng(0))
         image = self.run.image()
@@ -142,7 +144,7 @@ class Case:
         g = syn.sample_adjoint(sampler, syn.to_model_adjoint(self.imap, gx))
         gs = syn.fourier_vjp(run.param, image, g)
         spectrum = np.concatenate(run.spectra)
-        state = syn.adam_init(spectrum)
+        state = syn_optim.adam_init(spectrum)
         parts = {
             "param": lambda: run.image(),
             "transform": lambda: syn.sample(syn.random_sampler(rng, hw, hw), image),
@@ -150,7 +152,7 @@ class Case:
                              syn.to_model_adjoint(self.imap, gx)),
             "adjoints": lambda: (syn.sample_adjoint(sampler, g),
                                  syn.fourier_vjp(run.param, image, g)),
-            "adam": lambda: syn.adam_step(spectrum, gs, state, lr=0.05),
+            "adam": lambda: syn_optim.adam_step(spectrum, gs, state, lr=0.05),
         }
         return {k: best_of(fn, max(1, reps // 2)) for k, fn in parts.items()}
 
