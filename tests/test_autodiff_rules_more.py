@@ -289,3 +289,143 @@ def test_resize_runtime_sizes_use_no_constant_matrix() -> None:
         dx = bwd.run([grad.gradient("x")], {"x": x, grad.seed: seed})[0]
         assert dx.shape == shape
         np.testing.assert_allclose(dx.sum(), seed.sum())  # nearest: every output has one source
+
+
+# ---------------------------------------------------------------------- torch autograd references
+def onnx_grads(model: onnx.ModelProto, feeds: dict[str, NDArray[Any]], seed: NDArray[Any],
+               wrt: Sequence[str], of: str = "y") -> list[NDArray[Any]]:
+    """Gradients of ``sum(seed * of)`` for ``wrt`` from the differentiated ONNX model."""
+    grad = differentiate(model, of, wrt)
+    _, bwd = _sessions(model, grad.model)
+    return list(bwd.run([grad.gradient(w) for w in wrt], {**feeds, grad.seed: seed}))
+
+
+def torch_grads(fn: Any, inputs: Sequence[NDArray[Any]], seed: NDArray[Any]
+                ) -> list[NDArray[Any]]:
+    """Gradients of ``sum(seed * fn(*inputs))`` from torch autograd."""
+    torch = pytest.importorskip("torch")
+    ts = [torch.tensor(a, requires_grad=True) for a in inputs]
+    (fn(*ts) * torch.tensor(seed)).sum().backward()
+    return [t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+def test_max_min_ties_split_like_torch(op: str) -> None:
+    """Tied operands each get g/2, as torch.maximum/minimum give (broadcast b too)."""
+    torch = pytest.importorskip("torch")
+    a = np.asarray([[1.0, 2.0, 3.0], [0.5, 2.0, -1.0]])
+    b = np.asarray([1.0, 2.0, 0.0])
+    model, feeds, wrt = op_case(op, {"a": a, "b": b})(np.float64)
+    seed = np.random.default_rng(0).standard_normal((2, 3))
+    fn = torch.maximum if op == "Max" else torch.minimum
+    for got, want in zip(onnx_grads(model, feeds, seed, wrt), torch_grads(fn, [a, b], seed),
+                         strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_groupnorm_opsets_match_torch(opset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opset 18 scales per group (expanded to channels for torch), opset 21 per channel."""
+    torch = pytest.importorskip("torch")
+    allow_deprecated_ops(monkeypatch)
+    x = grid((2, 6, 3, 2))
+    per = np.asarray([0.5, -1.5, 2.0]) if opset == 18 else np.linspace(-1.0, 1.5, 6)
+    bias = np.zeros_like(per)
+    extra: dict[str, Any] = {"stash_type": 11} if opset == 21 else {}
+    case = op_case("GroupNormalization", {"x": x}, {"s": per, "b": bias}, num_groups=3,
+                   epsilon=1e-4, opset=opset, **extra)
+    model, feeds, wrt = (at_ir10(case) if opset == 21 else case)(np.float64)
+    weight = np.repeat(per, 2) if opset == 18 else per
+    seed = np.random.default_rng(0).standard_normal(x.shape)
+    want = torch_grads(lambda t: torch.nn.functional.group_norm(
+        t, 3, torch.tensor(weight), torch.tensor(np.zeros(6)), eps=1e-4), [x], seed)
+    np.testing.assert_allclose(onnx_grads(model, feeds, seed, wrt)[0], want[0], atol=1e-10)
+
+
+def test_instancenorm_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    model, feeds, wrt = CASES_MORE["InstanceNormalization"](np.float32)  # no float64 kernel
+    x = feeds["x"]
+    seed = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    want = torch_grads(lambda t: torch.nn.functional.instance_norm(
+        t, weight=torch.tensor(_f(0.5, 1.0, 2.0), dtype=torch.float32),
+        bias=torch.tensor(_f(0.1, 0.0, -0.1), dtype=torch.float32), eps=1e-3), [x], seed)
+    np.testing.assert_allclose(onnx_grads(model, feeds, seed, wrt)[0], want[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["Einsum_attention", "Einsum_channel_mix",
+                                     "Einsum_ellipsis_broadcast", "Einsum_summed_only_in_a"])
+def test_einsum_matches_torch(variant: str) -> None:
+    torch = pytest.importorskip("torch")
+    model, feeds, wrt = VARIANTS_MORE[variant](np.float32)
+    node = model.graph.node[0]
+    equation = helper.get_attribute_value(node.attribute[0]).decode()
+    y = torch.einsum(equation, *[torch.tensor(feeds[w]) for w in wrt])
+    seed = np.random.default_rng(0).standard_normal(tuple(y.shape)).astype(np.float32)
+    want = torch_grads(lambda *ts: torch.einsum(equation, *ts), [feeds[w] for w in wrt], seed)
+    for got, ref in zip(onnx_grads(model, feeds, seed, wrt), want, strict=True):
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(3, 4), (5, 2)])
+def test_resize_cubic_matches_torch_bicubic(hw: tuple[int, int]) -> None:
+    """ONNX cubic (A=-0.75, pytorch_half_pixel, edge taps) is torch's bicubic interpolate."""
+    torch = pytest.importorskip("torch")
+    case = op_case("Resize", {"x": grid((1, 2, *hw))}, {"r": np.zeros(0),
+                                                        "sc": _f(1.0, 1.0, 2.0, 1.5)},
+                   order=["x", "r", "sc"], mode="cubic",
+                   coordinate_transformation_mode="pytorch_half_pixel")
+    model, feeds, wrt = symbolic(case, {2: "H", 3: "W"})(np.float32)
+    out = (1, 2, 2 * hw[0], int(np.floor(1.5 * hw[1])))
+    seed = np.random.default_rng(0).standard_normal(out).astype(np.float32)
+    want = torch_grads(lambda t: torch.nn.functional.interpolate(
+        t, size=out[2:], mode="bicubic", align_corners=False), [feeds["x"]], seed)
+    np.testing.assert_allclose(onnx_grads(model, feeds, seed, wrt)[0], want[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_exported_module_with_new_ops_matches_torch(dynamo: bool, tmp_path: Any) -> None:
+    """GroupNorm, Mish, pixel_shuffle, InstanceNorm, bilinear resize of dynamic H/W, maximum,
+    Einsum and logsumexp, exported by both exporters and run at a size other than the export's.
+    """
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    net = _NewOpsNet(torch).eval()
+    path = tmp_path / "net.onnx"
+    if dynamo:
+        dim = torch.export.Dim
+        shapes = {"x": {0: dim("N"), 2: dim("H", min=2, max=64), 3: dim("W", min=2, max=64)}}
+        torch.onnx.export(net, (torch.zeros(1, 3, 6, 8),), str(path), dynamo=True,
+                          input_names=["x"], output_names=["y"], dynamic_shapes=shapes)
+    else:
+        torch.onnx.export(net, (torch.zeros(1, 3, 6, 8),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=18,
+                          dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    model = onnx.load(str(path))
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 10)).astype(np.float32)
+    seed = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    got = onnx_grads(model, {"x": x}, seed, ["x"])[0]
+    want = torch_grads(net, [x], seed)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
+
+
+def _NewOpsNet(torch: Any) -> Any:  # noqa: N802 - builds a torch class lazily (torch optional)
+    """A module whose export uses the ops this file adds rules for; weights from seed 0."""
+    nn, fn = torch.nn, torch.nn.functional
+
+    class NewOpsNet(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.gn = nn.GroupNorm(2, 8)
+            self.inorm = nn.InstanceNorm2d(2, affine=True)
+            self.mix = nn.Parameter(torch.randn(4, 2))
+
+        def forward(self, x: Any) -> Any:
+            h = fn.pixel_shuffle(fn.mish(self.gn(self.conv(x))), 2)
+            h = fn.interpolate(self.inorm(h), scale_factor=0.5, mode="bilinear")
+            h = torch.maximum(h, fn.softplus(h) - 0.5)
+            return torch.einsum("nchw,kc->nkhw", h, self.mix).flatten(2).logsumexp(-1)
+
+    return NewOpsNet()
