@@ -6,7 +6,11 @@ gradients of the node's inputs in input order (``None`` where none is needed: co
 inactive inputs). All gradients are in the emitter's compute dtype (float32, or float64 for
 float64 models); forward tensors are read through ``ctx.fwd`` which casts float16 to it.
 
-Which rules are exact and which are limited is listed in :data:`LIMITS`.
+:data:`RULES` holds the rules of this module and those of ``rules_math`` (elementwise maths,
+Max/Min/Mean/Where, reductions), ``rules_norm`` (Instance/Group/Lp/MeanVariance norms, LRN),
+``rules_index`` (gathers, scatters, TopK, depth/space, Expand, Tile, Trilu, CumSum) and
+``rules_einsum``; shared helpers live in ``vjp``. Which rules are exact and which are limited
+is listed in :data:`LIMITS`.
 """
 
 from __future__ import annotations
