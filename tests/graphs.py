@@ -583,7 +583,7 @@ def conv_relu_conv() -> onnx.ModelProto:
 
 
 def with_op_on_side(op_domain: str, op_type: str, *, on_path: bool) -> onnx.ModelProto:
-    """An op without a gradient rule, on or off the path from x to y.
+    """An op on or off the path from x to y (on the path: one without a gradient rule).
 
     on_path:  x -> Relu "relu" -> r -> <op> "odd" -> o -> Identity "out" -> y
     off path: x -> Relu "relu" -> y ;  x -> <op> "odd" -> o (second graph output)

@@ -36,6 +36,8 @@ GRAD_PREFIX = "featviz/grad/"
 NON_DIFFERENTIABLE = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "TopK_indices",
                                 "ConstantOfShape", "EyeLike", "RandomNormalLike",
                                 "RandomUniformLike", "Multinomial"})
+#: Checker message of a forward op deprecated at the model's opset; the backward emits none.
+DEPRECATED = "is deprecated in domain_version"
 GRADIENT_FREE = "Score-CAM, Ablation-CAM, Eigen-CAM or occlusion sensitivity"
 
 
@@ -309,6 +311,9 @@ def _assemble(model: onnx.ModelProto, ctx: Emitter, types: Types, seed_name: str
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
+        if DEPRECATED in str(err):  # a forward op (GroupNormalization-18): onnxruntime runs it
+            LOG.warning("the gradient graph keeps a deprecated forward op: %s", err)
+            return model
         raise ModelError(f"the gradient graph failed the ONNX checker: {err}; please report "
                          "this model's op list") from err
     return model

@@ -6,12 +6,15 @@ gradients of the node's inputs in input order (``None`` where none is needed: co
 inactive inputs). All gradients are in the emitter's compute dtype (float32, or float64 for
 float64 models); forward tensors are read through ``ctx.fwd`` which casts float16 to it.
 
-Which rules are exact and which are limited is listed in :data:`LIMITS`.
+:data:`RULES` holds the rules of this module and those of ``rules_math`` (elementwise maths,
+Max/Min/Mean/Where, reductions), ``rules_norm`` (Instance/Group/Lp/MeanVariance norms, LRN),
+``rules_index`` (gathers, scatters, TopK, depth/space, Expand, Tile, Trilu, CumSum) and
+``rules_einsum``; shared helpers live in ``vjp``. Which rules are exact and which are limited
+is listed in :data:`LIMITS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,19 @@ from onnx import TensorProto
 from onnx_featviz.autodiff.emit import INT64_MAX, Emitter
 from onnx_featviz.autodiff.emit import node_attr as attr
 from onnx_featviz.autodiff.resize import resize_vjp, upsample_vjp
+from onnx_featviz.autodiff.rules_einsum import EINSUM_RULES
+from onnx_featviz.autodiff.rules_index import INDEX_RULES, index_min_opset
+from onnx_featviz.autodiff.rules_math import MATH_RULES
+from onnx_featviz.autodiff.rules_norm import NORM_RULES
+from onnx_featviz.autodiff.vjp import Grads, Rule
+from onnx_featviz.autodiff.vjp import dim_of as _dim
+from onnx_featviz.autodiff.vjp import first as _first
+from onnx_featviz.autodiff.vjp import fwd_x as _x
+from onnx_featviz.autodiff.vjp import fwd_y as _y
+from onnx_featviz.autodiff.vjp import keep_dims as _keep
+from onnx_featviz.autodiff.vjp import reduce_axes as _reduce_axes
+from onnx_featviz.autodiff.vjp import reduced_count as _count
+from onnx_featviz.autodiff.vjp import times as _times
 from onnx_featviz.autodiff.windows import (
     avgpool_vjp,
     conv_vjp,
@@ -31,9 +47,6 @@ from onnx_featviz.autodiff.windows import (
 )
 from onnx_featviz.errors import ModelError
 
-Grads = Sequence[str | None]
-Rule = Callable[[Emitter, onnx.NodeProto, Grads], list[str | None]]
-
 #: Ops whose rule is exact only under conditions; anything else raises ModelError with the fix.
 LIMITS: dict[str, str] = {
     "Conv": "data gradient only (a weight or bias on the path raises ModelError)",
@@ -41,19 +54,38 @@ LIMITS: dict[str, str] = {
     "Slice": "steps of 1 only; negative starts/ends need a static dimension",
     "Pad": "constant mode only",
     "Gather": "constant indices only",
-    "Resize": "nearest/linear on the last two axes with a static input shape; no cubic/antialias",
+    "Resize": "nearest/linear/cubic on the last two axes; sizes/scales known only at run time "
+              "(symbolic H/W, computed sizes) are taken to resize only the last two axes (N, C "
+              "kept, as torch/TF exports do); no antialias, axes, keep_aspect_ratio_policy or "
+              "tf_crop_and_resize",
     "Upsample": "as Resize (asymmetric coordinates, floor rounding for nearest)",
     "Pow": "exact for any exponent (Log of the base for an exponent gradient)",
     "QuantizeLinear": "clipped straight-through (zero where the input saturates)",
     "DequantizeLinear": "straight-through (identity)",
     "BatchNormalization": "inference mode: statistics and affine parameters are constants",
     "LayerNormalization": "gradient of the data input only",
+    "InstanceNormalization": "gradient of the data input only (scale/bias constant)",
+    "GroupNormalization": "data input only; opset < 21: scale/bias per group, >= 21 per channel",
+    "LpNormalization": "p = 1 or 2; a zero-norm slice passes the gradient unchanged",
+    "MeanVarianceNormalization": "y = (x - mean)/(std + 1e-9), as its ONNX function body",
+    "LRN": "gradient of the data input (rank >= 3, channels on axis 1)",
+    "GatherND": "batch_dims = 0; repeated indices add (opset 16 backward)",
+    "GatherElements": "indices may be computed; repeats add (opset 16 backward)",
+    "ScatterND": "reduction none or add; with none, indices must not repeat (ONNX undefined)",
+    "ScatterElements": "as ScatterND",
+    "TopK": "gradient of the values output (the indices output has none)",
+    "DepthToSpace": "DCR any shape; CRD needs a static channel count",
+    "Einsum": "distinct letters within each term; '...' must lead every term if any uses it",
+    "Max": "ties split the gradient evenly among the tied operands (torch.maximum convention)",
+    "Min": "as Max",
+    "ReduceMin": "ties share the gradient evenly (as ReduceMax and torch amin)",
+    "ReduceL2": "zero where the norm is 0 (torch convention)",
+    "ReduceProd": "exact with zeros in the input (product of the other elements)",
+    "Hardmax": "zero gradient (piecewise constant)",
+    "Where": "gradient of the two value inputs; the condition is boolean",
+    "Tile": "repeats may be computed at run time",
+    "CumSum": "axis may be computed at run time",
 }
-
-
-def _first(ctx: Emitter, node: onnx.NodeProto, grad: str | None) -> list[str | None]:
-    """Gradient for input 0 only."""
-    return [grad if node.input[0] in ctx.active else None] + [None] * (len(node.input) - 1)
 
 
 # ---------------------------------------------------------------------- pass-through, shape ops
@@ -74,14 +106,6 @@ def transpose_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str 
     perm = attr(node, "perm") or list(reversed(range(ctx.rank(node.input[0]))))
     inverse = [int(i) for i in np.argsort(perm)]
     return _first(ctx, node, ctx.op("Transpose", [grads[0]], perm=inverse))
-
-
-def _dim(ctx: Emitter, name: str, axis: int) -> str:
-    """Return a 1-D int64 tensor holding ``name``'s size along ``axis`` (constant when static)."""
-    shape = ctx.shape(name)
-    if shape is not None and isinstance(shape[axis], int):
-        return ctx.ints([int(shape[axis])])  # type: ignore[arg-type]
-    return ctx.op("Gather", [ctx.op("Shape", [name]), ctx.ints([axis])], axis=0)
 
 
 def concat_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
@@ -406,20 +430,6 @@ def gemm_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | Non
 
 
 # ---------------------------------------------------------------------- elementwise activations
-def _times(ctx: Emitter, node: onnx.NodeProto, g: str | None, deriv: str) -> list[str | None]:
-    """Return ``g * deriv`` as the gradient of input 0."""
-    assert g is not None
-    return _first(ctx, node, ctx.mul(g, deriv))
-
-
-def _x(ctx: Emitter, node: onnx.NodeProto) -> str:
-    return ctx.fwd(node.input[0])
-
-
-def _y(ctx: Emitter, node: onnx.NodeProto) -> str:
-    return ctx.fwd(node.output[0])
-
-
 def _masked(ctx: Emitter, node: onnx.NodeProto, g: str | None, mask: str,
             otherwise: str | None = None) -> list[str | None]:
     """Where(mask, g, otherwise or 0); guided mode keeps only positive gradients in the mask."""
@@ -612,32 +622,6 @@ def zero_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | Non
 
 
 # ---------------------------------------------------------------------- reductions, normalization
-def _reduce_axes(ctx: Emitter, node: onnx.NodeProto) -> list[int] | None:
-    """Return the sorted non-negative reduced axes (``None`` for a no-op reduction)."""
-    rank = ctx.rank(node.input[0])
-    axes = attr(node, "axes")
-    if len(node.input) > 1 and node.input[1]:
-        axes = ctx.value(node.input[1]).tolist()
-    if not axes:
-        return None if attr(node, "noop_with_empty_axes", 0) else list(range(rank))
-    return sorted(int(a) % rank for a in axes)
-
-
-def _keep(ctx: Emitter, node: onnx.NodeProto, t: str, axes: list[int]) -> str:
-    """Unsqueeze a reduced tensor back to keepdims form when the node dropped the axes."""
-    return t if int(attr(node, "keepdims", 1)) else ctx.unsqueeze(t, axes)
-
-
-def _count(ctx: Emitter, x: str, axes: list[int]) -> str:
-    """Number of elements reduced over ``axes`` as a compute-dtype scalar tensor."""
-    shape = ctx.shape(x) or ()
-    dims = [shape[a] for a in axes]
-    if all(isinstance(d, int) for d in dims):
-        return ctx.const(float(np.prod(dims)))  # type: ignore[arg-type]
-    picked = ctx.op("Gather", [ctx.op("Shape", [x]), ctx.ints(axes)], axis=0)
-    return ctx.op("Cast", [ctx.op("ReduceProd", [picked], keepdims=0)], to=ctx.dtype)
-
-
 def reducesum_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
     """ReduceSum: expand the gradient over the reduced axes."""
     g, x = grads[0], node.input[0]
@@ -768,6 +752,7 @@ RULES: dict[str, Rule] = {
     "Softmax": softmax_vjp, "LogSoftmax": logsoftmax_vjp,
     "Conv": conv_vjp, "ConvTranspose": convtranspose_vjp, "MaxPool": maxpool_vjp,
     "AveragePool": avgpool_vjp, "Resize": resize_vjp, "Upsample": upsample_vjp,
+    **MATH_RULES, **NORM_RULES, **INDEX_RULES, **EINSUM_RULES,
 }
 """Op type (default ONNX domain) -> vector-Jacobian rule."""
 
@@ -776,8 +761,11 @@ def min_opset(node: onnx.NodeProto, consts: dict[str, Any]) -> int:
     """Return the lowest opset at which this node's rule can emit its backward nodes.
 
     11 for every rule (ScatterElements/ScatterND, Pad and Slice with inputs); 16 where a
-    scatter must add duplicates (overlapping MaxPool windows, Gather with repeated indices).
+    scatter must add duplicates (overlapping MaxPool windows, Gather with repeated indices,
+    GatherElements, GatherND with computed or repeated indices).
     """
+    if node.op_type in ("GatherND", "GatherElements"):
+        return index_min_opset(node, consts)
     if node.op_type == "MaxPool" and pool_overlaps(node):
         return 16
     if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in consts:

@@ -27,7 +27,10 @@ _SAME_RANK = frozenset({
     "BatchNormalization", "LayerNormalization", "Resize", "Upsample", "Conv", "ConvTranspose",
     "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "QuantizeLinear",
     "DequantizeLinear", "Split", "Floor", "Ceil", "Round", "Sign", "InstanceNormalization",
-    "LRN",
+    "LRN", "GroupNormalization", "MeanVarianceNormalization", "LpNormalization", "Mish",
+    "Softsign", "Sin", "Cos", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Celu",
+    "ThresholdedRelu", "Shrink", "CastLike", "Hardmax", "CumSum", "Trilu", "ScatterND",
+    "ScatterElements", "GatherElements", "TopK", "DepthToSpace", "SpaceToDepth", "Tile",
 })
 _BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Where",
                         "Mean", "Equal", "Greater", "Less", "And", "Or"})
@@ -133,7 +136,21 @@ def _out_rank(node: onnx.NodeProto, types: Types, consts: dict[str, NDArray[Any]
         return ranks[0] + ranks[1] - 1
     if op == "Concat":
         return next((r for r in ranks if r is not None), None)
+    if op == "Einsum" and all(r is not None for r in ranks):
+        return _einsum_rank(node, ranks)  # type: ignore[arg-type]
     return _axes_rank(node, ranks, consts)
+
+
+def _einsum_rank(node: onnx.NodeProto, ranks: list[int]) -> int | None:
+    """Output rank of an Einsum whose broadcast ``...`` shape inference may not resolve."""
+    from onnx_featviz.autodiff.rules_einsum import parse_equation
+
+    try:
+        terms, out, dots = parse_equation(str(_attr(node, "equation").decode()), len(ranks))
+    except ModelError:
+        return None
+    return len(out) + (max(r - len(t) for r, t in zip(ranks, terms, strict=True)) if dots
+                       else 0)
 
 
 def _axes_rank(node: onnx.NodeProto, ranks: list[int | None],
