@@ -41,7 +41,8 @@ class TinyUNet(nn.Module):
         skip = F.relu(self.enc(x))
         mid = F.relu(self.mid(F.max_pool2d(skip, 2)))
         up = F.interpolate(mid, scale_factor=2.0, mode="nearest")
-        return self.head(F.relu(self.dec(torch.cat([skip, up], 1))))
+        out: torch.Tensor = self.head(F.relu(self.dec(torch.cat([skip, up], 1))))
+        return out
 
 
 def _grid(h: int, w: int, stride: int) -> torch.Tensor:
@@ -59,6 +60,9 @@ class YoloV8Head(nn.Module):
     A = (S/8)^2 + (S/16)^2. (Softplus distances would export as Where under dynamo, which the
     reverse mode has no rule for.)
     """
+
+    points: torch.Tensor
+    strides: torch.Tensor
 
     def __init__(self, classes: int = 3, size: int = 64) -> None:
         super().__init__()
@@ -89,6 +93,9 @@ class YoloV5Head(nn.Module):
     objectness and class scores ``s``.
     """
 
+    cell: torch.Tensor
+    anchors: torch.Tensor
+
     def __init__(self, classes: int = 3, size: int = 64) -> None:
         super().__init__()
         self.classes, self.cells = classes, size // 8
@@ -113,6 +120,8 @@ class BoxesScores(nn.Module):
     the K classes.
     """
 
+    centre: torch.Tensor
+
     def __init__(self, classes: int = 3, size: int = 64) -> None:
         super().__init__()
         self.stem = _stem((8, 8, 16))
@@ -130,20 +139,24 @@ class BoxesScores(nn.Module):
 def build(name: str, seed: int = 0) -> nn.Module:
     """Return model ``name`` (unet, yolov8, yolov5, boxes) in eval mode with seeded weights."""
     torch.manual_seed(seed)
-    model = {"unet": TinyUNet, "yolov8": YoloV8Head, "yolov5": YoloV5Head,
-             "boxes": BoxesScores}[name]()
+    model: nn.Module = {"unet": TinyUNet, "yolov8": YoloV8Head, "yolov5": YoloV5Head,
+                        "boxes": BoxesScores}[name]()
     with torch.no_grad():  # spread biases: scores across (0, 1), varied box sizes
         for mod in model.modules():
             if isinstance(mod, nn.Conv2d) and mod.bias is not None:
                 mod.bias.copy_(torch.linspace(-1.5, 1.5, len(mod.bias)))
         # boxes ~3 strides wide so neighbours overlap (NMS drops some); scores around conf 0.25
         if isinstance(model, TinyUNet):  # each class wins about a third of the pixels
-            model.head.bias.copy_(torch.tensor([-0.56, -0.81, 0.13])[:len(model.head.bias)])
+            head_bias = model.head.bias
+            assert head_bias is not None
+            head_bias.copy_(torch.tensor([-0.56, -0.81, 0.13]))
         heads = list(getattr(model, "heads", ())) + [getattr(model, "box", None)]
         for head in (h for h in heads if h is not None):
-            head.bias[:4] = 1.0
-            head.bias[4:] = torch.linspace(-2.0, 0.0, len(head.bias) - 4)
-    return model.eval()
+            bias: torch.Tensor = head.bias
+            bias[:4] = 1.0
+            bias[4:] = torch.linspace(-2.0, 0.0, len(bias) - 4)
+    model.eval()
+    return model
 
 
 def export(model: nn.Module, path: Path, *, dynamo: bool, size: int = 64,

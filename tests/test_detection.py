@@ -117,12 +117,16 @@ def _torch_decode_no_nms(exported: dict[str, Any]) -> Any:
     return torch.nonzero(cls[0].max(-1).values > CONF)
 
 
+def _shifted(box: det.Box, by: float) -> det.Box:
+    return (box[0] + by, box[1] + by, box[2] + by, box[3] + by)
+
+
 def _picked(dets: tuple[tuple[det.Detection, ...], ...]) -> list[det.Detection]:
     """Several detections of images 0 and 2 by each rule, image 2 twice (k rows per image)."""
     best2 = dets[2][0]
     return [det.pick_detection(dets[0], index=1), det.pick_detection(dets[2], index=0),
             det.pick_detection(dets[2], cls=dets[2][-1].cls),
-            det.pick_detection(dets[0], box=tuple(v + 1.0 for v in dets[0][0].box)),
+            det.pick_detection(dets[0], box=_shifted(dets[0][0].box, 1.0)),
             best2]
 
 
@@ -229,6 +233,8 @@ def test_nms_by_hand() -> None:
     assert kept.tolist() == [1, 2, 3]
     assert det.nms(boxes, np.array([0.9, 0.95, 0.5, 0.3]), np.array([0, 0, 0, 1]),
                    0.7).tolist() == [1, 0, 2, 3]
+    assert det.nms(boxes, np.array([0.9, 0.95, 0.5, 0.3]), np.array([0, 0, 0, 1]), 0.45,
+                   max_keep=2).tolist() == [1, 2]
 
 
 def test_yolov5_decoding_and_seed_by_hand() -> None:
@@ -240,7 +246,7 @@ def test_yolov5_decoding_and_seed_by_hand() -> None:
     assert [(d.anchor, d.cls) for d in dets] == [(0, 0), (1, 0)]
     assert dets[0].box == (8.0, 7.0, 12.0, 13.0)
     np.testing.assert_allclose([d.score for d in dets], [0.4, 0.27], rtol=1e-6)
-    np.testing.assert_allclose(dets[0].objectness, 0.8, rtol=1e-6)
+    assert dets[0].objectness == pytest.approx(0.8)
     seed = det.detection_seed({"out": raw}, fmt, [dets[0]]).seed
     want = np.zeros((1, 2, 7), np.float32)
     want[0, 0, 4], want[0, 0, 5] = 0.5, 0.8  # d(obj*cls)/d obj = cls; /d cls = obj
@@ -248,7 +254,7 @@ def test_yolov5_decoding_and_seed_by_hand() -> None:
 
 
 def test_nms_outputs_keep_counted_rows_above_conf_normalized_boxes() -> None:
-    outs = {"num": np.array([[3], [1]], np.int64),
+    outs: dict[str, np.ndarray] = {"num": np.array([[3], [1]], np.int64),
             "boxes": np.tile(np.array([[0.1, 0.2, 0.5, 0.6]], np.float32), (2, 4, 1)),
             "scores": np.array([[0.9, 0.2, 0.6, 0.95], [0.7, 0.8, 0.9, 0.9]], np.float32),
             "classes": np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.int64)}

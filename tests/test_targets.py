@@ -155,7 +155,8 @@ def _input_gradient(unet: dict[str, Any], seed: np.ndarray) -> np.ndarray:
     grad = autodiff.differentiate(onnx.load(str(unet["path"])), of=unet["name"], wrt=["input"])
     session = ort.InferenceSession(grad.model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    return session.run([grad.gradient("input")], {"input": unet["x"], grad.seed: seed})[0]
+    out = session.run([grad.gradient("input")], {"input": unet["x"], grad.seed: seed})[0]
+    return np.asarray(out)
 
 
 def _torch_input_gradient(unet: dict[str, Any], score: Any) -> np.ndarray:

@@ -176,7 +176,7 @@ def _multi(outputs: Mapping[str, Shape], kind: str | None) -> DetectionFormat:
                          f"name the format: one of {FORMATS}")
     num = [n for n in rest if len(dims[n]) == 1 or dims[n][1:] == (1,)]
     pairs = [n for n in rest if n not in num[:1]]
-    if len(names) == 4 and len(num) < 1 or len(pairs) != 2:
+    if (len(names) == 4 and not num) or len(pairs) != 2:
         raise ModelError(f"nms outputs are boxes (N, M, 4), scores and classes (N, M) and an "
                          f"optional count (N,); got {dict(outputs)}")
     classes = _named(pairs, ("class", "label", "cls"))
@@ -191,7 +191,8 @@ def detect_format(outputs: Mapping[str, Shape], override: str | None = None
 
     Args:
         outputs: output name -> shape (batch first; symbolic dims as strings or None), in graph
-            order.
+            order. Symbolic dims weaken the guess (``(N, a, 80)`` with ``a`` unknown reads as
+            yolov5): pass the shapes of a forward pass's outputs when the graph's are symbolic.
         override: one of ``FORMATS`` to skip the guess (roles are still found by shape/name).
 
     Returns:
@@ -237,22 +238,34 @@ def box_iou(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floa
 
 
 def nms(boxes: NDArray[np.floating], scores: NDArray[np.floating],
-        classes: NDArray[np.integer], iou: float) -> NDArray[np.intp]:
+        classes: NDArray[np.integer], iou: float, *, max_keep: int | None = None
+        ) -> NDArray[np.intp]:
     """Greedy per-class NMS; return kept indices, best score first (ties: lower index first).
 
     A box is dropped when its IoU with an already kept box of the same class is > ``iou``.
+    Memory is O(boxes): each kept box is compared with the boxes still alive.
+
+    Args:
+        boxes: (B, 4) xyxy; scores: (B,); classes: (B,) ints.
+        iou: suppression threshold.
+        max_keep: stop after this many (the result is the prefix of the full one).
+
+    Returns:
+        (kept,) indices into the B boxes.
     """
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    keep: list[int] = []
+    ranked, cls = np.asarray(boxes, np.float64)[order], np.asarray(classes)[order]
     alive = np.ones(len(order), bool)
-    ious = box_iou(boxes, boxes)
-    cls = np.asarray(classes)
-    for pos, i in enumerate(order):
+    keep: list[int] = []
+    for pos in range(len(order)):
         if not alive[pos]:
             continue
-        keep.append(int(i))
-        later = order[pos + 1:]
-        alive[pos + 1:] &= ~((ious[i, later] > iou) & (cls[later] == cls[i]))
+        keep.append(int(order[pos]))
+        if max_keep is not None and len(keep) >= max_keep:
+            break
+        rest = pos + 1 + np.flatnonzero(alive[pos + 1:] & (cls[pos + 1:] == cls[pos]))
+        if rest.size:
+            alive[rest[box_iou(ranked[pos:pos + 1], ranked[rest])[0] > iou]] = False
     return np.asarray(keep, np.intp)
 
 
@@ -292,7 +305,8 @@ def _decode_raw(outputs: Mapping[str, NDArray[np.generic]], fmt: DetectionFormat
         cls = np.argmax(full[n], axis=1)
         score = full[n, np.arange(len(cls)), cls]
         cand = np.flatnonzero(score > options.conf)
-        kept = cand[nms(boxes[n, cand], score[cand], cls[cand], options.iou)][:options.max_det]
+        kept = cand[nms(boxes[n, cand], score[cand], cls[cand], options.iou,
+                         max_keep=options.max_det)]
         result.append(tuple(
             Detection(n, _box(boxes[n, a]), int(cls[a]), float(score[a]), int(a),
                       None if obj is None else float(obj[n, a])) for a in kept))

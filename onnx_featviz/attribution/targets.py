@@ -176,16 +176,19 @@ def segmentation_region(output: NDArray[np.floating], layout: str, k: int, *,
     elif mask is not None:
         region = mask_region(mask, (h, w))
     else:
-        region = argmax_region(output, layout, k)
-        empty = np.flatnonzero(~region.reshape(n, -1).any(axis=1))
-        if empty.size:
-            raise InputError(f"class {k} is the arg-max of no pixel in image(s) "
-                             f"{empty.tolist()}; pick a class the model predicts or give a "
-                             "mask or box region")
+        region = _nonempty(argmax_region(output, layout, k), k)
     if region.ndim == 3 and region.shape[0] != n:
         raise InputError(f"{region.shape[0]} masks for a batch of {n}; give one (H, W) mask "
                          "or one per image")
-    return np.asarray(np.broadcast_to(region, (n, h, w)))
+    return np.array(np.broadcast_to(region, (n, h, w)))
+
+
+def _nonempty(region: NDArray[np.bool_], k: int) -> NDArray[np.bool_]:
+    empty = np.flatnonzero(~region.reshape(len(region), -1).any(axis=1))
+    if empty.size:
+        raise InputError(f"class {k} is the arg-max of no pixel in image(s) {empty.tolist()}; "
+                         "pick a class the model predicts or give a mask or box region")
+    return region
 
 
 def segmentation_seed(output_shape: Sequence[int], layout: str, k: int,
