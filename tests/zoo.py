@@ -512,8 +512,14 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int, int]]] = {
     "mixed_act": (mixed_activations, (1, 3, 32, 32)),
 }
 #: Models also exported with a dynamic batch, height and width (fully convolutional up to a
-#: global pool, so any size that keeps the strides whole runs).
-DYNAMIC = ("resnet", "mobilenet_v2", "convnext", "unet")
+#: global pool, so any size that keeps the strides whole runs) -> another (H, W) they accept.
+DYNAMIC: dict[str, tuple[int, int]] = {
+    "resnet": (48, 40), "mobilenet_v2": (40, 48), "convnext": (96, 64), "unet": (24, 40)}
+#: (name, dynamo) pairs torch cannot export, with torch's reason.
+UNSUPPORTED: dict[tuple[str, bool], str] = {
+    ("adaptive_pool", False): "TorchScript exporter: adaptive_avg_pool2d output size that is "
+                              "not a factor of the input size",
+}
 
 
 def build(name: str) -> nn.Module:
@@ -550,7 +556,7 @@ def export(name: str, path: Path, *, dynamo: bool, dynamic: bool = False) -> Pat
         ``path``.
     """
     if dynamic and name not in DYNAMIC:
-        raise ValueError(f"{name!r} has no dynamic export; choose one of {DYNAMIC}")
+        raise ValueError(f"{name!r} has no dynamic export; choose one of {sorted(DYNAMIC)}")
     model, x = build(name), sample_input(name, batch=2 if dynamic else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
