@@ -1,7 +1,8 @@
 """Session-scoped zoo exports: each (model, exporter, dynamic) is exported once per session.
 
-Import the fixture into a test module (``from tests.conftest_zoo import zoo_export``); it is not
-registered in ``tests/conftest.py`` so sessions that never touch the zoo never import torch.
+Import the fixture into a test module (``from tests.conftest_zoo import zoo_export_fixture``;
+its fixture name is ``zoo_export``). It is not registered in ``tests/conftest.py``, so sessions
+that never touch the zoo never import torch.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 ZooExport = Callable[..., Path]
 
 
-@pytest.fixture(scope="session")
-def zoo_export(tmp_path_factory: pytest.TempPathFactory) -> ZooExport:
+@pytest.fixture(scope="session", name="zoo_export")
+def zoo_export_fixture(tmp_path_factory: pytest.TempPathFactory) -> ZooExport:
     """Return ``export(name, *, dynamo, dynamic=False) -> Path`` that caches per session.
 
     Skips when torch is missing; an (name, dynamo) pair in ``zoo.UNSUPPORTED`` is skipped too.

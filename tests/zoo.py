@@ -74,7 +74,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for i in range(1, 5):  # setattr-made layers: mypy cannot see them
+            x = getattr(self, f"layer{i}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))  # type: ignore[no-any-return]
 
 
@@ -215,7 +216,7 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.act(self.pwconv1(self.norm(y))))
-        return x + (self.gamma * y).permute(0, 3, 1, 2)
+        return x + (self.gamma * y).permute(0, 3, 1, 2)  # type: ignore[no-any-return]
 
 
 class ConvNeXt(nn.Module):
@@ -529,6 +530,7 @@ def build(name: str) -> nn.Module:
     model = ctor()
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):  # non-trivial running stats so BN is not identity
+            assert mod.running_mean is not None and mod.running_var is not None
             mod.running_mean.uniform_(-0.1, 0.1)
             mod.running_var.uniform_(0.5, 1.5)
     return model.eval()
