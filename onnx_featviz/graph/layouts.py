@@ -151,6 +151,7 @@ def _constant_tensors(model: ModelProto) -> set[str]:
 
 
 def _nchw(rank: int) -> Labels:
+    """Return ``(N, C, S, ...)`` labels of the given rank."""
     return ("N", "C") + ("S",) * (rank - 2) if rank >= 2 else ("?",) * rank
 
 
@@ -200,6 +201,7 @@ def _metadata_labels(model: ModelProto, rank: int) -> Labels:
 
 
 def _ints(node: NodeProto, attr: str) -> list[int] | None:
+    """Return an int or ints attribute of ``node`` as a list, or None when absent."""
     for a in node.attribute:
         if a.name == attr:
             return list(a.ints) if a.ints else [a.i]
