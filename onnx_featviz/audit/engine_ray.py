@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,15 +173,22 @@ def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], data: str,
                  batch_size: int, prep: api.PrepOptions | None) -> Iterator[Mapping[str, Any]]:
     """Build the Dataset of ranges, mapped by the actors; iterate its rows (streaming)."""
     provider = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     dataset = ray.data.from_items([{"start": a, "stop": b} for a, b in units],
                                   override_num_blocks=len(units))
-    mapped = dataset.map_batches(
-        _Worker, batch_size=1, batch_format="numpy", concurrency=options.workers,
-        num_cpus=1, num_gpus=options.gpus_per_worker,
-        fn_constructor_kwargs={"models": tuple(m.SerializeToString() for m in models),
-                               "provider": provider, "prep": prep, "batch_size": batch_size,
-                               "data": data, "step": job.step, "sessions": job.sessions},
-        max_restarts=options.retries, max_task_retries=options.retries)
+    with warnings.catch_warnings():  # passing max_restarts as a remote arg is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = dataset.map_batches(
+            _Worker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
+            num_cpus=1, num_gpus=options.gpus_per_worker,
+            fn_constructor_kwargs={"models": tuple(m.SerializeToString() for m in models),
+                                   "provider": provider, "prep": prep,
+                                   "batch_size": batch_size, "data": data, "step": job.step,
+                                   "sessions": job.sessions},
+            max_restarts=options.retries, max_task_retries=options.retries)
     rows: Iterator[Mapping[str, Any]] = mapped.iter_rows()
     return rows
 

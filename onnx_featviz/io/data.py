@@ -104,24 +104,30 @@ class DataStream:
         total: rows (inputs) expected: files listed, array rows, IDX count; None if unknown.
         skipped: ``(source, reason)`` per unreadable item, growing while iterating.
         done: inputs consumed so far (rows yielded plus items skipped), for progress.
-        batch_size: rows per batch (the last batch, and one before a change of image shape
-            when the model has a dynamic size, may hold fewer).
+        batch_size: rows per batch. Batch k holds the readable inputs among inputs
+            ``[k * batch_size, (k + 1) * batch_size)`` of DATA: an unreadable input leaves its
+            batch one row short rather than shifting every later batch, so a range of DATA
+            streamed alone (``open_data(rows=)``) yields the very batches the whole stream
+            does. The last batch, and one before a change of image shape when the model has a
+            dynamic size, may also hold fewer.
     """
 
     def __init__(self, path: Path, kind: str, total: int | None, batch_size: int,
                  chunks: Callable[[SkipFn], Iterator[Chunk]], *,
-                 require_rows: bool = True) -> None:
+                 require_rows: bool = True, first: int = 0) -> None:
         self.path, self.kind, self.total, self.batch_size = path, kind, total, batch_size
         self.skipped: list[tuple[str, str]] = []
         self.done = 0
         self._chunks = chunks
         self._require_rows = require_rows
+        self._first = first  # DATA's number of the stream's first input
+        self._consumed = 0
 
     def __iter__(self) -> Iterator[DataBatch]:
         self.skipped = []
-        self.done = 0
+        self.done = self._consumed = 0
         yielded = 0
-        for batch in _rebatch(self._chunks(self._skip), self.batch_size):
+        for batch in _rebatch(self._numbered(), self.batch_size):
             yielded += len(batch.batch)
             self.done += len(batch.batch)
             yield batch
@@ -134,6 +140,13 @@ class DataStream:
         log.warning("skipped %s: %s", source, reason)
         self.skipped.append((source, reason))
         self.done += count
+        self._consumed += count
+
+    def _numbered(self) -> Iterator[tuple[int, Chunk]]:
+        """Each chunk with DATA's number of its first row (rows of a chunk are consecutive)."""
+        for chunk in self._chunks(self._skip):
+            yield self._first + self._consumed, chunk
+            self._consumed += len(chunk[1])
 
 
 def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
@@ -175,7 +188,7 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
         files = [path][span[0]:span[1]]
         return DataStream(path, "image", len(files), batch_size,
                           lambda skip: _image_chunks(inspector, files, skip),
-                          require_rows=rows is None)
+                          require_rows=rows is None, first=span[0])
     if suffix in ARRAY_EXTENSIONS:
         return _array_stream(inspector, path, batch_size, span)
     return _idx_stream(inspector, path, batch_size, span)
@@ -200,22 +213,27 @@ def data_size(inspector: ModelInput, data: Path | str) -> int:
 
 
 # -- re-batching ---------------------------------------------------------------------------------
-def _rebatch(chunks: Iterator[Chunk], size: int) -> Iterator[DataBatch]:
-    """Cut chunks into batches of ``size`` rows; a change of row shape ends a batch early."""
+def _rebatch(chunks: Iterator[tuple[int, Chunk]], size: int) -> Iterator[DataBatch]:
+    """Cut numbered chunks into the batches of inputs ``[k * size, (k + 1) * size)``.
+
+    A change of row shape ends a batch early.
+    """
     pending: list[Chunk] = []
-    count = 0
-    for sources, rows in chunks:
-        if pending and pending[0][1].shape[1:] != rows.shape[1:]:
-            yield _joined(pending)
-            pending, count = [], 0
-        pending.append((sources, rows))
-        count += len(rows)
-        while count >= size:
-            joined = _joined(pending)
-            yield DataBatch(joined.batch[:size], joined.sources[:size])
-            rest = joined.batch[size:]
-            pending = [(joined.sources[size:], rest)] if len(rest) else []
-            count = len(rest)
+    current = -1
+    for first, (sources, rows) in chunks:
+        offset = 0
+        while offset < len(rows):
+            index = first + offset
+            take = min(len(rows) - offset, size - index % size)
+            if pending and (index // size != current
+                            or pending[0][1].shape[1:] != rows.shape[1:]):
+                yield _joined(pending)
+                pending = []
+            pending.append((sources[offset:offset + take], rows[offset:offset + take]))
+            current, offset = index // size, offset + take
+            if (first + offset) % size == 0:
+                yield _joined(pending)
+                pending = []
     if pending:
         yield _joined(pending)
 
@@ -241,7 +259,7 @@ def _folder_stream(inspector: ModelInput, path: Path, batch_size: int,
     files = files[span[0]:span[1]]
     return DataStream(path, "folder", len(files), batch_size,
                       lambda skip: _image_chunks(inspector, files, skip),
-                      require_rows=span == (0, _ALL))
+                      require_rows=span == (0, _ALL), first=span[0])
 
 
 def _image_chunks(inspector: ModelInput, files: list[Path], skip: SkipFn
@@ -302,7 +320,7 @@ def _array_stream(inspector: ModelInput, path: Path, batch_size: int,
                     yield (tuple(f"{name}[{start + i}]" for i in range(len(rows))),
                            plans[key](rows))
     return DataStream(path, "array", sum(h - lo for lo, h in ranges.values()), batch_size,
-                      chunks, require_rows=span == (0, _ALL))
+                      chunks, require_rows=span == (0, _ALL), first=span[0])
 
 
 def _array_name(path: Path, key: str, keys: int) -> str:
@@ -529,7 +547,7 @@ def _idx_stream(inspector: ModelInput, path: Path, batch_size: int,
                     skip(f"{path}[{start + got}:{count}]", why, count - start - got)
                     return
     return DataStream(path, "idx", count - first, batch_size, chunks,
-                      require_rows=span == (0, _ALL))
+                      require_rows=span == (0, _ALL), first=first)
 
 
 def _open_idx(path: Path) -> IO[bytes]:
