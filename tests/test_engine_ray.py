@@ -200,7 +200,7 @@ def test_killed_actor_is_retried_without_double_counting(ray_session: Any, mnist
 
 def test_ctrl_c_writes_partial_json(ray_session: Any, mnist: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar(after=1))
+    monkeypatch.setattr(cli_audit, "progress_bar", interrupting_bar(after=MNIST_IMAGES // 2))
     out = tmp_path / "stats.json"
     result = run("stats", MNIST_MODEL, mnist, "--engine", "ray", "--json", out)
     assert result.exit_code == cli_audit.EXIT_INTERRUPTED, result.output
