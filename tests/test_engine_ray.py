@@ -26,7 +26,7 @@ from onnx_featviz.audit import compare as audit_compare
 from onnx_featviz.audit import output as audit_output
 from onnx_featviz.audit import stats as audit_stats
 from onnx_featviz.cli import audit as cli_audit
-from onnx_featviz.errors import InputError
+from onnx_featviz.errors import InputError, ModelError, ProviderError
 from onnx_featviz.structs import Progress
 from tests import graphs
 from tests.conftest import MODELS, REPO, interrupting_bar, run, shared_path, strict_json
@@ -229,3 +229,99 @@ def test_missing_ray_is_one_line_error(mnist: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and 'pip install "onnx-featviz[ray]"' in lines[0]
+
+
+def test_gpu_workers_without_gpus_are_refused(ray_session: Any, mnist: Path) -> None:
+    options = audit_stats.StatsOptions(
+        engine="ray", ray=audit_compare.RayOptions(gpus_per_worker=1000.0))
+    with pytest.raises(ProviderError, match="asks for 1000 GPU"):
+        audit_stats.dataset_stats(MNIST_MODEL, mnist, options)
+
+
+def test_package_errors_are_unwrapped_from_ray_errors() -> None:
+    from onnx_featviz.audit import engine_ray
+
+    inner = ModelError("model A is broken")
+
+    class Wrapper(Exception):  # like RayTaskError: the worker's error in ``cause``
+        cause = inner
+
+    try:
+        try:
+            raise Wrapper("task failed")
+        except Wrapper as wrapped:
+            raise RuntimeError("UserCodeException") from wrapped
+    except RuntimeError as err:
+        assert engine_ray._package_error(err) is inner
+    assert engine_ray._package_error(RuntimeError("plain")) is None
+
+
+def test_bad_engine_options_are_refused(mnist: Path) -> None:
+    with pytest.raises(InputError, match="unknown engine 'spark'; choose one of local, ray"):
+        audit_stats.dataset_stats(MNIST_MODEL, mnist, audit_stats.StatsOptions(engine="spark"))
+    with pytest.raises(InputError, match="workers must be at least 1, got 0"):
+        audit_compare.compare_models(MNIST_MODEL, MNIST_MODEL, mnist, audit_compare.CompareOptions(
+            engine="ray", ray=audit_compare.RayOptions(workers=0)))
+
+
+def test_work_units_are_whole_batches_in_order() -> None:
+    from onnx_featviz.audit import engine_ray
+
+    units = engine_ray.work_units(1000, 32, 2)  # 32 batches, 8 ranges of 4 batches
+    assert units[0] == (0, 128) and units[-1] == (896, 1000) and len(units) == 8
+    assert all(a % 32 == 0 and a < b for a, b in units)
+    assert [b for _, b in units[:-1]] == [a for a, _ in units[1:]]
+    big = engine_ray.work_units(10**6, 32, 2)
+    assert big[0] == (0, 32 * engine_ray.UNIT_BATCHES)
+
+
+# -- row ranges of DATA (what each actor streams), no Ray needed ---------------------------------
+def mnist_rows(pixels: np.ndarray) -> np.ndarray:
+    """The MNIST CNN's preprocessing by hand: pixels / 255, (N, 1, 28, 28) float32."""
+    return (pixels.astype(np.float32) / np.float32(255.0))[:, None]
+
+
+def test_idx_row_ranges_read_their_rows_on_batch_boundaries(work: Path) -> None:
+    from onnx_featviz import api
+    from onnx_featviz.io import data as api_data
+
+    pixels = np.random.default_rng(0).integers(0, 256, (50, 28, 28), np.uint8)
+    path = write_idx(work / "fifty.gz", pixels)
+    with api.Inspector(MNIST_MODEL, "cpu") as inspector:
+        assert api_data.data_size(inspector, path) == 50
+        for low, high in ((0, 16), (16, 48), (48, 50), (40, 99), (60, 70)):
+            stream = api_data.open_data(inspector, path, batch_size=8, rows=(low, high))
+            batches = list(stream)
+            stop = min(high, 50)
+            assert [len(b.batch) for b in batches] == [
+                min(stop, s + 8) - s for s in range(low, stop, 8)]
+            if stop <= low:
+                assert batches == [] and stream.done == 0
+                continue
+            got = np.concatenate([b.batch for b in batches])
+            np.testing.assert_allclose(got, mnist_rows(pixels[low:stop]), rtol=0, atol=1e-6)
+            assert [s for b in batches for s in b.sources] == [
+                f"{path}[{i}]" for i in range(low, stop)]
+            assert stream.done == stop - low
+
+
+def test_npz_row_ranges_cross_arrays_in_file_order(work: Path) -> None:
+    from onnx_featviz import api
+    from onnx_featviz.io import data as api_data
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 256, (n, 28, 28), np.uint8) for n in (10, 7))
+    path = work / "two.npz"
+    np.savez(path, first=first, second=second)
+    both = np.concatenate([first, second])
+    with api.Inspector(MNIST_MODEL, "cpu") as inspector:
+        assert api_data.data_size(inspector, path) == 17
+        parts = [list(api_data.open_data(inspector, path, batch_size=4, rows=r))
+                 for r in ((0, 8), (8, 12), (12, 17))]
+    rows = np.concatenate([b.batch for part in parts for b in part])
+    np.testing.assert_allclose(rows, mnist_rows(both), rtol=0, atol=1e-6)
+    sources = [s for part in parts for b in part for s in b.sources]
+    assert sources[8:12] == [f"{path}:first[8]", f"{path}:first[9]", f"{path}:second[0]",
+                             f"{path}:second[1]"]
+    # batch 2 is inputs [8, 12): it spans the two arrays, as in the whole stream
+    assert [len(b.batch) for b in parts[1]] == [4]

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from onnx_featviz import api
 from onnx_featviz.audit.compare import RayOptions
-from onnx_featviz.errors import InputError
+from onnx_featviz.errors import FeatvizError, InputError, ProviderError
 from onnx_featviz.io import data as api_data
 from onnx_featviz.structs import Progress, ProgressFn
 
@@ -143,8 +143,10 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         ``RayRun`` with the folded value, inputs, skipped inputs and providers.
 
     Raises:
-        InputError: Ray missing, DATA missing or with no readable input; KeyboardInterrupt:
-            Ctrl-C before any range finished.
+        InputError: Ray missing, DATA missing or with no readable input; ProviderError: GPUs
+            asked for and the cluster has none (or too few for one worker); an error of the
+            package raised in an actor (ModelError, ProviderError...), unwrapped from Ray's;
+            KeyboardInterrupt: Ctrl-C before any range finished.
     """
     ray = import_ray()
     with api.Inspector(models[0], "cpu", prep=prep, max_batch=batch_size) as driver:
@@ -155,9 +157,15 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         ray.init(address=options.address, logging_level=logging.WARNING,
                  log_to_driver=False)
     try:
+        _check_gpus(ray, options)
         rows = _result_rows(ray, models, str(Path(data).resolve()), units, job, options,
                             batch_size, prep)
         run = _collect(rows, units, job, total, progress)
+    except Exception as err:
+        cause = _package_error(err)
+        if cause is None:
+            raise
+        raise cause from err
     finally:
         if started:
             ray.shutdown()
@@ -166,6 +174,29 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         raise InputError(f"no input in {data} could be read ({len(run.skipped)} skipped{first});"
                          f" give {api_data.DATA_KINDS}")
     return run
+
+
+def _check_gpus(ray: Any, options: RayOptions) -> None:
+    """Refuse GPU workers on a cluster without enough GPUs (Ray would wait for them forever)."""
+    if options.gpus_per_worker <= 0:
+        return
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if gpus < options.gpus_per_worker:
+        raise ProviderError(f"each ray worker asks for {options.gpus_per_worker:g} GPU(s) but the "
+                            f"Ray cluster has {gpus:g}; start the nodes with GPUs (ray start "
+                            "--num-gpus N) or use gpus_per_worker=0 for CPU workers")
+
+
+def _package_error(err: BaseException) -> FeatvizError | None:
+    """The package's own error behind Ray's wrappers (RayTaskError, UserCodeException), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, FeatvizError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
 
 
 def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], data: str,
