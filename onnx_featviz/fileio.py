@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import stat
 import tempfile
@@ -20,6 +21,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PureWindowsPath
+from tokenize import TokenError
 from typing import IO, Any
 
 import numpy as np
@@ -147,7 +149,8 @@ def _check_text(message: Message, what: str) -> None:
 
 
 def _repeated(field: FieldDescriptor) -> bool:
-    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.29 drops ``label`` under upb
+    return bool(flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -382,15 +385,55 @@ def load_array_file(path: Path) -> dict[str, NDArray[Any]]:
     require_file(path, "array file", "save it with np.save or np.savez")
     try:
         if suffix == ".npy":
+            with path.open("rb") as fh:
+                _check_array_header(fh, path.stat().st_size, str(path))
             return {path.stem: np.load(path, allow_pickle=False)}
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"cannot read array file {path} ({type(err).__name__}: {err}); save "
-                         "it with np.save/np.savez (numeric arrays, no pickled objects)") from err
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError, NotImplementedError,
+            RuntimeError, zlib.error, zipfile.BadZipFile) as err:
+        # SyntaxError/TokenError: a corrupt header; NotImplementedError/RuntimeError: a zip
+        # member with an unknown compression or a password
+        raise InputError(f"cannot read array file {path} ({type(err).__name__}: "
+                         f"{str(err)[:200]}); save it with np.save/np.savez (numeric arrays, "
+                         "no pickled objects)") from err
+    odd = [key for key, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if odd:
+        raise InputError(f"array file {path} holds members that are not .npy arrays ({odd[:3]}); "
+                         "save it with np.savez")
     if not arrays:
         raise InputError(f"array file {path} holds no arrays; save at least one with np.savez")
     return arrays
+
+
+def _check_array_header(fh: IO[bytes], available: int, where: str) -> None:
+    """Refuse an array header whose shape needs more bytes than the file holds.
+
+    numpy allocates the declared size before reading, so a 100-byte file declaring
+    ``(10**12,)`` would otherwise ask for terabytes.
+    """
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    needed = math.prod(int(d) for d in shape) * dtype.itemsize
+    if needed > available:
+        raise InputError(f"array {where} declares shape {shape} of {dtype} ({needed} bytes) but "
+                         f"holds at most {available}; the file is truncated or corrupt; save it "
+                         "again with np.save/np.savez")
+
+
+def _check_npz_members(path: Path) -> None:
+    """Check each ``.npy`` member's header against its size (a zip entry may inflate at most
+    about 1032x, so a member's declared size is bounded by its compressed size)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            limit = min(info.file_size, info.compress_size * 1100)
+            with archive.open(info) as member:
+                _check_array_header(member, limit, f"{path}:{info.filename}")
 
 
 # -- atomic savers --------------------------------------------------------------------------

@@ -405,7 +405,7 @@ def _check_pixels(target: tuple[int, int], spec: InputSpec, prep: Preprocessing)
     limit = Image.MAX_IMAGE_PIXELS
     pixels = float(target[0]) * float(target[1])
     if prep.resize == "crop":  # the image is first resized to cover size / crop_fraction
-        pixels /= prep.crop_fraction ** 2
+        pixels = pixels / prep.crop_fraction / prep.crop_fraction  # (1e-300)**2 is 0
     if limit is not None and pixels > limit:
         raise InputError(f"model input {spec.name!r} needs the image resized to {target[0]}x"
                          f"{target[1]} (crop fraction {prep.crop_fraction}), more than "

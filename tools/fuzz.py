@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `tools` and the worktree'
 
 TARGETS = ("model", "image")
 OUTCOMES = ("ok", "error", "traceback", "hang", "crash")
+_SETUP_S = 60.0
 
 
 def chooser(seed: int, target: str, index: int) -> Any:
@@ -168,11 +169,13 @@ def _kill(proc: subprocess.Popen[str]) -> int:
 def run_batch(args: argparse.Namespace, run: Run, start: int, deadline: float,
               scratch: Path) -> int:
     """Run one child from case ``start``; return the next case index."""
-    proc = _spawn(args, start, args.batch, scratch)
+    count = args.batch if not args.max_cases else min(args.batch, args.max_cases - run.cases)
+    proc = _spawn(args, start, count, scratch)
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
-    current, step, started = start, "", time.monotonic()
+    current, step = start, ""
+    started = time.monotonic() + _SETUP_S  # imports and warm-up are not the first case's time
     while True:
         if not selector.select(timeout=max(0.0, started + args.case_timeout - time.monotonic())):
             _kill(proc)
@@ -182,7 +185,7 @@ def run_batch(args: argparse.Namespace, run: Run, start: int, deadline: float,
         line = proc.stdout.readline()
         if not line:
             code = _kill(proc)
-            if current >= start + args.batch:
+            if current >= start + count:
                 return current
             run.record(current, {"outcome": "crash", "key": f"exit {code} in step {step}",
                                  "step": step, "detail": _tail(scratch / "worker.log")})
@@ -215,7 +218,8 @@ def fuzz_target(args: argparse.Namespace, target: str) -> Run:
     deadline = time.monotonic() + args.minutes * 60
     index = 0
     with tempfile.TemporaryDirectory(prefix=f"featviz-fuzz-{target}-") as scratch:
-        while index >= 0 and time.monotonic() < deadline:
+        while index >= 0 and time.monotonic() < deadline and (
+                not args.max_cases or run.cases < args.max_cases):
             index = run_batch(args, run, index, deadline, Path(scratch))
     write_report(run, args)
     return run
@@ -255,6 +259,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--case-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--mem-gib", type=float, default=2.0, help="RLIMIT_AS above start-up")
     parser.add_argument("--batch", type=int, default=200, help="cases per child process")
+    parser.add_argument("--max-cases", type=int, default=0, help="stop after N cases per target")
     parser.add_argument("--replay", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)

@@ -24,7 +24,7 @@ import traceback
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,8 +61,14 @@ JSON_VALUES = (
 META_KEYS = ("featviz.labels", "featviz.preprocess")
 
 
+class Skip(Exception):
+    """A mutator found nothing to mutate (an empty list after an earlier mutation)."""
+
+
 def pick(choose: Chooser, items: Sequence[T]) -> T:
-    """Return one of ``items`` chosen by ``choose``."""
+    """Return one of ``items`` chosen by ``choose``; raise Skip when there is none."""
+    if not items:
+        raise Skip
     return items[choose(len(items))]
 
 
@@ -146,11 +152,12 @@ def dynamic_conv() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _seed_bytes(name: str) -> bytes:
     if name == "mnist":
         return MNIST.read_bytes()
-    return (conv_classifier() if name == "conv" else dynamic_conv()).SerializeToString()
+    model = conv_classifier() if name == "conv" else dynamic_conv()
+    return bytes(model.SerializeToString())
 
 
 def seed_names() -> tuple[str, ...]:
@@ -341,14 +348,14 @@ def _bad_names(model: onnx.ModelProto, choose: Chooser) -> bytes:
                 for i, name in enumerate(names):
                     if name == old:
                         names[i] = marker
-    data = model.SerializeToString()
+    data = bytes(model.SerializeToString())
     return data.replace(marker.encode(), bad)
 
 
 # -- external data ----------------------------------------------------------------------------
 def _externalize(model: onnx.ModelProto, folder: Path) -> TensorProto:
     """Move the largest initializer to ``weights.bin`` in ``folder``; return it."""
-    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    tensor: TensorProto = max(model.graph.initializer, key=lambda t: len(t.raw_data))
     raw = tensor.raw_data
     (folder / "weights.bin").write_bytes(raw)
     tensor.ClearField("raw_data")
@@ -450,7 +457,8 @@ def write_model_case(folder: Path, choose: Chooser,
     else:
         names = [pick(choose, tuple(PROTO_MUTATORS)) for _ in range(1 + choose(3))]
         for name in names:
-            PROTO_MUTATORS[name](model, choose)
+            with contextlib.suppress(Skip):
+                PROTO_MUTATORS[name](model, choose)
         label += ":" + "+".join(names)
         data = model.SerializeToString()
     path = model_dir / MODEL_NAME
@@ -478,7 +486,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@lru_cache(maxsize=None)
+@cache
 def image_seeds() -> dict[str, bytes]:
     """Seed files by name (the suffix tells the loader): PNG samples, PIL-made files, arrays."""
     seeds = {f"sample{i}.png": p.read_bytes()
