@@ -84,7 +84,7 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     if tensors:
         try:
             external_data_helper.load_external_data_for_model(model, str(folder))
-        except (OSError, ValueError, RuntimeError) as err:
+        except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as err:
             raise ModelError(f"cannot read the external data of {path} from {folder}: {err}; "
                              "keep the data files beside the model as exported") from err
         log.debug("loaded %d external tensors of %s", len(tensors), path)

@@ -9,7 +9,6 @@ bug the fuzzers found.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -19,12 +18,10 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from onnx_featviz import api, fileio
 from onnx_featviz.errors import FeatvizError, InputError, ModelError
@@ -331,3 +328,20 @@ def test_fuzz_tool_reports_no_failure_on_a_short_run(tmp_path: Path) -> None:
     assert report["cases"] == report_run.cases == 8
     assert report["outcomes"]["traceback"] == report["outcomes"]["hang"] == 0
     assert sum(report["outcomes"].values()) == report["cases"]
+
+
+def test_crop_of_a_tall_strip_input_is_an_input_error() -> None:
+    """Input 80000x1 (under the pixel limit) once made the crop's cover resize of a 6x5 image
+    allocate 6e9 pixels (fuzz case proto:conv:dim+drop+dim)."""
+    model = _with_meta("featviz.preprocess", '{"resize": "crop", "channel_order": "GRAY"}')
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = 80000, 1
+    with fc.guarded(30, _GIB), api.Inspector(model, "cpu") as inspector, \
+            pytest.raises(InputError, match="pixels"):
+        inspector.predict(fc.tiny_image())
+
+
+def test_external_location_with_a_trailing_slash_is_a_model_error(case_dir: Path) -> None:
+    """onnx refuses ``weights.bin/`` with its own ValidationError, which is now wrapped."""
+    with pytest.raises(ModelError, match="external data"):
+        fileio.load_model(_external(case_dir, "weights.bin/"))

@@ -36,7 +36,8 @@ if __package__ in (None, ""):  # run as a script: make `tools` and the worktree'
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS = ("model", "image")
-OUTCOMES = ("ok", "error", "traceback", "hang", "crash")
+#: ``harness``: the mutator itself failed (a bug in tools/fuzz_cases.py, not in the package).
+OUTCOMES = ("ok", "error", "traceback", "hang", "crash", "harness")
 _SETUP_S = 60.0
 
 
@@ -87,7 +88,12 @@ def worker(args: argparse.Namespace) -> int:
         folder = Path(tempfile.mkdtemp(dir=args.scratch))
         send(case=index, event="start")
         try:
-            path, label = write_case(args.target, args.seed, index, folder)
+            try:
+                path, label = write_case(args.target, args.seed, index, folder)
+            except Exception as err:  # noqa: BLE001 - reported as a harness bug
+                send(case=index, event="done", label="", outcome="harness",
+                     step="write_case", key=fuzz_cases.failure_key(err), detail=repr(err))
+                continue
             result = run_entry(args.target, path,
                                lambda step, i=index: send(case=i, event="step", step=step))
         finally:
@@ -130,7 +136,8 @@ class Run:
         if failure is None:
             failure = Failure(key, outcome, str(event.get("step", "")), index,
                               str(event.get("label", "")), str(event.get("detail", "")))
-            failure.folder = save_reproducer(self, failure, len(self.failures) + 1)
+            if outcome != "harness":
+                failure.folder = save_reproducer(self, failure, len(self.failures) + 1)
             self.failures[key] = failure
         failure.count += 1
 

@@ -306,7 +306,8 @@ def _mut_node(model: onnx.ModelProto, choose: Chooser) -> None:
         del node.attribute[:]
         node.attribute.extend(kept)
         ints = [pick(choose, INTERESTING) for _ in range(choose(5))]
-        node.attribute.append(helper.make_attribute(name, ints if choose(2) else ints[:1] or 0))
+        value: int | list[int] = ints if ints and choose(2) else (ints[0] if ints else 0)
+        node.attribute.append(helper.make_attribute(name, value))
     else:
         node.output[0] = pick(choose, ("", *[i for n in model.graph.node for i in n.input]))
 
