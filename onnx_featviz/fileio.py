@@ -311,9 +311,9 @@ def require_file(path: Path, what: str, fix: str) -> None:
     """
     kind = non_file_kind(path)
     if kind == "missing":
-        raise InputError(f"{what} {path} does not exist; {fix}")
+        raise InputError(f"cannot read {what} {path}: it does not exist; {fix}")
     if kind is not None:
-        raise InputError(f"{what} {path} is {kind}, not a regular file; {fix}")
+        raise InputError(f"cannot read {what} {path}: it is {kind}, not a regular file; {fix}")
 
 
 # -- images ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tests.conftest import run
 from tools import fuzz_cases as fc
 
 _GIB = 2**30
-_FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+_FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
@@ -69,7 +69,7 @@ def test_protobuf_field_mutations(data: st.DataObject) -> None:
 
 
 @pytest.mark.slow
-@settings(_FUZZ, max_examples=20)
+@settings(_FUZZ, max_examples=60)
 @given(data=st.data())
 def test_names_external_data_and_special_paths(data: st.DataObject) -> None:
     """Non-UTF-8 strings, external data (outside, links, loops, FIFOs), device model paths."""
@@ -77,7 +77,7 @@ def test_names_external_data_and_special_paths(data: st.DataObject) -> None:
 
 
 @pytest.mark.slow
-@settings(_FUZZ, max_examples=20)
+@settings(_FUZZ, max_examples=60)
 @given(data=st.data())
 def test_model_byte_mutations(data: st.DataObject) -> None:
     """Flipped, inserted, deleted and truncated bytes of the serialized models."""
@@ -85,7 +85,7 @@ def test_model_byte_mutations(data: st.DataObject) -> None:
 
 
 @pytest.mark.slow
-@settings(_FUZZ, max_examples=60)
+@settings(_FUZZ, max_examples=250)
 @given(data=st.data())
 def test_image_and_array_mutations(data: st.DataObject) -> None:
     """PNG/JPEG/BMP/GIF/TIFF/WebP, .npy/.npz and labels files: bytes, chunks, headers, bombs."""

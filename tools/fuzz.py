@@ -178,6 +178,15 @@ def run_batch(args: argparse.Namespace, run: Run, start: int, deadline: float,
     """Run one child from case ``start``; return the next case index."""
     count = args.batch if not args.max_cases else min(args.batch, args.max_cases - run.cases)
     proc = _spawn(args, start, count, scratch)
+    try:
+        return _follow(args, run, proc, start, count, deadline, scratch)
+    finally:
+        _kill(proc)  # also on Ctrl-C or an error here: never leave a worker behind
+
+
+def _follow(args: argparse.Namespace, run: Run, proc: subprocess.Popen[str], start: int,
+            count: int, deadline: float, scratch: Path) -> int:
+    """Read the worker's events until it finishes, hangs, dies or the deadline passes."""
     assert proc.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
@@ -263,7 +272,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", choices=(*TARGETS, "all"), default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"))
-    parser.add_argument("--case-timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--case-timeout", type=float, default=30.0, help="seconds")
     parser.add_argument("--mem-gib", type=float, default=2.0, help="RLIMIT_AS above start-up")
     parser.add_argument("--batch", type=int, default=200, help="cases per child process")
     parser.add_argument("--max-cases", type=int, default=0, help="stop after N cases per target")
