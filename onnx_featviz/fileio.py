@@ -48,6 +48,8 @@ _PROTO_LIMIT = 2**31 - 2**20
 # tensors at least this big go to the external data file when a model is saved with one.
 _EXTERNAL_MIN_BYTES = 1024
 _EXPORT_FIX = "export the network to .onnx first"
+# numpy's default ``max_header_size`` for .npy headers.
+_NPY_HEADER_LIMIT = 10000
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -415,6 +417,12 @@ def _check_array_header(fh: IO[bytes], available: int, where: str) -> None:
     """
     fmt = np.lib.format
     version = fmt.read_magic(fh)
+    start = fh.tell()
+    size = int.from_bytes(fh.read(2 if version == (1, 0) else 4), "little")
+    if size > _NPY_HEADER_LIMIT:  # numpy reads (allocates) the whole header before checking it
+        raise InputError(f"array {where} declares a {size}-byte header, more than numpy's "
+                         f"{_NPY_HEADER_LIMIT}; the file is corrupt; save it again with np.save")
+    fh.seek(start)
     read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
     shape, _, dtype = read(fh)
     needed = math.prod(int(d) for d in shape) * dtype.itemsize

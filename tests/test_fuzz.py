@@ -284,6 +284,21 @@ def test_array_header_declaring_terabytes_is_an_input_error(shape: str, case_dir
         fileio.load_array_file(path)
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_array_header_length_of_4_gib_is_an_input_error(suffix: str, case_dir: Path) -> None:
+    """A version-2 header declaring 0xFFFFFFF0 header bytes made numpy allocate 4 GiB (fuzz
+    case chunks:batch.npy 8002)."""
+    data = b"\x93NUMPY\x02\x00" + struct.pack("<I", 0xFFFFFFF0) + b"{}" * 8
+    path = case_dir / f"long{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(data)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("a.npy", data)
+    with fc.guarded(30, _GIB), pytest.raises(InputError, match="4294967280-byte header"):
+        fileio.load_array_file(path)
+
+
 def test_array_header_that_does_not_tokenize_is_an_input_error(case_dir: Path) -> None:
     path = case_dir / "bad.npy"
     path.write_bytes(_npy("(1, '''"))
