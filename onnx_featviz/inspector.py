@@ -5,6 +5,7 @@ stream, predict and activations. Nothing method-specific: CAMs, audits and synth
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
 
 
 STAGES = ("conv", "act", "both")
+#: Largest probe batch ``Inspector.info`` runs to find missing shapes (values, any dtype).
+_MAX_EXAMPLE_ELEMENTS = 2**27
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _I = TypeVar("_I", bound="Inspector")
 
@@ -158,7 +162,13 @@ class Inspector:
         return self.info.layer(name)
 
     def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
-        batch = np.zeros(_example_shape(self.spec, self.preprocessing), self.spec.dtype)
+        shape = _example_shape(self.spec, self.preprocessing)
+        if int(np.prod(shape, dtype=np.float64)) > _MAX_EXAMPLE_ELEMENTS:
+            # a declared dim such as 10**9 would make the probe batch terabytes big
+            log.warning("not running the model to find shapes: its input %s would need %s "
+                        "values", self.spec.name, shape)
+            return catalog.read_catalog(self.model)
+        batch = np.zeros(shape, self.spec.dtype)
         try:
             values = self.run(batch, tensors)
         except (ModelError, InputError):
@@ -238,6 +248,9 @@ class Inspector:
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}")
         loaded = self.load_batch(images)
+        if not self.info.outputs:
+            raise ModelError("the model has no graph output to read scores from; export it "
+                             "with its classifier output")
         output = self.info.outputs[0].name
         scores = self.session().run({self.spec.name: loaded.array}, [output],
                                     max_batch=self.max_batch)[output]
@@ -417,15 +430,20 @@ def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:
         if prop.key == META_LABELS:
             try:
                 value: Any = json.loads(prop.value)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
                 raise ModelError(f"metadata {META_LABELS!r} is not a JSON list of class names: "
-                                 f"{err}; fix or remove it") from err
+                                 f"{str(err)[:100]}; fix or remove it") from err
+            if not isinstance(value, list) or not all(
+                    isinstance(v, str | int | float) for v in value):
+                raise ModelError(f"metadata {META_LABELS!r} must be a JSON list of class names, "
+                                 f"got {prop.value[:60]!r}; fix or remove it")
             return tuple(str(v) for v in value)
     return None
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
     """Read class names, one per line (index = class id); ``synset`` lines keep their text."""
+    fileio.require_file(path, "labels file", "give a text file with one class name per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:

@@ -140,8 +140,9 @@ def _read_meta(model: onnx.ModelProto) -> dict[str, Any] | None:
             continue
         try:
             value = json.loads(prop.value)
-        except json.JSONDecodeError as err:
-            raise ModelError(f"model metadata {META_PREPROCESS!r} is not valid JSON ({err}); "
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise ModelError(f"model metadata {META_PREPROCESS!r} is not valid JSON "
+                             f"({str(err)[:100]}); "
                              "fix or remove that metadata entry") from err
         if not isinstance(value, dict):
             raise ModelError(f"model metadata {META_PREPROCESS!r} must be a JSON object, got "
@@ -395,7 +396,24 @@ def _fitted_image(image: Image.Image, spec: InputSpec, prep: Preprocessing) -> I
     """Convert to a working mode (L, F, RGB or RGBA) and resize to the model's size."""
     work = _working_image(image, spec.channels, prep.channel_order)
     target = _target_size(work.size, spec, prep)
+    _check_pixels(work.size, target, spec, prep)
     return _fit(work, target, prep, _fill(work.mode, spec, prep))
+
+
+def _check_pixels(size: tuple[int, int], target: tuple[int, int], spec: InputSpec,
+                  prep: Preprocessing) -> None:
+    """Refuse a resize bigger than Pillow's decompression-bomb limit (a size such as 10**9)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = target
+    pixels = float(width) * float(height)
+    if prep.resize == "crop":  # as _fit: cover size / crop_fraction, then crop
+        ratio = max(height / prep.crop_fraction / size[1], width / prep.crop_fraction / size[0])
+        pixels = max(float(width), size[0] * ratio) * max(float(height), size[1] * ratio)
+    if limit is not None and not pixels <= limit:
+        raise InputError(f"model input {spec.name!r} needs the image resized to {width}x"
+                         f"{height} (resize {prep.resize}, crop fraction {prep.crop_fraction}), "
+                         f"more than {limit} pixels; check the input shape and the "
+                         "preprocessing size")
 
 
 def _working_image(image: Image.Image, channels: int, order: str) -> Image.Image:
