@@ -163,7 +163,7 @@ def preprocessing_origin(run: _Run) -> str:
     given = prep is not None and any(
         getattr(prep, f) is not None for f in PrepOptions.__dataclass_fields__)
     if given and prep is not None and prep.preset:
-        return f"given: preset {prep.preset!r} (with any values given beside it)"
+        return f"given: preset {prep.preset!r}"
     if given:
         return "given explicitly (mean, std, scale, order, size or resize)"
     if preprocess.read_preprocessing(run.inspector.model) is not None:
@@ -212,16 +212,16 @@ def _layer_table(run: _Run) -> page.Table:
 def _predictions(run: _Run) -> page.Section:
     predictions = run.inspector.predict(run.images, run.options.top_k)
     shown = run.inspector.load_batch(run.images).images
-    blocks: list[page.Block] = []
+    cards: list[page.Block] = []
     for index, found in enumerate(predictions):
         rows = tuple((str(c.index), c.label or "", f"{c.score:.4f}") for c in found.top)
-        table = page.Table(("class", "label", "probability"), rows, key=f"pred-{index}")
-        figures = (page.Figure(shown[index], Path(found.source).name, max_side=224),
-                   ) if index < len(shown) else ()
         note = " (softmax of logits)" if found.softmax_applied else ""
-        blocks += [page.Gallery(figures, f"{Path(found.source).name}: {found.output}{note}"),
-                   table]
-    return page.Section("predictions", f"Predictions (top {run.options.top_k})", tuple(blocks))
+        figure = (page.Figure(shown[index], f"as the model sees it; scores of {found.output}"
+                              f"{note}", max_side=200),) if index < len(shown) else ()
+        table = page.Table(("class", "label", "probability"), rows, key=f"pred-{index}")
+        cards.append(page.Card(Path(found.source).name, (*figure, table)))
+    return page.Section("predictions", f"Predictions (top {run.options.top_k})",
+                        (page.Row(tuple(cards)),))
 
 
 def _filters(run: _Run) -> page.Section:
@@ -262,8 +262,11 @@ def _feature_maps(run: _Run) -> page.Section:
 
 
 def _panel_label(run: _Run, tensor: str, value: NDArray[np.generic]) -> str:
+    info = run.inspector.info
+    conv = next((c for c in info.conv_layers if c.activation == tensor != c.output), None)
     layer = run.inspector.layer(tensor)
-    name = layer.name if layer.name == tensor else f"{layer.name} [{tensor}]"
+    name = (f"{conv.name} after {conv.activation_op} [{tensor}]" if conv
+            else layer.name if layer.name == tensor else f"{layer.name} [{tensor}]")
     return f"{name}  {shape_text(tuple(value.shape[1:]))}"
 
 

@@ -70,6 +70,21 @@ class Table:
 
 
 @dataclass(frozen=True, slots=True)
+class Card:
+    """Blocks stacked in a box under a heading (e.g. one input's picture and its top classes)."""
+
+    heading: str
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Cards or other blocks side by side, wrapping on narrow screens."""
+
+    blocks: tuple[Block, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Panel:
     """One choice of a ``Picker``: its label and what it shows."""
 
@@ -105,7 +120,7 @@ class DriftStrip:
     high: float = 60.0
 
 
-Block = Figure | Gallery | Facts | Text | Table | Picker | DriftStrip
+Block = Figure | Gallery | Facts | Text | Table | Card | Row | Picker | DriftStrip
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +200,11 @@ def _block(block: Block, fmt: str) -> str:
         return f"<p{css}>{_e(block.text)}</p>"
     if isinstance(block, Table):
         return _table(block)
+    if isinstance(block, Card):
+        inner = "".join(_block(b, fmt) for b in block.blocks)
+        return f'<div class="card"><h3>{_e(block.heading)}</h3>{inner}</div>'
+    if isinstance(block, Row):
+        return '<div class="row">' + "".join(_block(b, fmt) for b in block.blocks) + "</div>"
     if isinstance(block, Picker):
         return _picker(block, fmt)
     return _strip(block)
@@ -273,6 +293,9 @@ nav ul{list-style:none;padding:0;margin:6px 0 0;display:flex;flex-wrap:wrap;gap:
 nav a{color:#80cbc4}main{padding:8px 24px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:14px 0;padding:8px 16px}
 h2{font-size:18px;margin:6px 0 10px}h3{font-size:15px;margin:10px 0 4px}
+.row{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.card{border:1px solid #e0e0e0;border-radius:4px;padding:4px 10px}
+.card .scroll{max-height:none;border:0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;max-width:100%}figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#444;max-width:360px}
