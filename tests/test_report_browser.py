@@ -91,7 +91,7 @@ def opened(browser: Any, page: Path) -> Any:
 
 def fault_layer() -> str:
     """The node that reads the planted weight, from the ONNX graph itself."""
-    return next(n.name for n in onnx.load(MNIST).graph.node if FAULT_WEIGHT in n.input)
+    return str(next(n.name for n in onnx.load(MNIST).graph.node if FAULT_WEIGHT in n.input))
 
 
 def test_loads_offline_from_file_with_no_console_error_and_no_fetch(browser: Any,

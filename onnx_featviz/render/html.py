@@ -23,6 +23,8 @@ from onnx_featviz.render.pictures import colormap_lut
 
 #: Picture encodings a report can use (``image_data_uri``).
 IMAGE_FORMATS = ("webp", "png")
+#: Pictures whose longer side is under this many pixels are shown enlarged by a whole factor.
+SMALL_SIDE = 112
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,13 @@ def _block(block: Block, fmt: str) -> str:
 
 def _figure(figure: Figure, fmt: str) -> str:
     uri = image_data_uri(figure.image, fmt, max_side=figure.max_side)
-    return (f'<figure><img src="{uri}" alt="{_e(figure.caption)}" loading="lazy" '
+    width, height = figure.image.size
+    shrink = min(1.0, figure.max_side / max(width, height))
+    # tiny inputs (MNIST's 28 px) are shown enlarged with square pixels, not re-encoded larger
+    grow = max(1, -(-SMALL_SIDE // max(width, height)))
+    size = f'width="{round(width * shrink) * grow}" height="{round(height * shrink) * grow}"'
+    css = ' class="pixelated"' if grow > 1 else ""
+    return (f'<figure><img src="{uri}" alt="{_e(figure.caption)}" {size}{css} loading="lazy" '
             f'decoding="async"><figcaption>{_e(figure.caption)}</figcaption></figure>')
 
 
@@ -298,6 +306,7 @@ h2{font-size:18px;margin:6px 0 10px}h3{font-size:15px;margin:10px 0 4px}
 .card .scroll{max-height:none;border:0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;max-width:100%}figure img{max-width:100%;height:auto;display:block}
+img.pixelated{image-rendering:pixelated}
 figcaption{font-size:12px;color:#444;max-width:360px}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:4px 0}
 dt{font-weight:600}dd{margin:0}
