@@ -216,8 +216,8 @@ def _predictions(run: _Run) -> page.Section:
     for index, found in enumerate(predictions):
         rows = tuple((str(c.index), c.label or "", f"{c.score:.4f}") for c in found.top)
         note = " (softmax of logits)" if found.softmax_applied else ""
-        figure = (page.Figure(shown[index], f"as the model sees it; scores of {found.output}"
-                              f"{note}", max_side=200),) if index < len(shown) else ()
+        figure = (page.Figure(shown[index], f"scores: {found.output}{note}", max_side=200),
+                  ) if index < len(shown) else ()
         table = page.Table(("class", "label", "probability"), rows, key=f"pred-{index}")
         cards.append(page.Card(Path(found.source).name, (*figure, table)))
     return page.Section("predictions", f"Predictions (top {run.options.top_k})",

@@ -305,9 +305,9 @@ h2{font-size:18px;margin:6px 0 10px}h3{font-size:15px;margin:10px 0 4px}
 .card{border:1px solid #e0e0e0;border-radius:4px;padding:4px 10px}
 .card .scroll{max-height:none;border:0}
 .gallery{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-figure{margin:0;max-width:100%}figure img{max-width:100%;height:auto;display:block}
+figure{margin:0;max-width:100%;display:table}figure img{max-width:100%;height:auto;display:block}
 img.pixelated{image-rendering:pixelated}
-figcaption{font-size:12px;color:#444;max-width:360px}
+figcaption{font-size:12px;color:#444;display:table-caption;caption-side:bottom}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:4px 0}
 dt{font-weight:600}dd{margin:0}
 .scroll{max-height:420px;overflow:auto;border:1px solid #eee}
@@ -315,7 +315,7 @@ table{border-collapse:collapse;font-size:12px}th,td{padding:2px 8px;text-align:l
 th{position:sticky;top:0;background:#eceff1}tr:nth-child(even){background:#f7f7f7}
 tr.hl,tr.hl:nth-child(even){background:#ffcdd2;font-weight:600}
 .note{background:#e3f2fd;padding:6px 10px}.warn{background:#fff3e0;padding:6px 10px}
-[hidden]{display:none !important}
+[hidden]{display:none !important}input.table-filter{width:300px}
 .strip{display:flex;height:34px;border:1px solid #999;margin:8px 0 2px}
 .strip .cell{flex:1;min-width:3px}
 .strip .cell.broken{box-shadow:inset 0 -6px 0 #000}
