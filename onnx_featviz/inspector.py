@@ -186,32 +186,11 @@ class Inspector:
         arrays, pics = [], []
         sources: list[str] = []
         for item in items:
-            for source, array, pic in self._load_item(item):
+            for source, array, pic in _load_item(item, self.spec, self.preprocessing):
                 arrays.append(array)
                 sources.extend(row_sources(source, len(array)))
                 pics.extend([pic] if pic is not None else [])
         return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
-
-    def _load_item(self, item: ImageSource
-                   ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
-        if isinstance(item, Image.Image):
-            yield "image", self._image_array(item), self.display(item)
-            return
-        path = Path(item)
-        if path.is_dir():  # every image below it, as the command line takes folders
-            for image_path in fileio.list_images(path):
-                yield from self._load_item(image_path)
-            return
-        if path.suffix.lower() in (".npy", ".npz"):
-            for key, array in fileio.load_array_file(path).items():
-                checked = preprocess.check_batch(array, self.spec)
-                yield f"{path}:{key}", checked, None
-            return
-        image = fileio.load_image(path)
-        yield str(path), self._image_array(image), self.display(image)
-
-    def _image_array(self, image: Image.Image) -> NDArray[np.generic]:
-        return preprocess.images_to_batch([image], self.spec, self.preprocessing)
 
     def display(self, image: Image.Image) -> Image.Image:
         """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
@@ -264,16 +243,8 @@ class Inspector:
                                     max_batch=self.max_batch)[output]
         flat = np.asarray(scores, np.float64).reshape(len(scores), -1)
         probs, applied = as_probabilities(flat)
-        return [self.prediction(src, output, row, top_k, applied)
+        return [prediction(self.labels, src, output, row, top_k, applied)
                 for src, row in zip(loaded.sources, probs, strict=True)]
-
-    def prediction(self, source: str, output: str, probs: NDArray[np.float64], top_k: int,
-                    applied: bool) -> Prediction:
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        labels = self.labels if self.labels and len(self.labels) == len(probs) else None
-        top = tuple(ClassScore(int(i), labels[i] if labels else None, float(probs[i]))
-                    for i in order)
-        return Prediction(source, output, top, applied)
 
     def layer_tensors(self, layers: Sequence[str | int] | None = None, stage: str = "conv"
                       ) -> list[str]:
@@ -340,7 +311,7 @@ class Inspector:
         output of a session on each pass, fetched or not); all chunks of a group come before the
         next group.
         """
-        sizes = self._sample_bytes(tensors)
+        sizes = _sample_bytes(self.info, tensors)
         plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
         if len(plan_groups(plan)) == 1:
             for rows, group in plan:
@@ -354,16 +325,6 @@ class Inspector:
                     values = s.run({self.spec.name: batch[rows]}, wanted)
                     yield rows, {t: _to_host(values[w], float32)
                                  for t, w in zip(group, wanted, strict=True)}
-
-    def _sample_bytes(self, tensors: Sequence[str]) -> dict[str, int]:
-        info = self.info
-        out = {}
-        for tensor in tensors:
-            lay = info.layer(tensor)
-            shape = lay.shape if tensor == lay.output else None
-            known = [d for d in (shape or ())[1:] if isinstance(d, int)]
-            out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
-        return out
 
     def filters(self, layer: str | int) -> weights.Filters:
         """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
@@ -387,6 +348,47 @@ class Inspector:
 
 
 
+
+
+def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
+               ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
+    """Yield (source, model-ready rows, display picture or None) for one image source."""
+    if isinstance(item, Image.Image):
+        yield ("image", preprocess.images_to_batch([item], spec, prep),
+               preprocess.display_image(item, spec, prep))
+        return
+    path = Path(item)
+    if path.is_dir():  # every image below it, as the command line takes folders
+        for image_path in fileio.list_images(path):
+            yield from _load_item(image_path, spec, prep)
+        return
+    if path.suffix.lower() in (".npy", ".npz"):
+        for key, array in fileio.load_array_file(path).items():
+            yield f"{path}:{key}", preprocess.check_batch(array, spec), None
+        return
+    image = fileio.load_image(path)
+    yield (str(path), preprocess.images_to_batch([image], spec, prep),
+           preprocess.display_image(image, spec, prep))
+
+
+def prediction(labels: Sequence[str] | None, source: str, output: str,
+               probs: NDArray[np.float64], top_k: int, applied: bool) -> Prediction:
+    """The ``top_k`` classes of one row of probabilities, labelled when ``labels`` fit."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    names = labels if labels and len(labels) == len(probs) else None
+    top = tuple(ClassScore(int(i), names[i] if names else None, float(probs[i])) for i in order)
+    return Prediction(source, output, top, applied)
+
+
+def _sample_bytes(info: ModelInfo, tensors: Sequence[str]) -> dict[str, int]:
+    """Bytes one sample of each tensor takes as float32 (0 where a dim is unknown)."""
+    out = {}
+    for tensor in tensors:
+        lay = info.layer(tensor)
+        shape = lay.shape if tensor == lay.output else None
+        known = [d for d in (shape or ())[1:] if isinstance(d, int)]
+        out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
+    return out
 
 
 def expand_images(paths: Sequence[Path]) -> list[Path]:

@@ -39,6 +39,7 @@ def test_choices_equal_the_library() -> None:
 
     assert choices.BACKPROP_METHODS == attribution_run.BACKPROP_METHODS
     assert choices.METRICS == compare.METRICS
+    assert choices.ENGINES == compare.ENGINES
     assert choices.RECIPES == run.RECIPES
     assert choices.OBJECTIVES == optim.OBJECTIVES == run.OBJECTIVES
     assert choices.PROVIDERS == runtime.PROVIDERS

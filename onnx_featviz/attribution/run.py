@@ -28,6 +28,7 @@ from onnx_featviz.inspector import (
     as_probabilities,
     check_exposable,
     exposed_name,
+    prediction,
     spatial_size,
     stage_tensors,
 )
@@ -155,7 +156,7 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         batch_size=options.batch_size, progress=_row_progress(progress))
     result = cams.compute(method, inputs)
     probs, _ = as_probabilities(np.asarray(scores, np.float64))
-    top = tuple(inspector.prediction(src, score, row, options.top_k or 5, True).top
+    top = tuple(prediction(inspector.labels, src, score, row, options.top_k or 5, True).top
                 for src, row in zip(loaded.sources, probs, strict=True))
     overlays: tuple[Image.Image, ...] = ()
     if options.overlays:

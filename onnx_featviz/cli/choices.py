@@ -10,3 +10,4 @@ METRICS = ("cosine", "snr", "maxabs", "rel-l2")  # audit.compare
 RECIPES = ("fourier", "pyramid")  # synthesis.run
 OBJECTIVES = ("channel", "neuron", "layer")  # synthesis.maths
 PROVIDERS = ("auto", "cuda", "cpu")  # runtime.PROVIDERS
+ENGINES = ("local", "ray")  # audit.compare
