@@ -386,8 +386,9 @@ def _unique_close_label(key: str, labels: Sequence[str]) -> int | None:
     names = [(i, part.strip().lower()) for i, lab in enumerate(labels) for part in
              {lab, *lab.split(",")} if part.strip()]
     words = set(key.split())
-    for rule in (lambda name: set(name.split()) <= words, lambda name: words <= set(name.split())):
-        hits = {i for i, name in names if rule(name)}
+    for inside in (True, False):
+        hits = {i for i, name in names
+                if (set(name.split()) <= words if inside else words <= set(name.split()))}
         if len(hits) == 1:
             return hits.pop()
     spelled = {i for i, name in names
