@@ -63,6 +63,7 @@ class PrepOptions:
     channel_order: str | None = None
     size: tuple[int, int] | None = None
     resize: str | None = None
+    crop_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,9 @@ class Inspector:
         self.max_batch = max_batch
         self.spec: InputSpec = preprocess.infer_input_spec(self.model)
         self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
+        # neither the caller nor the model's metadata said how images are preprocessed
+        self._assumed = (not any(getattr(prep, f) is not None for f in PrepOptions.__slots__)
+                         if prep else True) and preprocess.read_preprocessing(self.model) is None
         self.labels: tuple[str, ...] | None = (
             tuple(labels) if labels is not None else _model_labels(self.model))
         self._sessions: dict[Hashable, Any] = {}
@@ -200,6 +204,12 @@ class Inspector:
                 arrays.append(array)
                 sources.extend(row_sources(source, len(array)))
                 pics.extend([pic] if pic is not None else [])
+        if pics and self._assumed:
+            self._assumed = False  # say it once per inspector
+            log.warning("model input %r has no preprocessing metadata and none was given: "
+                        "assuming preset %r; if the model was trained with another recipe, "
+                        "choose a preset (%s)", self.spec.name, self.preprocessing.preset,
+                        ", ".join(preprocess.PRESETS), extra={"after_success": True})
         return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
 
     def display(self, image: Image.Image) -> Image.Image:
@@ -422,7 +432,7 @@ def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
     return preprocess.resolve_preprocessing(
         spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
         std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
-        resize=opts.resize)
+        resize=opts.resize, crop_fraction=opts.crop_fraction)
 
 
 def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:

@@ -639,3 +639,24 @@ def test_npy_batch_gives_one_result_per_row(tmp_path: Path, edges_model: Path) -
     entries = json.loads(ok("predict", edges_model, tmp_path / "two.npy", "--json",
                             "--provider", "cpu").stdout)
     assert [e["image"] for e in entries] == [f"{tmp_path / 'two.npy'}:two[{i}]" for i in (0, 1)]
+
+
+def test_assumed_preprocessing_is_said_once_after_a_successful_run(tmp_path: Path,
+                                                                    edges_model: Path) -> None:
+    """A model without preprocessing metadata, run without options: one notice, after the
+    paths written; none with --preset, none when the command fails (its error stays one line)."""
+    image = tmp_path / "square.png"
+    square_image(image)
+    result = run("maps", edges_model, image, image, "--out", tmp_path / "out",
+                 "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    notices = [line for line in lines if "no preprocessing metadata" in line]
+    assert len(notices) == 1 and lines[-1] == notices[0]
+    assert "assuming preset 'mnist'" in notices[0] and "choose a preset (imagenet" in notices[0]
+    given = run("maps", edges_model, image, "--out", tmp_path / "out2", "--provider", "cpu",
+                "--preset", "mnist")
+    assert given.exit_code == 0 and "no preprocessing metadata" not in given.output
+    cropped = run("maps", edges_model, image, "--out", tmp_path / "out3", "--provider", "cpu",
+                  "--crop-fraction", "0.5")
+    assert cropped.exit_code == 0 and "no preprocessing metadata" not in cropped.output

@@ -13,6 +13,7 @@ from onnx_featviz import __version__
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    HeldNotices,
     emit_written,
     out_dir_option,
     parse_channels,
@@ -45,9 +46,13 @@ def main(verbose: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("featviz: %(message)s"))
     handler.addFilter(_OncePerMessage())
+    held = HeldNotices()
+    handler.addFilter(held)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    context = click.get_current_context()
+    context.call_on_close(lambda: held.release(handler, context))
 
 
 class _OncePerMessage(logging.Filter):

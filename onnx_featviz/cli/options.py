@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -103,16 +104,20 @@ def prep_options(fn: F) -> F:
                      help="Input size for dynamic models: 224 or HxW."),
         click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]),
                      help="Resize policy (default crop: short side then center crop)."),
+        click.option("--crop-fraction", type=click.FloatRange(0.0, 1.0, min_open=True),
+                     help="With crop: resize the short side to size / FRACTION, then crop the "
+                          "centre (0.875: the torchvision/Keras evaluation crop)."),
     ]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
-                bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
+                bgr: bool | None, size: Any, resize: str | None, crop_fraction: float | None,
+                **kwargs: Any) -> Any:
         from onnx_featviz.inspector import PrepOptions
 
         kwargs["prep"] = PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
                                      channel_order="BGR" if bgr else None, size=size,
-                                     resize=resize)
+                                     resize=resize, crop_fraction=crop_fraction)
         return fn(*args, **kwargs)
 
     for option in reversed(options):
@@ -128,12 +133,46 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LayerNotFoundError as err:
+            _mark_failed()
             raise click.ClickException(f"{err}; `featviz info MODEL` lists every layer and "
                                        "tensor") from None
         except FeatvizError as err:
+            _mark_failed()
             raise click.ClickException(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _mark_failed() -> None:
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta["featviz.failed"] = True
+
+
+class HeldNotices(logging.Filter):
+    """Hold notices logged with ``extra={"after_success": True}`` until the command ends.
+
+    They describe a successful run (which preprocessing was assumed), so they are printed after
+    its output, and dropped when the command fails: its error stays one line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "after_success", False):
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self, handler: logging.Handler, context: click.Context) -> None:
+        """Print the held notices through ``handler`` unless the command failed."""
+        held, self.held = self.held, []
+        if not context.meta.get("featviz.failed"):
+            for record in held:
+                record.after_success = False
+                handler.emit(record)  # not handle(): the filters saw it already
 
 
 def emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None

@@ -253,6 +253,7 @@ def resolve_preprocessing(
     channel_order: str | None = None,
     size: tuple[int, int] | int | None = None,
     resize: str | None = None,
+    crop_fraction: float | None = None,
 ) -> Preprocessing:
     """Combine the recipe sources: explicit args > preset > model metadata (``base``) > default.
 
@@ -267,7 +268,7 @@ def resolve_preprocessing(
     """
     start = _start_recipe(spec, preset, base)
     explicit = {"mean": mean, "std": std, "scale": scale, "channel_order": channel_order,
-                "size": size, "resize": resize}
+                "size": size, "resize": resize, "crop_fraction": crop_fraction}
     changes: dict[str, Any] = {}
     for key, value in explicit.items():
         if value is None:
