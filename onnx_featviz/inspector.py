@@ -72,6 +72,7 @@ class Batch:
     array: NDArray[np.generic]
     sources: tuple[str, ...]
     images: tuple[Image.Image, ...] = ()
+    originals: tuple[Image.Image, ...] = ()
 
 
 def load_model(model: ModelSource) -> onnx.ModelProto:
@@ -193,14 +194,15 @@ class Inspector:
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         if not items:
             raise InputError("no images were given; pass at least one image path or array")
-        arrays, pics = [], []
+        arrays, pics, originals = [], [], []
         sources: list[str] = []
         for item in items:
             for source, array, pic in _load_item(item, self.spec, self.preprocessing):
                 arrays.append(array)
                 sources.extend(row_sources(source, len(array)))
-                pics.extend([pic] if pic is not None else [])
-        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
+                pics.extend([pic[0]] if pic is not None else [])
+                originals.extend([pic[1]] if pic is not None else [])
+        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics), tuple(originals))
 
     def display(self, image: Image.Image) -> Image.Image:
         """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
@@ -364,11 +366,12 @@ class Inspector:
 
 
 def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
-               ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
-    """Yield (source, model-ready rows, display picture or None) for one image source."""
+               ) -> Iterator[tuple[str, NDArray[np.generic],
+                                   tuple[Image.Image, Image.Image] | None]]:
+    """Yield (source, model-ready rows, (display picture, original) or None) per image."""
     if isinstance(item, Image.Image):
         yield ("image", preprocess.images_to_batch([item], spec, prep),
-               preprocess.display_image(item, spec, prep))
+               (preprocess.display_image(item, spec, prep), item))
         return
     path = Path(item)
     if path.is_dir():  # every image below it, as the command line takes folders
@@ -381,7 +384,7 @@ def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
         return
     image = fileio.load_image(path)
     yield (str(path), preprocess.images_to_batch([image], spec, prep),
-           preprocess.display_image(image, spec, prep))
+           (preprocess.display_image(image, spec, prep), image))
 
 
 def prediction(labels: Sequence[str] | None, source: str, output: str,
