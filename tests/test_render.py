@@ -130,9 +130,12 @@ def test_grid_geometry_with_labels_title_colorbar() -> None:
     assert (right - left, bottom - top) == (16, 16)
 
 
-def test_auto_scale_reaches_about_min_tile() -> None:
-    assert render.grid_layout(4, 7, 7).tile_width == 63
+def test_auto_scale_reaches_min_tile() -> None:
+    # the smallest integer factor giving tiles of at least 64 px: ceil(64 / 7) = 10
+    assert render.grid_layout(4, 7, 7).tile_width == 70
     assert render.grid_layout(4, 14, 14).tile_width == 70
+    assert render.grid_layout(4, 13, 13).tile_width == 65
+    assert render.grid_layout(4, 40, 40).tile_width == 80
     assert render.grid_layout(4, 112, 112).scale == 1
     capped = render.grid_layout(2048, 7, 7, render.GridOptions(max_pixels=1 << 20))
     assert capped.width * capped.height <= 1 << 20 or capped.scale == 1
