@@ -25,6 +25,7 @@ import onnx_featviz.io.preprocess as preprocess
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import reductions
+from onnx_featviz.render import notebook
 from onnx_featviz.structs import (
     META_LABELS,
     ClassScore,
@@ -90,7 +91,8 @@ class Inspector:
         provider: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         prep: preprocessing overrides (default: the model's metadata, else a per-input default).
         max_batch: largest batch sent to onnxruntime in one call.
-        labels: class names (default: the model's ``featviz.labels`` metadata when present).
+        labels: class names, or the path of a text file with one per line (default: the
+            model's ``featviz.labels`` metadata when present).
         transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
             device as float16 (half the bytes; returned as float32, exact to float16 rounding).
 
@@ -100,7 +102,8 @@ class Inspector:
 
     def __init__(self, model: ModelSource, provider: str = "auto", *,
                  prep: PrepOptions | None = None, max_batch: int | None = 32,
-                 labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
+                 labels: Sequence[str] | str | Path | None = None,
+                 transfer: str = "float32") -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model = load_model(model)
@@ -110,13 +113,27 @@ class Inspector:
         self.spec: InputSpec = preprocess.infer_input_spec(self.model)
         self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
         self.labels: tuple[str, ...] | None = (
-            tuple(labels) if labels is not None else _model_labels(self.model))
+            read_labels(Path(labels)) if isinstance(labels, str | Path)
+            else tuple(labels) if labels is not None else _model_labels(self.model))
+        self.prep_source = _prep_source(self.model, prep)
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
 
     def __enter__(self: _I) -> _I:
         return self
+
+    def __repr__(self) -> str:
+        spec, prep = self.spec, self.preprocessing
+        return (f"{type(self).__name__}({self.model.graph.name or 'model'!r}, input "
+                f"{spec.name} {spec.layout} {'x'.join(map(str, spec.shape))}, "
+                f"{len(self.model.graph.node)} nodes, preset {prep.preset} "
+                f"({self.prep_source}), provider {self.provider!r})")
+
+    def _repr_html_(self) -> str:
+        return notebook.model_card_html(
+            self.info, self.spec, self.preprocessing, source=self.prep_source,
+            labels=self.labels, provider=self.provider)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -426,6 +443,15 @@ def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
         spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
         std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
         resize=opts.resize)
+
+
+def _prep_source(model: onnx.ModelProto, prep: PrepOptions | None) -> str:
+    """Say where the preprocessing came from: options, the model's metadata, or a default."""
+    if prep is not None and prep != PrepOptions():
+        return "from options"
+    if preprocess.read_preprocessing(model) is not None:
+        return "from the model's metadata"
+    return "assumed: no metadata or options"
 
 
 def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:

@@ -9,10 +9,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import onnx_featviz.render.pictures as render
-from onnx_featviz.render import figures
 from onnx_featviz.attribution.run import CamReport, backprop
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io.outputs import Picture, Rendered, file_stem, input_folders
+from onnx_featviz.render import figures
 
 
 def render_cam(report: CamReport, *, target_given: bool | None = None) -> Rendered:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,10 +35,12 @@ from onnx_featviz.inspector import (
 )
 from onnx_featviz.io import preprocess
 from onnx_featviz.render import compose, figures
+from onnx_featviz.render.progress import progress_for
 from onnx_featviz.structs import (
     ClassScore,
     Progress,
     ProgressFn,
+    auto_progress,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,12 +146,13 @@ def _row_progress(progress: ProgressFn | None) -> cam_perturbation.ProgressFn | 
 
 # -- class-activation maps -----------------------------------------------------------
 def cam(inspector: Inspector, images: Images, options: CamOptions, *,
-        progress: ProgressFn | None = None) -> CamReport:
+        progress: ProgressFn | None = auto_progress) -> CamReport:
     """Return class-activation maps of ``options.method`` for each input.
 
     Gradients come from the model's own ONNX reverse graph (``autodiff``), run in the same
     kind of session as the forward pass. ``progress`` is called as the forward passes of
-    Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``).
+    Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``); by default a progress bar
+    in notebooks and terminals, None for none.
 
     Returns:
         ``CamReport`` with ``cam`` (R, H, W) in [0, 1] at the input size, ``layer_cam``
@@ -176,8 +179,9 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch)
                             if entry.needs_layer_forward else None),
         occlusion=options.occlusion or cam_perturbation.OcclusionOptions(),
-        batch_size=options.batch_size, progress=_row_progress(progress))
-    result = cams.compute(method, inputs)
+        batch_size=options.batch_size, progress=None)
+    with progress_for(progress, method) as report:
+        result = cams.compute(method, replace(inputs, progress=_row_progress(report)))
     probs, _ = as_probabilities(np.asarray(scores, np.float64))
     top = tuple(prediction(inspector.labels, src, score, row, options.top_k or 5, True).top
                 for src, row in zip(loaded.sources, probs, strict=True))

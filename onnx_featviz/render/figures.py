@@ -155,8 +155,8 @@ def overlay_whole(image: Image.Image, heatmap: NDArray[np.floating],
     base = image.convert("RGB")
     shrink = min(1.0, max_side / max(base.size))
     if shrink < 1.0:
-        base = base.resize((max(1, round(base.width * shrink)), max(1, round(base.height * shrink))),
-                           Image.Resampling.BILINEAR)
+        size = (max(1, round(base.width * shrink)), max(1, round(base.height * shrink)))
+        base = base.resize(size, Image.Resampling.BILINEAR)
     sx, sy, ox, oy = geometry
     fx, fy = image.width / base.width, image.height / base.height
     mapped = Image.fromarray(heat, mode="F").transform(

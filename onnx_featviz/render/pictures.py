@@ -85,9 +85,9 @@ class FilterOptions:
     off), its inputs taken in ``channel_order`` (``"BGR"``: input 0 is blue); otherwise one
     tile per (output, input) pair, rows = output channels, columns = input channels (a
     square-ish grid of outputs when ``I == 1``), capped at ``max_filters`` outputs and
-    ``max_inputs`` inputs; a capped picture says so in its title. ``annotate`` writes each value (2 decimals) on its cell of
-    ``cell`` pixels (``None``: wide enough for the text, at least 36). Values share one
-    symmetric scale (``mode="layer"``) unless ``mode="channel"``.
+    ``max_inputs`` inputs; a capped picture says so in its title. ``annotate`` writes each
+    value (2 decimals) on its cell of ``cell`` pixels (``None``: wide enough for the text, at
+    least 36). Values share one symmetric scale (``mode="layer"``) unless ``mode="channel"``.
     """
 
     rgb: bool | None = None
@@ -522,10 +522,10 @@ def _tick_texts(lo: NDArray[np.float32], hi: NDArray[np.float32],
     if opts.mode == "layer":
         low, high = float(lo.min()), float(hi.max())
         return (f"{low:.3g}", f"{(low + high) / 2:.3g}", f"{high:.3g}")
-    high = _span_text(hi)
+    top = _span_text(hi)
     if opts.symmetric:
-        return (f"-max {high}", "0, each channel scaled", f"+max {high}")
-    return (f"min {_span_text(lo)}", "each channel scaled", f"max {high}")
+        return (f"-max {top}", "0, each channel scaled", f"+max {top}")
+    return (f"min {_span_text(lo)}", "each channel scaled", f"max {top}")
 
 
 def _span_text(values: NDArray[np.float32]) -> str:

@@ -19,6 +19,8 @@ from onnx_featviz.inspector import Images, Inspector, ModelSource, PrepOptions, 
 from onnx_featviz.io import preprocess
 from onnx_featviz.io.outputs import Picture, Rendered, file_stem, input_folders
 from onnx_featviz.render import compose, figures
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import Progress, ProgressFn, auto_progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +114,13 @@ def _channel_order(model: onnx.ModelProto, prep: PrepOptions | None) -> str:
 
 def render_feature_maps(inspector: Inspector, images: Images,
                         layers: Sequence[str | int] | None,
-                        options: MapRenderOptions | None = None) -> Rendered:
+                        options: MapRenderOptions | None = None, *,
+                        progress: ProgressFn | None = auto_progress) -> Rendered:
     """Draw the feature maps of ``layers`` for every input: one grid of channels per tensor.
 
     1-D tensors (flatten, fc, logits; also ``(C, 1, 1)``) are drawn as labelled bar charts.
+    ``progress`` hears after each input is drawn (unit ``input``; default: a progress bar in
+    notebooks and terminals; None: no progress).
 
     Returns:
         Pictures named ``<input>/<tensor><options>.png``, where ``<options>`` names what changes
@@ -133,17 +138,27 @@ def render_feature_maps(inspector: Inspector, images: Images,
     tensors = _map_tensors(inspector, layers, opts)
     arrays = inspector.capture(batch.array, tensors)
     pictures: list[Picture] = []
-    for index, folder in enumerate(input_folders(batch.sources)):
-        grids = {t: _map_picture(inspector, t, arrays[t][index], opts) for t in tensors
-                 if arrays[t].ndim >= 2}
-        source = batch.sources[index]
-        pictures += [Picture(f"{folder}/{file_stem(t)}{_map_suffix(opts, g.bars)}.png",
-                             g.image, g.title, f"{g.shows} of {t} for {source}")
-                     for t, g in grids.items()]
-        if opts.stage == "both":
-            pictures += _before_after(inspector, {t: g.image for t, g in grids.items()},
-                                      folder)
+    folders = input_folders(batch.sources)
+    with progress_for(progress, "maps") as report:
+        for index, folder in enumerate(folders):
+            pictures += _input_pictures(inspector, tensors, arrays, index, folder, opts)
+            if report is not None:
+                report(Progress(index + 1, len(folders), "input"))
     return Rendered(tuple(pictures), arrays)
+
+
+def _input_pictures(inspector: Inspector, tensors: Sequence[str],
+                    arrays: Mapping[str, NDArray[np.generic]], index: int, folder: str,
+                    opts: MapRenderOptions) -> list[Picture]:
+    """The pictures of one input: a grid (or bar chart) per tensor, before/after pairs."""
+    grids = {t: _map_picture(inspector, t, arrays[t][index], opts) for t in tensors
+             if arrays[t].ndim >= 2}
+    pictures = [Picture(f"{folder}/{file_stem(t)}{_map_suffix(opts, g.bars)}.png", g.image,
+                        g.title, f"{g.shows} of {t} for input {index} ({folder})")
+                for t, g in grids.items()]
+    if opts.stage == "both":
+        pictures += _before_after(inspector, {t: g.image for t, g in grids.items()}, folder)
+    return pictures
 
 
 def _map_suffix(opts: MapRenderOptions, bars: bool) -> str:
