@@ -71,7 +71,7 @@ def render_filters(weight: NDArray[np.generic],
     if opts.channel_order not in ("RGB", "BGR"):
         raise InputError(f"unknown channel order {opts.channel_order!r}; use RGB or BGR")
     rgb = opts.rgb if opts.rgb is not None else (data.shape[1] == 3 and not opts.annotate)
-    title = _capped_title(opts, data.shape, rgb)
+    title = filter_title(data.shape, opts)
     if rgb:
         return _rgb_filters(data[: opts.max_filters], opts, data.shape, title)
     part = data[: opts.max_filters, : opts.max_inputs]
@@ -81,9 +81,11 @@ def render_filters(weight: NDArray[np.generic],
     return _annotated(part, grid)
 
 
-def _capped_title(opts: FilterOptions, shape: tuple[int, ...], rgb: bool) -> str | None:
-    """The title, ending in what was left out when the caps are smaller than the layer."""
+def filter_title(shape: tuple[int, ...], opts: FilterOptions) -> str | None:
+    """Return the title :func:`render_filters` draws for a ``(O, I, kH, kW)`` weight: ``title``
+    followed by ``showing O' of O filters, I' of I inputs`` for what the caps leave out."""
     out_c, in_c = shape[:2]
+    rgb = opts.rgb if opts.rgb is not None else (in_c == 3 and not opts.annotate)
     parts = []
     if out_c > opts.max_filters:
         parts.append(f"{opts.max_filters} of {out_c} filters")

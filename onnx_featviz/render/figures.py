@@ -248,6 +248,7 @@ def bar_chart(values: NDArray[np.generic], *, names: Sequence[str] | None = None
     span = high - low or 1.0
     left = MARGIN + label_w
     zero = left + round(-low / span * (bar_width - 1))
+    draw.line((zero, top, zero, top + row_height * len(order) - 1), fill=_BLACK)
     for row, (text, value, shown_text) in enumerate(zip(texts, finite, value_texts, strict=True)):
         y = top + row * row_height
         end = left + round((value - low) / span * (bar_width - 1))
@@ -256,5 +257,4 @@ def bar_chart(values: NDArray[np.generic], *, names: Sequence[str] | None = None
         draw.text((left - MARGIN, y + row_height // 2), text, fill=_BLACK, font=font, anchor="rm")
         draw.text((left + bar_width + MARGIN, y + row_height // 2), shown_text, fill=_BLACK,
                   font=font, anchor="lm")
-    draw.line((zero, top, zero, top + row_height * len(order) - 1), fill=_BLACK)
     return out

@@ -91,11 +91,13 @@ def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
         if order is None and found.weight.shape[1] == 3:
             order = _channel_order(proto, opts.prep)
         title = f"{layer.name}  weight {'x'.join(map(str, found.weight.shape))}"
-        image = compose.render_filters(found.weight, render.FilterOptions(
+        how = render.FilterOptions(
             annotate=opts.annotate, cmap=opts.cmap, title=title, max_filters=opts.max_filters,
-            channel_order=order if order in ("RGB", "BGR") else "RGB"))
+            channel_order=order if order in ("RGB", "BGR") else "RGB")
+        image = compose.render_filters(found.weight, how)
         drawn = min(found.weight.shape[0], opts.max_filters)
-        pictures.append(Picture(f"filters_{file_stem(layer.name)}{suffix}.png", image, title,
+        pictures.append(Picture(f"filters_{file_stem(layer.name)}{suffix}.png", image,
+                                compose.filter_title(found.weight.shape, how) or title,
                                 f"{drawn} of {found.weight.shape[0]} filters of {layer.name}"))
         arrays[layer.name] = found.weight
     return Rendered(tuple(pictures), arrays)
