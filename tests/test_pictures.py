@@ -114,6 +114,7 @@ def test_titled_places_picture_under_wrapped_title() -> None:
     out = np.asarray(figures.titled(body, "one two\nthree", cmap="viridis",
                                     ticks=("0", "1")), int)
     font = ImageFont.load_default(size=12)
+    assert isinstance(font, ImageFont.FreeTypeFont)
     ascent, descent = font.getmetrics()
     top = 6 + 2 * (ascent + descent) + 6  # margin, two lines, margin
     assert (out[top: top + 40, 6: 306] == (10, 200, 30)).all()
