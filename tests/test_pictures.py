@@ -91,7 +91,7 @@ def test_cam_overlay_has_title_band_colour_bar_and_manifest(tmp_path: Path) -> N
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     target = int(np.argmax(logits))
     assert target == 9
-    assert entry["title"] == f"class 9: 9 (p={probs[9]:.3f}) | grad_cam at relu2"
+    assert entry["title"] == f"class 9 (p={probs[9]:.3f}) | grad_cam at relu2"
     assert "digit_9/cam_grad_cam_heatmap.png" in entries
     picture = np.asarray(Image.open(tmp_path / "out" / "digit_9" / "cam_grad_cam.png"), int)
     with api.Inspector(MNIST, "cpu") as inspector:
@@ -154,12 +154,12 @@ def test_cli_whole_image_and_explain_top_sheet(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     files = {e["file"]: e for e in json.loads(
         (tmp_path / "out" / "manifest.json").read_text())["files"]}
-    sheet = files["wide/cam_grad_cam_top2_whole.png"]
-    assert sheet["shows"].endswith("one row per class")
+    sheet = files["cam_grad_cam_top2_whole.png"]
+    assert sheet["shows"].startswith("sheet of grad_cam CAMs, a row per class rank")
     rows = [n for n in files if n.startswith("wide/cam_grad_cam_top") and n.endswith("_whole.png")
             and "class" in n]
     assert len(rows) == 2
-    picture = Image.open(tmp_path / "out" / "wide" / "cam_grad_cam_top2_whole.png")
+    picture = Image.open(tmp_path / "out" / "cam_grad_cam_top2_whole.png")
     row = Image.open(tmp_path / "out" / rows[0])
     assert picture.height > 2 * row.height  # one row per class, under a title
     assert row.width > row.height  # the whole 2:1 picture, not the square crop

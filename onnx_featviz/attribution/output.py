@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,11 @@ def render_cam(report: CamReport, *, target_given: bool | None = None) -> Render
 
     Each overlay carries a title band (class, label, probability, method, layer) and a colour
     bar numbered 0..1. With several CAMs per input (``explain_top``) the names end in
-    ``_top<rank>_class<index>`` and each input also gets ``cam_<method>_top<k>.png``, one sheet
-    with a row per class; a given target adds ``_class<index>``, whole-image overlays
-    ``_whole``. Arrays: ``cam`` (R, H, W), ``layer_cam`` (R, h, w), ``target`` (R,) and
-    ``image`` (R,) (the input row each CAM explains) for ``.npz`` export.
+    ``_top<rank>_class<index>`` and the run also gets ``cam_<method>_top<k>.png``, one sheet
+    with a row per rank (best class first) and a column per input; a given target adds
+    ``_class<index>``, whole-image overlays ``_whole``. Arrays: ``cam`` (R, H, W),
+    ``layer_cam`` (R, h, w), ``target`` (R,) and ``image`` (R,) (the input row each CAM
+    explains) for ``.npz`` export.
 
     Args:
         target_given: whether the targets were chosen by the caller (default: read from
@@ -34,7 +36,7 @@ def render_cam(report: CamReport, *, target_given: bool | None = None) -> Render
     several = len(index) > len(set(index.tolist()))
     given = bool((report.rank < 0).any()) if target_given is None else target_given
     pictures: list[Picture] = []
-    rows: dict[int, list[list[Image.Image]]] = {}
+    rows: dict[int, list[Image.Image]] = {}
     for row, image in enumerate(index):
         stem = f"{folders[image]}/cam_{report.method}{_cam_suffix(report, row, several, given)}"
         heat = Image.fromarray(render.apply_colormap(report.cam[row], report.cmap))
@@ -47,10 +49,10 @@ def render_cam(report: CamReport, *, target_given: bool | None = None) -> Render
                                     bar_label="CAM, scaled to [0, 1]")
             pictures.append(Picture(f"{stem}.png", titled, title.replace("\n", " | "),
                                     f"overlay: {shows}"))
-            rows.setdefault(int(image), []).append([titled])
+            rows.setdefault(int(report.rank[row]), []).append(titled)
         pictures.append(Picture(f"{stem}_heatmap.png", heat, "", f"heatmap: {shows}"))
-    if several:
-        pictures += _sheets(report, folders, rows)
+    if several and rows:
+        pictures.append(_sheet(report, rows))
     arrays: dict[str, NDArray[np.generic]] = {
         "cam": report.cam, "layer_cam": report.layer_cam, "target": report.targets,
         "image": index}
@@ -67,18 +69,17 @@ def _cam_suffix(report: CamReport, row: int, several: bool, given: bool) -> str:
     return suffix + ("_whole" if report.whole_image else "")
 
 
-def _sheets(report: CamReport, folders: list[str],
-            rows: dict[int, list[list[Image.Image]]]) -> list[Picture]:
-    """One sheet per input with a row per explained class (best class first)."""
-    sheets = []
-    for image, pictures in rows.items():
-        k = len(pictures)
-        title = f"{report.sources[image] if report.sources else image}: top {k} classes"
-        name = f"{folders[image]}/cam_{report.method}_top{k}" + (
-            "_whole" if report.whole_image else "")
-        sheets.append(Picture(f"{name}.png", figures.sheet(pictures, title=title), title,
-                              f"sheet of {report.method} CAMs, one row per class"))
-    return sheets
+def _sheet(report: CamReport, rows: dict[int, list[Image.Image]]) -> Picture:
+    """One picture of every titled overlay: a row per rank (best class first), a column per
+    input."""
+    k = len(rows)
+    names = ", ".join(Path(src).name for src in report.sources[:4]) + (
+        ", ..." if len(report.sources) > 4 else "")
+    title = f"{report.method}: the top {k} classes of {names}"
+    name = f"cam_{report.method}_top{k}" + ("_whole" if report.whole_image else "")
+    return Picture(f"{name}.png", figures.sheet([rows[r] for r in sorted(rows)], title=title),
+                   title, f"sheet of {report.method} CAMs, a row per class rank, a column per "
+                   "input")
 
 
 def _cam_rows(report: CamReport) -> NDArray[np.int64]:

@@ -198,7 +198,8 @@ def _cam_title(inspector: Inspector, method: str, layer: str, target: int,
                probability: float) -> str:
     """Return ``"class 281: tabby (p=0.873)"`` and, on a second line, method and layer."""
     labels = inspector.labels
-    name = f": {labels[target]}" if labels and 0 <= target < len(labels) else ""
+    label = labels[target] if labels and 0 <= target < len(labels) else str(target)
+    name = f": {label}" if label != str(target) else ""  # MNIST's "9" adds nothing
     return f"class {target}{name} (p={probability:.3f})\n{method} at {layer}"
 
 
