@@ -75,6 +75,10 @@ class Batch:
     images: tuple[Image.Image, ...] = ()
     originals: tuple[Image.Image, ...] = ()
 
+    def __repr__(self) -> str:
+        return (f"Batch({self.array.dtype} {'x'.join(map(str, self.array.shape))}, "
+                f"{len(self.sources)} sources, {len(self.images)} pictures)")
+
 
 def load_model(model: ModelSource) -> onnx.ModelProto:
     """Return a ``ModelProto`` for a path, serialized bytes or a proto (never modified)."""
