@@ -334,3 +334,7 @@ from onnx_featviz.cli import synthesis as cli_synthesis  # noqa: E402
 
 main.add_command(cli_synthesis.maximize)
 main.add_command(cli_synthesis.invert)
+
+from onnx_featviz.cli import report as cli_report  # noqa: E402
+
+main.add_command(cli_report.report)
