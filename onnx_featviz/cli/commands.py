@@ -192,9 +192,9 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
     from onnx_featviz import api
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
                                 every_layer=which == "all", normalize=normalize, top=top)
-    with api.Inspector(model, provider, prep=prep) as inspector:
+    with api.Inspector(model, provider, prep=prep) as inspector:  # drawing is quick: no bar
         result = api.render_feature_maps(inspector, api.expand_images(images),
-                                         layers or None, opts)
+                                         layers or None, opts, progress=None)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
     emit_written(written, as_json)
 
