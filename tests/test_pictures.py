@@ -213,7 +213,7 @@ def test_capped_filter_layer_says_so_in_its_title(tmp_path: Path) -> None:
     entry = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"][0]
     assert entry["file"] == "filters_conv.png"
     assert entry["title"] == "conv  weight 80x1x3x3  showing 64 of 80 filters"
-    assert entry["shows"] == "64 of 80 filters of conv"
+    assert entry["shows"] == "filters of conv: showing 64 of 80 filters"
     image = np.asarray(Image.open(tmp_path / "out" / "filters_conv.png"), int)
     font = ImageFont.load_default(size=12)  # the title as PIL alone draws it, at (4, 4)
     text = entry["title"] + "   (80, 1, 3, 3)"

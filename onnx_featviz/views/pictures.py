@@ -95,10 +95,10 @@ def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
             annotate=opts.annotate, cmap=opts.cmap, title=title, max_filters=opts.max_filters,
             channel_order=order if order in ("RGB", "BGR") else "RGB")
         image = compose.render_filters(found.weight, how)
-        drawn = min(found.weight.shape[0], opts.max_filters)
-        pictures.append(Picture(f"filters_{file_stem(layer.name)}{suffix}.png", image,
-                                compose.filter_title(found.weight.shape, how) or title,
-                                f"{drawn} of {found.weight.shape[0]} filters of {layer.name}"))
+        drawn = compose.filter_title(found.weight.shape, how) or title
+        note = drawn[len(title):].strip() or "all drawn"
+        pictures.append(Picture(f"filters_{file_stem(layer.name)}{suffix}.png", image, drawn,
+                                f"filters of {layer.name}: {note}"))
         arrays[layer.name] = found.weight
     return Rendered(tuple(pictures), arrays)
 
