@@ -284,7 +284,8 @@ def _map_figure(run: _Run, tensor: str, value: NDArray[np.generic], source: str
 # -- attribution --------------------------------------------------------------------------
 def _cams(run: _Run) -> page.Section:
     reports = [attribution_run.cam(run.inspector, run.images,
-                                   attribution_run.CamOptions(method=m, top_k=run.options.top_k))
+                                   attribution_run.CamOptions(method=m, top_k=run.options.top_k),
+                                   progress=None)  # the report has one bar for all sections
                for m in run.options.methods]
     blocks: list[page.Block] = []
     for index, source in enumerate(run.sources):
@@ -320,7 +321,7 @@ def _stats(run: _Run) -> page.Section:
     opts = run.options
     assert opts.data is not None  # _section_runs adds this section only with data
     result = audit_stats.dataset_stats(run.model, opts.data, audit_stats.StatsOptions(
-        provider=opts.provider, batch_size=opts.batch_size, prep=opts.prep))
+        provider=opts.provider, batch_size=opts.batch_size, prep=opts.prep), progress=None)
     rows, marked = [], []
     for index, lay in enumerate(result.layers):
         s = lay.stats
@@ -354,7 +355,8 @@ def _drift(run: _Run) -> page.Section:
     result = audit_compare.compare_models(run.model, opts.compare, opts.data,
                                           audit_compare.CompareOptions(
                                               provider_a=opts.provider, provider_b=opts.provider,
-                                              batch_size=opts.batch_size, prep=opts.prep))
+                                              batch_size=opts.batch_size, prep=opts.prep),
+                                          progress=None)
     rows = tuple((lay.layer, lay.a, lay.b, f"{lay.drift.cosine:.6f}", _db(lay.drift.snr_db),
                   f"{lay.drift.max_abs:.4g}", f"{lay.drift.rel_l2:.4g}", lay.broken or "ok")
                  for lay in result.layers)

@@ -22,7 +22,8 @@ import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, LayerNotFoundError
 from onnx_featviz.io import data as api_data
-from onnx_featviz.structs import ModelInfo, Progress, ProgressFn
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import ModelInfo, Progress, ProgressFn, auto_progress
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class _Totals:
 
 def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSource,
                    data: Path | str, options: CompareOptions | None = None, *,
-                   progress: ProgressFn | None = None) -> CompareResult:
+                   progress: ProgressFn | None = auto_progress) -> CompareResult:
     """Run two models on the same data and measure, layer by layer, how far B drifts from A.
 
     Tensors are paired by ``matching.match_models`` (by name, then by structure for QDQ,
@@ -224,7 +225,8 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
         data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
             (``api_data.open_data``).
         options: layers, providers, thresholds, batch size, preprocessing.
-        progress: called after each batch (unit ``image``).
+        progress: called after each batch (unit ``image``); default: a progress bar in
+            notebooks and terminals; None: no progress.
 
     Returns:
         ``CompareResult`` (``first_divergent`` names the first tensor over the thresholds).
@@ -240,15 +242,16 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
     with inspection.Inspector(model_a, opts.provider_a if local else "cpu", prep=opts.prep,
                               max_batch=opts.batch_size) as ins_a, \
             inspection.Inspector(model_b, opts.provider_b if local else "cpu", prep=opts.prep,
-                                 max_batch=opts.batch_size) as ins_b:
+                                 max_batch=opts.batch_size) as ins_b, \
+            progress_for(progress, "compare") as report:
         check_same_inputs(ins_a, ins_b)
         plan = _plan(ins_a, ins_b, opts.layers)
         thresholds = _thresholds(ins_a.model, ins_b.model, opts)
         if local:
             stream = api_data.open_data(ins_a, data, batch_size=opts.batch_size)
-            totals, providers = _accumulate(ins_a, ins_b, plan, stream, progress), None
+            totals, providers = _accumulate(ins_a, ins_b, plan, stream, report), None
         else:
-            totals, providers = _accumulate_ray(ins_a, ins_b, plan, data, opts, progress)
+            totals, providers = _accumulate_ray(ins_a, ins_b, plan, data, opts, report)
         sides = (_model_side(model_a, ins_a, plan.tensors_a, "model A", providers, 0),
                  _model_side(model_b, ins_b, plan.tensors_b, "model B", providers, 1))
         notes = tuple(note for tag, ins, side in (("A", ins_a, sides[0]), ("B", ins_b, sides[1]))

@@ -127,15 +127,21 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
               show_default=True, help="Folder for the PNGs, or a .png file for one layer.")
 @click.option("--annotate", is_flag=True, help="Write each weight on its cell (small kernels).")
 @click.option("--cmap", default="RdBu_r", show_default=True, help="Matplotlib colormap name.")
+@click.option("--max-filters", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most filters (output channels) drawn per layer; a larger layer's title "
+              "says how many were drawn.")
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the float32 (O, I, kH, kW) filters, keyed by layer name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@prep_options
 @reports_errors
 def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cmap: str,
-            save_npz: Path | None, as_json: bool) -> None:
+            max_filters: int, save_npz: Path | None, as_json: bool,
+            prep: api.PrepOptions) -> None:
     """Draw the conv filters of MODEL (diverging colormap centred on zero).
 
-    First-layer RGB filters are drawn as colour patches.
+    First-layer RGB filters are drawn as colour patches, in the model's channel order (BGR
+    for --preset caffe, --bgr or BGR metadata).
 
     \b
     Examples:
@@ -143,7 +149,8 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
       featviz filters model.onnx --out filters/ --save-npz filters.npz
     """
     from onnx_featviz import api
-    opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
+    opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap, max_filters=max_filters,
+                                   prep=prep)
     result = api.render_model_filters(model, layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
     emit_written(written, as_json)
@@ -165,6 +172,8 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
               show_default=True, help="Scale each channel to its own range, or one per layer.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="Draw only the K channels with the largest mean activation, largest first.")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the tensors (float32, exactly as computed), keyed by tensor name.")
@@ -174,7 +183,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @reports_errors
 def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
          stage: str, reduce: str, channels: slice | None, cmap: str | None, normalize: str,
-         out: Path,
+         top: int | None, out: Path,
          save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
 
@@ -183,13 +192,14 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png
       featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
+      featviz maps model.onnx cat.png --layer conv2 --top 16
     """
     from onnx_featviz import api
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
-                                every_layer=which == "all", normalize=normalize)
-    with api.Inspector(model, provider, prep=prep) as inspector:
+                                every_layer=which == "all", normalize=normalize, top=top)
+    with api.Inspector(model, provider, prep=prep) as inspector:  # drawing is quick: no bar
         result = api.render_feature_maps(inspector, api.expand_images(images),
-                                         layers or None, opts)
+                                         layers or None, opts, progress=None)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
     emit_written(written, as_json)
 
@@ -244,6 +254,8 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Heatmap opacity in the overlay.")
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
+@click.option("--whole-image", is_flag=True, help="Draw the overlay on the whole picture "
+              "(the part the model does not see darkened) instead of the centre crop.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=32,
               show_default=True, help="Rows per forward pass (Score-CAM, Ablation, occlusion).")
 @click.option("--window", callback=parse_size, help="occlusion: window in input pixels, 16 or "
@@ -262,7 +274,7 @@ def _target(value: str | None) -> int | str | None:
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
         target: str | None, labels: Path | None, top_k: int, explain_top: int,
-        score: str | None, alpha: float, cmap: str, batch_size: int,
+        score: str | None, alpha: float, cmap: str, whole_image: bool, batch_size: int,
         window: tuple[int, int] | None, stride: tuple[int, int] | None, fill: float | str,
         out: Path, save_npz: Path | None, as_json: bool, provider: str,
         prep: api.PrepOptions) -> None:
@@ -273,14 +285,14 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam models/mnist_cnn.onnx models/samples/digit_9.png
       featviz cam squeezenet.onnx cat.png --preset caffe --method score_cam --save-npz cam.npz
       featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
-      featviz cam model.onnx cat.png --explain-top 3
+      featviz cam model.onnx cat.png --explain-top 3 --whole-image
       featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
     """
     from onnx_featviz import api
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
-                             batch_size=batch_size,
+                             batch_size=batch_size, whole_image=whole_image,
                              occlusion=api.OcclusionOptions(window, stride, fill))
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:

@@ -467,25 +467,51 @@ def _fit(image: Image.Image, target: tuple[int, int], prep: Preprocessing,
          fill: float | tuple[int, ...]) -> Image.Image:
     """Resize ``image`` to ``target`` ``(W, H)`` with the recipe's resize mode (bilinear)."""
     width, height = target
-    img_w, img_h = image.size
+    new_w, new_h, x, y = _fit_box(image.size, target, prep)
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if prep.resize == "stretch":
-        return image.resize((width, height), Image.Resampling.BILINEAR)
+        return resized
+    if prep.resize == "letterbox":
+        canvas = Image.new(image.mode, (width, height), fill)
+        canvas.paste(resized, (x, y))
+        return canvas
+    return resized.crop((-x, -y, -x + width, -y + height))
+
+
+def _fit_box(size: tuple[int, int], target: tuple[int, int], prep: Preprocessing
+             ) -> tuple[int, int, int, int]:
+    """Return ``(new_w, new_h, x, y)``: the resized image's size and its top-left corner on the
+    ``target`` canvas (negative for a centre crop)."""
+    (width, height), (img_w, img_h) = target, size
+    if prep.resize == "stretch":
+        return width, height, 0, 0
     if prep.resize == "letterbox":
         ratio = min(width / img_w, height / img_h)
         new_w = min(width, max(1, round(img_w * ratio)))
         new_h = min(height, max(1, round(img_h * ratio)))
-        canvas = Image.new(image.mode, (width, height), fill)
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
-        return canvas
+        return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
     # crop: cover (H, W) / crop_fraction (the short side for a square target), center crop.
     ratio = max(round(height / prep.crop_fraction) / img_h,
                 round(width / prep.crop_fraction) / img_w)
     new_w = max(width, round(img_w * ratio))
     new_h = max(height, round(img_h * ratio))
-    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    return new_w, new_h, -((new_w - width) // 2), -((new_h - height) // 2)
+
+
+def input_geometry(size: tuple[int, int], spec: InputSpec, prep: Preprocessing
+                   ) -> tuple[float, float, float, float]:
+    """Return where an image of ``size`` ``(W, H)`` lands on the model input (as ``_fit``).
+
+    Returns:
+        ``(sx, sy, ox, oy)``: the original pixel position ``(x, y)`` (continuous, 0.5 = centre
+        of the first pixel) is at ``(x * sx + ox, y * sy + oy)`` on the model input.
+
+    Raises:
+        InputError: the model input does not take images.
+    """
+    _require_image_input(spec)
+    new_w, new_h, x, y = _fit_box(size, _target_size(size, spec, prep), prep)
+    return new_w / size[0], new_h / size[1], float(x), float(y)
 
 
 def _fill(mode: str, spec: InputSpec, prep: Preprocessing) -> float | tuple[int, ...]:
