@@ -163,8 +163,9 @@ class CompareResult:
 
     @property
     def passed(self) -> bool:
-        """True when every compared tensor is within the thresholds."""
-        return self.first_divergent is None
+        """True when at least one tensor was compared and all are within the thresholds
+        (zero compared tensors fail: a CI gate must not pass on nothing)."""
+        return self.first_divergent is None and bool(self.layers)
 
 
 @dataclass(frozen=True, slots=True)
