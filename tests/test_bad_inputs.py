@@ -465,9 +465,9 @@ BOMBS: list[tuple[str, tuple[str, ...], int]] = [
                                              "--steps", "1", "--out", "{out}/o", *P), 1),
     ("maximize-tile-100000", (*MAX, "--tile", "100000"), 2),
     ("maximize-images-10000000", (*MAX, "--images", "10000000"), 2),
-    ("cam-occlusion-window-count", ("cam", "{dyn_onnx}", "{img_png}", "--size", "4000",
-                                    "--method", "occlusion", "--window", "1", "--stride", "1",
-                                    "--out", "{out}/o", *P), 1),
+    ("cam-occlusion-window-count", ("cam", "{dyn_onnx}", "{img_png}", "--size", "1100",
+                                    "--method", "occlusion", "--layer", "conv", "--window", "1",
+                                    "--stride", "1", "--out", "{out}/o", *P), 1),
 ]
 
 

@@ -388,6 +388,8 @@ def readable_images(inspector: Any, images: Sequence[Path]) -> list[Path]:
         try:
             inspector.load_batch(path)
         except InputError as err:
+            if len(files) == 1:
+                raise
             reasons.append(str(err))
             continue
         good.append(path)
