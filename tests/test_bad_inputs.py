@@ -62,6 +62,23 @@ def _other_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
+def _broken_models() -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Two models onnx loads but onnxruntime refuses: ``fc.conv_classifier`` with a rank-3
+    weight (refused when the session opens), and x(N,1,H,W) -> Reshape([7]) (fails on run)."""
+    bad_weight = fc.conv_classifier()
+    for tensor in bad_weight.graph.initializer:
+        if tensor.name == "w":
+            tensor.CopyFrom(numpy_helper.from_array(np.ones((4, 1, 9), np.float32), "w"))
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")],
+        "reshape", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([7], np.int64), "shape")])
+    reshape = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                ir_version=8)
+    return bad_weight, reshape
+
+
 def _huge_model() -> onnx.ModelProto:
     """``fc.dynamic_conv`` declaring a fixed 1x3x100000x100000 input (120 GB of float32)."""
     model = fc.dynamic_conv()
@@ -78,6 +95,9 @@ def _write_inputs(root: Path) -> dict[str, str]:
     onnx.save(_nan_model(), root / "nan.onnx")
     onnx.save(_other_model(), root / "other.onnx")
     onnx.save(_huge_model(), root / "huge.onnx")
+    bad_weight, reshape = _broken_models()
+    onnx.save(bad_weight, root / "badweight.onnx")
+    onnx.save(reshape, root / "reshape.onnx")
     (root / "mnist.onnx").write_bytes(fc.MNIST.read_bytes())
     os.link(root / "m.onnx", root / "m_hardlink.onnx")
     os.symlink(root / "m.onnx", root / "m_symlink.onnx")
@@ -180,6 +200,10 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("predict-npy-corrupt", ("predict", "{m_onnx}", "{corrupt_npy}", *P), 1),
     ("predict-npy-header-bomb", ("predict", "{m_onnx}", "{bomb_npy}", *P), 1),
     ("predict-model-is-image", ("predict", "{img_png}", "{img_png}", *P), 1),
+    ("predict-onnxruntime-refuses-model", ("predict", "{badweight_onnx}", "{img_png}", *P), 1),
+    ("predict-onnxruntime-fails-on-run", ("predict", "{reshape_onnx}", "{img_png}", *P), 1),
+    ("maps-onnxruntime-fails-on-run", ("maps", "{reshape_onnx}", "{img_png}", "--all", "--out",
+                                       "{out}/o", *P), 1),
     # filters
     ("filters-fifo-model", ("filters", "{fifo}", "--out", "{out}/o"), 1),
     ("filters-out-is-model", ("filters", "{m_onnx}", "--out", "{m_onnx}"), 2),
@@ -274,6 +298,10 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
     ("compare-fifo-data", ("compare", "{m_onnx}", "{m_onnx}", "{fifo}", *PAB), 1),
     ("compare-dev-zero-data", ("compare", "{m_onnx}", "{m_onnx}", "/dev/zero", *PAB), 1),
     ("compare-fifo-model-b", ("compare", "{m_onnx}", "{fifo}", "{img_png}", *PAB), 1),
+    ("compare-model-b-refused", ("compare", "{m_onnx}", "{badweight_onnx}", "{img_png}", *PAB),
+     1),
+    ("compare-model-a-fails-on-run", ("compare", "{reshape_onnx}", "{m_onnx}", "{img_png}",
+                                      "--layers", "all", *PAB), 1),
     ("compare-different-inputs", ("compare", "{m_onnx}", "{dyn_onnx}", "{img_png}", *PAB), 1),
     ("compare-batch-zero", ("compare", "{m_onnx}", "{m_onnx}", "{img_png}", "--batch", "0",
                             *PAB), 2),
@@ -371,6 +399,22 @@ def test_bad_input(inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.M
     assert "Traceback" not in result.stdout
     assert _files(out) == []
     assert _hashes(root) == before
+
+
+@pytest.mark.parametrize(("args", "model"), [
+    (("predict", "{badweight_onnx}", "{img_png}", *P), "model badweight.onnx"),
+    (("predict", "{reshape_onnx}", "{img_png}", *P), "model reshape.onnx"),
+    (("compare", "{m_onnx}", "{badweight_onnx}", "{img_png}", *PAB), "model B (badweight.onnx)"),
+    (("compare", "{badweight_onnx}", "{m_onnx}", "{img_png}", *PAB), "model A (badweight.onnx)"),
+])
+def test_onnxruntime_errors_name_the_model_without_cxx_noise(
+        inputs: dict[str, str], tmp_path: Path, args: tuple[str, ...], model: str) -> None:
+    result = _invoke(_argv(args, inputs, tmp_path))
+    line = _one_line(result.stderr)
+    assert result.exit_code == 1 and "onnxruntime" in line and model in line, line
+    for noise in ("::", ".cc:", "[ONNXRuntimeError]", "[E:onnxruntime"):
+        assert noise not in line, line
+    assert "; check" in line  # names the fix
 
 
 # -- results that need a notice, folders that skip and count ------------------------------------
@@ -494,6 +538,18 @@ def test_memory_bomb(inputs: dict[str, str], tmp_path: Path, args: tuple[str, ..
     assert got["peak"] < _GIB, got["peak"]
     assert _files(out) == []
     assert _hashes(root) == before
+
+
+@pytest.mark.parametrize("args", [
+    ("predict", "{reshape_onnx}", "{img_png}", *P),
+    ("compare", "{reshape_onnx}", "{m_onnx}", "{img_png}", "--layers", "all", *PAB),
+], ids=["predict", "compare"])
+def test_onnxruntime_log_lines_are_silenced(inputs: dict[str, str], tmp_path: Path,
+                                            args: tuple[str, ...]) -> None:
+    """onnxruntime logs to file descriptor 2 from C++, which only a child process shows."""
+    got = _child(_argv(args, inputs, tmp_path), tmp_path)
+    line = _one_line(got["stderr"])
+    assert got["rc"] == 1 and "onnxruntime failed running model" in line, got["stderr"]
 
 
 def _interrupt_after(argv: list[str], seconds: float, cwd: Path) -> tuple[int, str]:
