@@ -471,8 +471,14 @@ def test_an_unexpected_error_is_one_line_naming_the_bug(inputs: dict[str, str],
     assert isinstance(debug.exception, ZeroDivisionError)
 
 
-def test_an_interrupted_maps_run_writes_a_partial_manifest(
-        inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("verb", [
+    ("maps", "{m_onnx}", "{img_png}", "--stage", "both", *P),
+    ("cam", "{m_onnx}", "{img_png}", *P),
+    ("filters", "{mnist_onnx}"),
+], ids=["maps", "cam", "filters"])
+def test_an_interrupted_run_writes_a_partial_manifest(
+        inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        verb: tuple[str, ...]) -> None:
     from onnx_featviz.io import files as fileio
 
     def save_one_then_stop(images: dict[Path, Image.Image]) -> None:
@@ -482,13 +488,20 @@ def test_an_interrupted_maps_run_writes_a_partial_manifest(
 
     monkeypatch.setattr(fileio, "save_images", save_one_then_stop)
     out = tmp_path / "o"
-    result = _invoke(["maps", inputs["m_onnx"], inputs["img_png"], "--stage", "both",
-                      "--out", str(out), *P])
+    result = _invoke([*_argv(verb, inputs, tmp_path), "--out", str(out)])
     assert result.exit_code == 130, result.stderr
     assert "partial" in _one_line(result.stderr)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["partial"] is True and len(manifest["written"]) == 1
     assert Path(manifest["written"][0]).is_file()
+    assert len([p for p in out.rglob("*") if p.is_file()]) == 2  # the picture and the manifest
+
+
+def test_nonfinite_objectives_are_reported(inputs: dict[str, str], tmp_path: Path) -> None:
+    result = _invoke(["maximize", inputs["nan_onnx"], "--layer", "log", "--steps", "2",
+                      "--json", "--out", str(tmp_path / "o"), *P])
+    assert result.exit_code == 0, result.stderr
+    assert "NaN or Inf" in _one_line(result.stderr)
 
 
 # -- child processes: memory bombs and Ctrl-C -----------------------------------------------

@@ -239,10 +239,10 @@ def _occlusion_grid(options: OcclusionOptions, size: tuple[int, int]
     if win[0] > size[0] or win[1] > size[1]:
         raise InputError(f"occlusion window {tuple(win)} is larger than the input {size}; use a "
                          "window no larger than the input")
-    if stride[0] > win[0] or stride[1] > win[1]:
-        raise InputError(f"occlusion stride {tuple(stride)} is larger than the window "
-                         f"{tuple(win)} (input {size}), which leaves pixels no window covers; "
-                         "use a stride no larger than the window")
+    if stride[0] > size[0] or stride[1] > size[1]:
+        raise InputError(f"occlusion stride {tuple(stride)} is larger than the input {size}; "
+                         "use a stride no larger than the input (and at most the window, so "
+                         "every pixel is covered)")
     wh, ww = int(win[0]), int(win[1])
     count = ((size[0] - wh) // int(stride[0]) + 2) * ((size[1] - ww) // int(stride[1]) + 2)
     limits.check_windows(count, f"occlusion windows per image (window {tuple(win)}, stride "

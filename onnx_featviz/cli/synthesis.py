@@ -15,6 +15,7 @@ from onnx_featviz.cli.options import (
     FiniteRange,
     check_limit,
     emit_written,
+    notice_nonfinite,
     out_dir_option,
     prep_options,
     progress_bar,
@@ -93,6 +94,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     with api.Inspector(model, provider, prep=prep) as inspector, \
             progress_bar("maximize", enabled=not as_json) as bar:
         result = synthesis.maximize(inspector, options, bar)
+    notice_nonfinite(result.final, "final objectives")
     rendered = synthesis_pictures.render_maximized(result, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {
@@ -144,6 +146,7 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
             opts = synthesis.InvertOptions(layer, steps=steps, tv=tv, lr=lr, seed=seed)
             with progress_bar(f"invert {layer}", enabled=not as_json) as bar:
                 results.append(synthesis.invert(inspector, image, opts, bar))
+    notice_nonfinite([r.loss for r in results], "final losses")
     rendered = synthesis_pictures.render_inversions(results, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {"layers": [
