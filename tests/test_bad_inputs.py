@@ -349,6 +349,11 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
 ]
 
 
+#: An argument in a case, and what its one line must then say.
+_SAYS = {"{fifo}": "named pipe (FIFO)", "/dev/zero": "character device", "{sock}": "a socket",
+         "nan": "finite", "inf": "finite", "-inf": "finite", "100000": "FEATVIZ_MAX_PIXELS"}
+
+
 def _argv(args: tuple[str, ...], paths: dict[str, str], out: Path) -> list[str]:
     return [a.format(**paths, out=out) for a in args]
 
@@ -396,6 +401,9 @@ def test_bad_input(inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.M
     else:
         line = _one_line(result.stderr)
         assert line.startswith(("Error: ", "featviz: ")), line
+        for needle, phrase in _SAYS.items():
+            if needle in args:
+                assert phrase in line, (phrase, line)
     assert "Traceback" not in result.stdout
     assert _files(out) == []
     assert _hashes(root) == before

@@ -55,7 +55,8 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str | None
     except ValueError:
         dims = []
     if len(dims) not in (1, 2) or min(dims) < 1:
-        raise click.BadParameter(f"{value!r} is not a size; use 224 or 224x224 (HxW)")
+        raise click.BadParameter(f"{value!r} is not a size (whole, finite pixels); use 224 or "
+                                 "224x224 (HxW)")
     return (dims[0], dims[-1])
 
 

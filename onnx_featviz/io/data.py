@@ -183,8 +183,7 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
     path = Path(data)
     if path.is_dir():
         return _folder_stream(inspector, path, batch_size, span)
-    if not path.is_file():
-        raise InputError(f"DATA {path} does not exist; give {DATA_KINDS}")
+    fileio.require_file(path, "DATA", f"give {DATA_KINDS}")
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         _require_images(inspector.spec)
