@@ -401,6 +401,7 @@ def test_bad_input(inputs: dict[str, str], tmp_path: Path, monkeypatch: pytest.M
     else:
         line = _one_line(result.stderr)
         assert line.startswith(("Error: ", "featviz: ")), line
+        assert "internal error" not in line, line  # a known bad input is not a bug
         for needle, phrase in _SAYS.items():
             if needle in args:
                 assert phrase in line, (phrase, line)
@@ -450,16 +451,26 @@ def test_folder_skips_and_counts_unreadable_files(inputs: dict[str, str], tmp_pa
 def test_stats_folder_skips_an_image_too_large_after_the_resize(inputs: dict[str, str]) -> None:
     env = {"FEATVIZ_MAX_PIXELS": "100000"}  # the 80000x1 PNG covers 8x8 at 640000x8 pixels
     result = _invoke(["stats", inputs["m_onnx"], inputs["bigmix"], *P], env=env)
+    assert _invoke(["stats", inputs["m_onnx"], inputs["bigmix"], *P]).exit_code == 0
     assert result.exit_code == 0, result.stderr
-    assert "1" in result.stdout
+    assert "1 inputs (1 skipped)" in result.stdout, result.stdout
+    assert "skipped 1 of 2 inputs" in _one_line(result.stderr)
 
 
-def test_a_lowered_window_limit_is_named(inputs: dict[str, str], tmp_path: Path) -> None:
-    result = _invoke([*_argv(OCC, inputs, tmp_path), "--window", "1", "--stride", "1"],
-                     env={"FEATVIZ_MAX_WINDOWS": "10"})
-    assert result.exit_code == 1
-    assert "FEATVIZ_MAX_WINDOWS" in _one_line(result.stderr)
-    assert not (tmp_path / "o").exists()
+@pytest.mark.parametrize(("args", "env", "code"), [
+    ((*OCC, "--window", "1", "--stride", "1"), {"FEATVIZ_MAX_WINDOWS": "10"}, 1),
+    (("predict", "{m_onnx}", "{img_png}", *P), {"FEATVIZ_MAX_BYTES": "1000"}, 1),
+    (("predict", "{m_onnx}", "{img_png}", *P), {"FEATVIZ_MAX_PIXELS": "63"}, 1),
+    ((*MAX, "--channel", "0", "--images", "3"), {"FEATVIZ_MAX_IMAGES": "2"}, 2),
+    (("predict", "{m_onnx}", "{img_png}", *P), {"FEATVIZ_MAX_PIXELS": "lots"}, 1),
+], ids=["windows", "bytes", "pixels", "images", "unreadable-variable"])
+def test_each_limit_names_its_variable(inputs: dict[str, str], tmp_path: Path,
+                                       args: tuple[str, ...], env: dict[str, str],
+                                       code: int) -> None:
+    result = _invoke(_argv(args, inputs, tmp_path), env=env)
+    assert result.exit_code == code, result.stderr
+    assert next(iter(env)) in _one_line(result.stderr)
+    assert _files(tmp_path) == []
 
 
 # -- unexpected errors and interrupts -------------------------------------------------------

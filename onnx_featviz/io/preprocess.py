@@ -408,8 +408,10 @@ def _check_pixels(size: tuple[int, int], target: tuple[int, int], spec: InputSpe
     if prep.resize == "crop":  # as _fit: cover size / crop_fraction, then crop
         ratio = max(height / prep.crop_fraction / size[1], width / prep.crop_fraction / size[0])
         width, height = max(width, size[0] * ratio), max(height, size[1] * ratio)
-    limits.check_pixels(width, height, f"model input {spec.name!r} (resize {prep.resize}, "
-                        f"crop fraction {prep.crop_fraction}): the resized image")
+    what = (f"model input {spec.name!r} (resize {prep.resize}, crop fraction "
+            f"{prep.crop_fraction}): the resized image")
+    limits.check_pixels(width, height, what)
+    limits.check_allocation((4, int(height), int(width)), 4, what)  # RGBA float32 at most
 
 
 def _working_image(image: Image.Image, channels: int, order: str) -> Image.Image:
