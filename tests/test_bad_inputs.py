@@ -605,3 +605,19 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line(inputs: dict[str, str], tm
     assert code == 130, stderr
     assert len(lines) == 1 and "interrupted" in lines[0], stderr
     assert "Traceback" not in stderr
+
+
+def test_ctrl_c_while_importing_exits_130_with_one_line() -> None:
+    """The start-up handler ``run()`` installs before importing click, numpy and onnx (the
+    seconds a loaded machine spends importing) ends the process with one line, no traceback."""
+    code = ("import os, signal, time\n"
+            "import onnx_featviz.__main__ as entry\n"
+            "signal.signal(signal.SIGINT, entry._exit_at_once)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 130
+    assert _one_line(done.stderr) == "featviz: interrupted while starting; nothing written"
+
