@@ -100,6 +100,7 @@ class Inspector:
             model's ``featviz.labels`` metadata when present).
         transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
             device as float16 (half the bytes; returned as float32, exact to float16 rounding).
+        name: how onnxruntime errors name the model (default: its file name).
 
     Raises:
         ModelError: unreadable model; ProviderError: provider not usable.
@@ -108,10 +109,12 @@ class Inspector:
     def __init__(self, model: ModelSource, provider: str = "auto", *,
                  prep: PrepOptions | None = None, max_batch: int | None = 32,
                  labels: Sequence[str] | str | Path | None = None,
-                 transfer: str = "float32") -> None:
+                 transfer: str = "float32", name: str | None = None) -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model = load_model(model)
+        self.name = name or (f"model {Path(model).name}" if isinstance(model, str | Path)
+                             else "the model")
         self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
@@ -252,7 +255,7 @@ class Inspector:
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")
-            self._sessions[key] = runtime.Session(model, self.provider)
+            self._sessions[key] = runtime.Session(model, self.provider, name=self.name)
         session: runtime.Session = self._sessions[key]
         return session
 
@@ -363,7 +366,8 @@ class Inspector:
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
         for group, chunks in plan_groups(plan):
-            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider,
+                                 name=self.name) as s:
                 wanted = [exposed_name(s, t) for t in group]
                 for rows in chunks:
                     values = s.run({self.spec.name: batch[rows]}, wanted)

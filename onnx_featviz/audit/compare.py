@@ -20,7 +20,7 @@ import onnx_featviz.graph.matching as matching
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
-from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.errors import FeatvizError, InputError, LayerNotFoundError
 from onnx_featviz.io import data as api_data
 from onnx_featviz.render.progress import progress_for
 from onnx_featviz.structs import ModelInfo, Progress, ProgressFn, auto_progress
@@ -164,8 +164,9 @@ class CompareResult:
 
     @property
     def passed(self) -> bool:
-        """True when every compared tensor is within the thresholds."""
-        return self.first_divergent is None
+        """True when at least one tensor was compared and all are within the thresholds
+        (zero compared tensors fail: a CI gate must not pass on nothing)."""
+        return self.first_divergent is None and bool(self.layers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +240,8 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
     opts = options or CompareOptions()
     _check_options(opts)
     local = opts.engine == "local"  # the ray engine's driver only plans: its sessions are CPU
-    with inspection.Inspector(model_a, opts.provider_a if local else "cpu", prep=opts.prep,
-                              max_batch=opts.batch_size) as ins_a, \
-            inspection.Inspector(model_b, opts.provider_b if local else "cpu", prep=opts.prep,
-                                 max_batch=opts.batch_size) as ins_b, \
+    with _open_side("A", model_a, opts.provider_a if local else "cpu", opts) as ins_a, \
+            _open_side("B", model_b, opts.provider_b if local else "cpu", opts) as ins_b, \
             progress_for(progress, "compare") as report:
         check_same_inputs(ins_a, ins_b)
         plan = _plan(ins_a, ins_b, opts.layers)
@@ -257,6 +256,17 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
         notes = tuple(note for tag, ins, side in (("A", ins_a, sides[0]), ("B", ins_b, sides[1]))
                       if (note := int8_kernel_note(tag, ins.model, side)))
     return _result(plan, totals, sides, thresholds, notes)
+
+
+def _open_side(tag: str, model: inspection.ModelSource, provider: str, opts: CompareOptions
+               ) -> inspection.Inspector:
+    """Open model ``tag`` (A or B); its errors say which model failed."""
+    where = f"model {tag} ({Path(model).name})" if isinstance(model, str | Path) else f"model {tag}"
+    try:
+        return inspection.Inspector(model, provider, prep=opts.prep, max_batch=opts.batch_size,
+                                    name=where)
+    except FeatvizError as err:
+        raise (err if where in str(err) else type(err)(f"{where}: {err}")) from err
 
 
 def int8_kernel_note(tag: str, model: onnx.ModelProto, side: ModelSide) -> str | None:

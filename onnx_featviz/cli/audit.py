@@ -13,10 +13,12 @@ import click
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    FiniteRange,
     emit_written,
     prep_options,
     progress_bar,
     provider_option,
+    refuse_overwrite,
     reports_errors,
 )
 
@@ -39,7 +41,7 @@ def engine_options(fn: F) -> F:
                           "'ray start --head'; default: start a local one)."),
         click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                      help="Ray actors, each with its own onnxruntime session(s)."),
-        click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=0.0,
+        click.option("--gpus-per-worker", type=FiniteRange(min=0.0), default=0.0,
                      show_default=True, help="GPUs per Ray actor; above 0 runs on CUDA."),
     ]
 
@@ -87,10 +89,10 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
                    "node / tensor names of MODEL_A (repeat or comma-separate).")
 @click.option("--metric", type=click.Choice(list(choices.METRICS)), default="snr",
               show_default=True, help="Metric drawn by --plot.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
+@click.option("--min-cosine", type=FiniteRange(-1.0, 1.0), metavar="X",
               help="Fail below this cosine (default per precision: fp32 0.9999, fp16 0.999, "
                    "int8 0.98).")
-@click.option("--min-snr", type=float, metavar="DB",
+@click.option("--min-snr", type=FiniteRange(), metavar="DB",
               help="Fail below this SNR in dB (default per precision: fp32 40, fp16 30, "
                    "int8 15).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path, allow_dash=True),
@@ -128,6 +130,7 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
+    refuse_overwrite([model_a, model_b, data], [json_path, plot_path])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_path] if plot_path else [])
     options = audit_compare.CompareOptions(
@@ -178,7 +181,7 @@ def _split_findings(ctx: click.Context, param: click.Parameter, value: str | Non
               help="Write a PNG summary, one panel per layer.")
 @click.option("--fail-on", callback=_split_findings, metavar="dead,saturated,nonfinite",
               help="Exit with code 1 when any of these findings occurs (CI gate).")
-@click.option("--saturation", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+@click.option("--saturation", type=FiniteRange(0.0, 1.0, min_open=True), default=0.5,
               show_default=True, help="Share of values at a Clip bound that makes a channel "
                                       "saturated.")
 @provider_option
@@ -207,6 +210,7 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     from onnx_featviz.audit import stats as audit_stats
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file
+    refuse_overwrite([model, data], [json_path, plot_file])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_file] if plot_file else [])
     options = audit_stats.StatsOptions(layers=layers, provider=provider, batch_size=batch,

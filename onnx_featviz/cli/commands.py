@@ -13,8 +13,11 @@ from onnx_featviz import __version__
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    FiniteRange,
+    GuardedGroup,
     HeldNotices,
     emit_written,
+    notice_nonfinite,
     out_dir_option,
     parse_channels,
     parse_fill,
@@ -22,7 +25,10 @@ from onnx_featviz.cli.options import (
     prep_options,
     progress_bar,
     provider_option,
+    readable_images,
+    refuse_overwrite,
     reports_errors,
+    save_or_mark_partial,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
@@ -30,10 +36,12 @@ if TYPE_CHECKING:  # annotations only: the library loads inside each command
 
 
 # -- commands -------------------------------------------------------------------------------
-@click.group(context_settings=CONTEXT)
+@click.group(cls=GuardedGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="featviz")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error "
+              "(also FEATVIZ_DEBUG=1).")
+def main(verbose: bool, debug: bool) -> None:
     """See inside any CNN exported to ONNX: layers, filters, feature maps.
 
     \b
@@ -42,6 +50,13 @@ def main(verbose: bool) -> None:
       featviz predict models/mnist_cnn.onnx models/samples/digit_9.png
       featviz filters models/mnist_cnn.onnx --out out/
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png --out out/
+
+    
+    Limits (checked before any work; raise them with these environment variables):
+      FEATVIZ_MAX_PIXELS  pixels of one picture after resizing (default 89478485)
+      FEATVIZ_MAX_IMAGES  images made in one run (default 4096)
+      FEATVIZ_MAX_WINDOWS occlusion windows per image (default 1000000)
+      FEATVIZ_MAX_BYTES   one array planned from model dims (default: free memory)
     """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("featviz: %(message)s"))
@@ -114,7 +129,8 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
     from onnx_featviz import api
     names = api.read_labels(labels) if labels else None
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
-        results = inspector.predict(api.expand_images(images), top_k)
+        results = inspector.predict(readable_images(inspector, images), top_k)
+    notice_nonfinite([c.score for r in results for c in r.top], "scores")
     click.echo(json.dumps(api.predictions_to_json(results), indent=2) if as_json
                else api.format_predictions(results))
 
@@ -149,10 +165,13 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
       featviz filters model.onnx --out filters/ --save-npz filters.npz
     """
     from onnx_featviz import api
+    refuse_overwrite([model], [out, save_npz])
     opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap, max_filters=max_filters,
                                    prep=prep)
     result = api.render_model_filters(model, layers or None, opts)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json)
 
 
@@ -195,12 +214,15 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
       featviz maps model.onnx cat.png --layer conv2 --top 16
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images], [out, save_npz])
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
                                 every_layer=which == "all", normalize=normalize, top=top)
     with api.Inspector(model, provider, prep=prep) as inspector:  # drawing is quick: no bar
-        result = api.render_feature_maps(inspector, api.expand_images(images),
+        result = api.render_feature_maps(inspector, readable_images(inspector, images),
                                          layers or None, opts, progress=None)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json)
 
 
@@ -225,6 +247,7 @@ def build_conv(filters_file: Path | None, preset: str | None, out: Path,
     from onnx_featviz import api
     if (filters_file is None) == (preset is None):
         raise click.UsageError("give either FILTERS or --preset edges")
+    refuse_overwrite([filters_file], [out])
     written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
     emit_written([written], False)
 
@@ -251,7 +274,7 @@ def _target(value: str | None) -> int | str | None:
               help="One CAM for each of every image's K best classes (not with --target).")
 @click.option("--score", help="Tensor or layer with one score per class (default: the "
               "logits before a final Softmax, else the first output).")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+@click.option("--alpha", type=FiniteRange(0.0, 1.0), default=0.5, show_default=True,
               help="Heatmap opacity in the overlay.")
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
 @click.option("--whole-image", is_flag=True, help="Draw the overlay on the whole picture "
@@ -289,6 +312,7 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images, labels], [out, save_npz])
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
@@ -296,9 +320,12 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
                              occlusion=api.OcclusionOptions(window, stride, fill))
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:
-        report = inspector.cam(api.expand_images(images), options, progress=progress)
+        report = inspector.cam(readable_images(inspector, images), options,
+                               progress=progress)
     result = api.render_cam(report)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json, {"images": api.cam_to_json(report)})
 
 
@@ -324,8 +351,9 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images], [out])
     with api.Inspector(model, provider, prep=prep) as inspector:
-        result = api.render_backprop(inspector, api.expand_images(images), method,
+        result = api.render_backprop(inspector, readable_images(inspector, images), method,
                                      _target(target), score=score)
     emit_written(api.save_pictures(result.pictures, out), False)
 

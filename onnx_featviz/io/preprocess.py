@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import limits
 from onnx_featviz.structs import META_PREPROCESS, InputSpec, Preprocessing, Shape
 
 log = logging.getLogger(__name__)
@@ -403,18 +404,15 @@ def _fitted_image(image: Image.Image, spec: InputSpec, prep: Preprocessing) -> I
 
 def _check_pixels(size: tuple[int, int], target: tuple[int, int], spec: InputSpec,
                   prep: Preprocessing) -> None:
-    """Refuse a resize bigger than Pillow's decompression-bomb limit (a size such as 10**9)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = target
-    pixels = float(width) * float(height)
+    """Refuse a resize bigger than ``FEATVIZ_MAX_PIXELS`` (a size such as 10**9)."""
+    width, height = float(target[0]), float(target[1])
     if prep.resize == "crop":  # as _fit: cover size / crop_fraction, then crop
         ratio = max(height / prep.crop_fraction / size[1], width / prep.crop_fraction / size[0])
-        pixels = max(float(width), size[0] * ratio) * max(float(height), size[1] * ratio)
-    if limit is not None and not pixels <= limit:
-        raise InputError(f"model input {spec.name!r} needs the image resized to {width}x"
-                         f"{height} (resize {prep.resize}, crop fraction {prep.crop_fraction}), "
-                         f"more than {limit} pixels; check the input shape and the "
-                         "preprocessing size")
+        width, height = max(width, size[0] * ratio), max(height, size[1] * ratio)
+    what = (f"model input {spec.name!r} (resize {prep.resize}, crop fraction "
+            f"{prep.crop_fraction}): the resized image")
+    limits.check_pixels(width, height, what)
+    limits.check_allocation((4, int(height), int(width)), 4, what)  # RGBA float32 at most
 
 
 def _working_image(image: Image.Image, channels: int, order: str) -> Image.Image:

@@ -19,6 +19,7 @@ import onnx_featviz.inspector as inspection
 import onnx_featviz.io.files as fileio
 import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError
+from onnx_featviz.io import limits
 from onnx_featviz.render.progress import progress_for
 from onnx_featviz.structs import Progress, ProgressFn, auto_progress
 from onnx_featviz.synthesis import optim as syn_optim
@@ -322,6 +323,10 @@ def _maximize(inspector: inspection.Inspector, opts: MaximizeOptions,
               progress: ProgressFn | None) -> MaximizeResult:
     imap = syn.input_map(inspector.spec, inspector.preprocessing)
     size = _image_size(inspector, opts.size)
+    limits.check_pixels(size[1], size[0], f"the image optimized for model input "
+                        f"{inspector.spec.name!r}")
+    limits.check_allocation((opts.images or 4, imap.image_channels, *size), 4,
+                            "one channel's images to optimize")
     tensor = _layer_tensor(inspector, opts.layer)
     shape = _layer_shape(inspector, imap, tensor, size)
     units = _units(opts, shape[0])
