@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -140,7 +140,7 @@ class Inspector:
     def info(self) -> ModelInfo:
         """The layer catalog; shapes inference cannot give come from one real run."""
         if self._info is None:
-            info = catalog.read_catalog(self.model)
+            info = self._read_catalog()
             missing = [lay.output for lay in info.layers if lay.exposable and lay.shape is None
                        and lay.output]
             if missing:
@@ -157,15 +157,30 @@ class Inspector:
         """Return a layer by node name, output tensor name or index (close matches on error)."""
         return self.info.layer(name)
 
+    def _read_catalog(self, **given: Mapping[str, Any]) -> ModelInfo:
+        """Read the catalog; symbolic input dims are fixed to the example input on a copy.
+
+        With dynamic batch, height or width, shape inference on a copy whose input has the
+        concrete size the inspector feeds gives every layer concrete dims (layer choice and
+        spatial checks need them); the inputs keep their declared symbolic shape.
+        """
+        declared = catalog.read_catalog(self.model, **given)
+        if all(isinstance(d, int) for d in self.spec.shape) or not self.spec.shape:
+            return declared
+        example = _example_shape(self.spec, self.preprocessing)
+        concrete = catalog.read_catalog(
+            rewrite.fix_input_shape(self.model, self.spec.name, example), **given)
+        return replace(concrete, inputs=declared.inputs)
+
     def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
         batch = np.zeros(_example_shape(self.spec, self.preprocessing), self.spec.dtype)
         try:
             values = self.run(batch, tensors)
         except (ModelError, InputError):
-            return catalog.read_catalog(self.model)
+            return self._read_catalog()
         shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
         dtypes = {k: str(v.dtype) for k, v in values.items()}
-        return catalog.read_catalog(self.model, shapes=shapes, dtypes=dtypes)
+        return self._read_catalog(shapes=shapes, dtypes=dtypes)
 
     # -- inputs --------------------------------------------------------------------------
     def load_batch(self, images: Images) -> Batch:
@@ -289,10 +304,12 @@ class Inspector:
         if layers is None and not chosen:
             raise InputError("the model has no conv layers; name layers explicitly "
                              "(all names are in ModelInfo.layers)")
+        named = [None] * len(chosen) if layers is None else [
+            module_tensor(self.info, n) for n in layers]
         tensors: list[str] = []
-        for lay in chosen:
+        for lay, module in zip(chosen, named, strict=True):
             check_exposable(lay)
-            for tensor in stage_tensors(lay, stage):
+            for tensor in [module] if module else stage_tensors(lay, stage):
                 if tensor not in tensors:
                     tensors.append(tensor)
         return tensors
@@ -439,6 +456,8 @@ def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
         return (1, h, w, spec.channels)
     if spec.layout == "NHW":
         return (1, h, w)
+    if spec.layout == "other":  # not an image input: symbolic dims count as 1
+        return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
     return (1, spec.channels, h, w)
 
 
@@ -469,11 +488,21 @@ def stage_tensors(layer: Layer, stage: str) -> list[str]:
     return [layer.output] if act == layer.output else [layer.output, act]
 
 
-def spatial_size(shape: Sequence[int | str | None] | None) -> int:
-    """Known h*w of an (N, C, h, w) shape; 0 when unknown (dynamic), 1 without spatial dims."""
+def module_tensor(info: ModelInfo, name: str | int) -> str | None:
+    """Return the output tensor when ``name`` is a module path (not a node or tensor name)."""
+    if not isinstance(name, str):
+        return None
+    if any(lay.name == name or name in lay.outputs for lay in info.layers):
+        return None
+    return info.module_output(name)
+
+
+def spatial_size(shape: Sequence[int | str | None] | None, layout: str | None = None) -> int:
+    """Known h*w of an (N, C, h, w) shape, or (N, h, w, C) for layout ``NHWC``; 0 when unknown
+    (dynamic), 1 without spatial dims."""
     if shape is None or len(shape) < 3:
         return 1
-    dims = shape[2:]
+    dims = shape[1:-1] if layout == "NHWC" else shape[2:]
     if not all(isinstance(d, int) for d in dims):
         return 0
     return int(np.prod([int(d) for d in dims if isinstance(d, int)]))
