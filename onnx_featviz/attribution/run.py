@@ -89,6 +89,8 @@ class CamReport:
         overlays: one RGB heatmap overlay per row; sources: where each input came from;
         image_index: (R,) the input each row explains; rank: (R,) 0 for the input's best class,
             1 for the second... (-1 when the target was given).
+        module: the module path of ``layer`` (None when the exporter recorded none); layout:
+            ``layer``'s layout (``NCHW``, ``NHWC`` or None).
     """
 
     method: str
@@ -102,6 +104,8 @@ class CamReport:
     sources: tuple[str, ...] = ()
     image_index: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     rank: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    module: str | None = None
+    layout: str | None = None
 
 
 def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
@@ -171,8 +175,10 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         overlays = tuple(compose.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
                                                 cmap=options.cmap)
                          for i, heat in zip(index, result.cam, strict=True))
+    module = next((lay.module for lay in inspector.info.layers if layer in lay.outputs), None)
     return CamReport(method, layer, score, result.targets, top, result.cam,
-                     result.layer_cam, overlays, loaded.sources, index, rank)
+                     result.layer_cam, overlays, loaded.sources, index, rank, module,
+                     inspector.info.layout(layer))
 
 
 def _cam_pass(inspector: Inspector, batch: NDArray[np.generic], layer: str, entry: cams.CamMethod,

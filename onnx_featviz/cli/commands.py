@@ -141,7 +141,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
     opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
     result = api.render_model_filters(model, layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
-    emit_written(written, as_json)
+    emit_written(written, as_json, api.manifest(result, written))
 
 
 @main.command(context_settings=CONTEXT)
@@ -186,7 +186,7 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
         result = api.render_feature_maps(inspector, api.expand_images(images),
                                          layers or None, opts)
     written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
-    emit_written(written, as_json)
+    emit_written(written, as_json, api.manifest(result, written))
 
 
 @main.command("build-conv", context_settings=CONTEXT)

@@ -66,7 +66,7 @@ def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
         title = f"{layer.name}  weight {'x'.join(map(str, found.weight.shape))}"
         image = compose.render_filters(found.weight, render.FilterOptions(
             annotate=opts.annotate, cmap=opts.cmap, title=title))
-        pictures.append(Picture(f"filters_{file_stem(layer.name)}.png", image))
+        pictures.append(Picture(f"filters_{file_stem(layer.name)}.png", image, layer.name))
         arrays[layer.name] = found.weight
     return Rendered(tuple(pictures), arrays)
 
@@ -78,7 +78,9 @@ def render_feature_maps(inspector: Inspector, images: Images,
 
     Returns:
         Pictures named ``<input>/<tensor>.png`` (and ``<input>/<layer>_before_after.png`` for
-        stage ``both``); arrays keyed by tensor name exactly as the model computed them.
+        stage ``both``; ``io.outputs.file_stem`` makes any name safe); arrays keyed by tensor
+        name exactly as the model computed them, with each tensor's layout (an ``NHWC``
+        tensor is drawn one tile per channel).
     """
     opts = options or MapRenderOptions()
     batch = inspector.load_batch(images)
@@ -88,9 +90,9 @@ def render_feature_maps(inspector: Inspector, images: Images,
     for index, folder in enumerate(input_folders(batch.sources)):
         grids = {t: _map_picture(inspector, t, arrays[t][index], opts) for t in tensors
                  if arrays[t].ndim >= 2}
-        pictures += [Picture(f"{folder}/{file_stem(t)}.png", g) for t, g in grids.items()]
+        pictures += [Picture(f"{folder}/{file_stem(t)}.png", g, t) for t, g in grids.items()]
         pictures += _before_after(inspector, grids, folder) if opts.stage == "both" else []
-    return Rendered(tuple(pictures), arrays)
+    return Rendered(tuple(pictures), arrays, {t: inspector.info.layout(t) for t in tensors})
 
 
 def _map_tensors(inspector: Inspector, layers: Sequence[str | int] | None,
@@ -103,6 +105,8 @@ def _map_tensors(inspector: Inspector, layers: Sequence[str | int] | None,
 def _map_picture(inspector: Inspector, tensor: str, value: NDArray[np.generic],
                  opts: MapRenderOptions) -> Image.Image:
     maps = np.asarray(value, np.float32)
+    if inspector.info.layout(tensor) == "NHWC":  # draw one tile per channel, not per row
+        maps = np.moveaxis(maps, -1, 0)
     maps = maps.reshape((1, 1, -1)) if maps.ndim == 1 else maps.reshape((-1, *maps.shape[-2:]))
     layer = inspector.layer(tensor)
     pre_activation = layer.is_conv and tensor == layer.output and layer.activation is not None
@@ -143,6 +147,7 @@ def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
                 [grids[layer.output], grids[act]],
                 [f"before {layer.activation_op or 'activation'}: {layer.output}",
                  f"after: {act}"])
-            pairs.append(Picture(f"{folder}/{file_stem(layer.name)}_before_after.png", image))
+            pairs.append(Picture(f"{folder}/{file_stem(layer.name)}_before_after.png", image,
+                                 layer.name))
     return pairs
 
