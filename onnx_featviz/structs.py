@@ -142,6 +142,14 @@ class ModelInfo:
         key = ".".join(part for part in path.replace("/", ".").split(".") if part)
         return next((tensor for mod, tensor in self.modules if mod == key), None)
 
+    def module_of(self, tensor: str) -> str | None:
+        """Return the outermost module whose output is ``tensor``, else the module of the node
+        that computes it (None when the exporter recorded none)."""
+        paths = [mod for mod, out in self.modules if out == tensor]
+        if paths:
+            return min(paths, key=lambda p: (p.count("."), len(p)))
+        return next((lay.module for lay in self.layers if tensor in lay.outputs), None)
+
     def layout(self, tensor: str) -> str | None:
         """Return the layout (``NCHW``, ``NHWC``, ``NTC`` or None) of a tensor."""
         return next((lay for name, lay in self.layouts if name == tensor), None)

@@ -175,7 +175,7 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         overlays = tuple(compose.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
                                                 cmap=options.cmap)
                          for i, heat in zip(index, result.cam, strict=True))
-    module = next((lay.module for lay in inspector.info.layers if layer in lay.outputs), None)
+    module = inspector.info.module_of(layer)
     return CamReport(method, layer, score, result.targets, top, result.cam,
                      result.layer_cam, overlays, loaded.sources, index, rank, module,
                      inspector.info.layout(layer))
