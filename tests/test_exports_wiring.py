@@ -48,6 +48,7 @@ def _torch_grad_cam(name: str, module: str, *, channels_last: bool = False
     spatial, chan = ((1, 2), -1) if channels_last else ((2, 3), 1)
     weights = grad.mean(axis=spatial, keepdims=True)
     cam = np.maximum((weights * act).sum(axis=chan), 0.0)
+    assert x.grad is not None
     return cam, act, x.grad.numpy(), target
 
 
@@ -63,8 +64,8 @@ def test_grad_cam_at_a_module_path_equals_torch(zoo_export: ZooExport, dynamo: b
     x = zoo.sample_input("resnet").numpy()
     with api.Inspector(path, "cpu") as inspector:
         tensor = inspector.layer_tensors(["layer4"])[0]
-        np.testing.assert_allclose(inspector.capture(x, [tensor])[tensor], act, rtol=1e-5,
-                                   atol=1e-5)
+        got = np.asarray(inspector.capture(x, [tensor])[tensor], np.float32)
+        np.testing.assert_allclose(got, act, rtol=1e-5, atol=1e-5)
         report = inspector.cam(x, api.CamOptions(layer="layer4", overlays=False))
     assert report.layer == tensor and report.module == "layer4"
     assert int(report.targets[0]) == target
@@ -138,7 +139,7 @@ def test_default_cam_layer_is_the_last_spatial_block(zoo_export: ZooExport, dyna
     with api.Inspector(path, "cpu") as inspector:
         tensor = cam_layer(inspector)
         assert inspector.info.module_of(tensor) == module
-        got = inspector.capture(x.numpy(), [tensor])[tensor]
+        got = np.asarray(inspector.capture(x.numpy(), [tensor])[tensor], np.float32)
     np.testing.assert_allclose(got, seen["out"], rtol=1e-4, atol=1e-4)
 
 
@@ -292,3 +293,34 @@ def test_long_names_write_files_mapped_in_the_manifest(tmp_path: Path) -> None:
     filter_files = json.loads(filters.output)["files"]
     assert [e["name"] for e in filter_files] == [names[0]]
     assert Path(filter_files[0]["file"]).is_file()
+
+
+# -- strided Slice gradient (Swin's PatchMerging x[:, 0::2, 1::2]) -----------------------------
+@pytest.mark.parametrize(("starts", "ends", "steps"), [
+    ([0, 1], [8, 7], [2, 2]), ([1, 0], [2**62, 6], [2, 3]), ([-7, 2], [8, 3], [3, 1])])
+def test_strided_slice_gradient_scatters_the_seed(starts: list[int], ends: list[int],
+                                                  steps: list[int]) -> None:
+    """d(sum(seed * x[:, :, a::s, b::t])) / dx is the seed placed at the sliced positions."""
+    import onnxruntime as ort
+
+    from onnx_featviz import autodiff
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 8, 7)).astype(np.float32)
+    ref_y = x[:, :, slice(starts[0], min(ends[0], 8), steps[0]),
+              slice(starts[1], min(ends[1], 7), steps[1])]
+    graph = helper.make_graph(
+        [helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"], name="strided")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(ref_y.shape))],
+        initializer=[numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                     (("s", starts), ("e", ends), ("a", [2, 3]), ("t", steps))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    grad = autodiff.differentiate(model, of="y", wrt=["x"])
+    seed = np.random.default_rng(1).standard_normal(ref_y.shape).astype(np.float32)
+    sess = ort.InferenceSession(grad.model.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run([grad.gradient("x")], {"x": x, "featviz/seed": seed})[0]
+    ref = np.zeros_like(x)
+    ref[:, :, slice(starts[0], min(ends[0], 8), steps[0]),
+        slice(starts[1], min(ends[1], 7), steps[1])] = seed
+    np.testing.assert_array_equal(got, ref)

@@ -36,9 +36,9 @@ from onnx_featviz.render import compose
 from onnx_featviz.structs import (
     ClassScore,
     ModelInfo,
-    Shape,
     Progress,
     ProgressFn,
+    Shape,
 )
 
 BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
@@ -456,13 +456,28 @@ def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArr
         rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score]),
         inspector.provider))
     dtype = session.input_types.get(layer, "float32")
+    fixed = inspector.spec.batch if isinstance(inspector.spec.batch, int) else None
+    step: list[int] = []
 
     def forward(rows: NDArray[np.floating], image_index: NDArray[np.intp]
                 ) -> NDArray[np.floating]:
         fed = np.moveaxis(np.asarray(rows), 1, -1) if channels_last else np.asarray(rows)
+        index = np.asarray(image_index, np.intp)
+        if not step:  # a graph that reshapes to its fixed export batch (dynamo's view(1, -1))
+            try:      # takes only that many rows: learn it on the first call
+                return run_rows(fed, index)
+            except InputError:
+                if not fixed or len(fed) <= fixed:
+                    raise
+                step.append(fixed)
+        parts = [run_rows(fed[i:i + step[0]], index[i:i + step[0]])
+                 for i in range(0, len(fed), step[0])]
+        return np.concatenate(parts)
+
+    def run_rows(fed: NDArray[np.generic], index: NDArray[np.intp]) -> NDArray[np.floating]:
         feeds: dict[str, NDArray[np.generic]] = {layer: np.ascontiguousarray(fed, dtype)}
         if inspector.spec.name in session.input_types:
-            feeds[inspector.spec.name] = batch[np.asarray(image_index, np.intp)]
+            feeds[inspector.spec.name] = batch[index]
         values = session.run(feeds, [score], max_batch=inspector.max_batch)[score]
         return np.asarray(values, np.float32).reshape(len(values), -1)
 
