@@ -225,8 +225,8 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
               "score_cam, ablation_cam or occlusion.")
-@click.option("--layer", help="Target layer (name, tensor or index); default: the last conv "
-              "layer with spatial size > 1.")
+@click.option("--layer", help="Target layer (name, tensor, index or module path such as "
+              "layer4); default: the last block the head's global pooling reads.")
 @click.option("--target", help="Class index or label name (with --labels); default: top-1.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Class names, one per line (default: the model's metadata).")
