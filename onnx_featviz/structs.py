@@ -133,7 +133,8 @@ class ModelInfo:
                                   + difflib.get_close_matches(name, names, n=5, cutoff=0.5)))
         hint = f"close matches: {', '.join(near[:8])}" if near else "no close matches"
         raise LayerNotFoundError(
-            f"no layer, tensor or module named {name!r} in the model; {hint}; "
+            f"no layer or tensor named {name!r} in the model, nor a module with that path; "
+            f"{hint}; "
             "all names are in ModelInfo.layers (node name, output tensor, module path or index)"
         )
 
