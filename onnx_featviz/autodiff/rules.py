@@ -189,15 +189,18 @@ def _strided_slice_vjp(ctx: Emitter, node: onnx.NodeProto, g: str,
                        params: list[tuple[int, int, int, int]]) -> list[str | None]:
     """Slice with steps > 1 (static shapes): spread each gradient row ``step`` apart (append
     ``step - 1`` zeros after it, merge), then pad or crop back to the input's extent."""
-    in_shape = ctx.shape(node.input[0]) or ()
-    shape = list(ctx.shape(node.output[0]) or ())
-    if not all(isinstance(d, int) for d in (*in_shape, *shape)) or len(shape) != len(in_shape):
+    dims_in = ctx.shape(node.input[0]) or ()
+    dims_out = ctx.shape(node.output[0]) or ()
+    if not all(isinstance(d, int) for d in (*dims_in, *dims_out)) or (
+            len(dims_out) != len(dims_in)):
         raise ModelError(f"Slice node {node.name!r} with steps needs static shapes for its "
                          "gradient; export with a fixed input size or use a gradient-free "
                          "method (Score-CAM, Ablation-CAM, Eigen-CAM, occlusion)")
+    in_shape = [int(d) for d in dims_in if isinstance(d, int)]
+    shape = [int(d) for d in dims_out if isinstance(d, int)]
     rank = len(shape)
     for axis, start, _, step in params:
-        dim, length = int(in_shape[axis]), int(shape[axis])  # type: ignore[arg-type]
+        dim, length = in_shape[axis], shape[axis]
         lo = min(max(start + dim if start < 0 else start, 0), dim)
         if step > 1 and length:
             grown = [*shape[:axis + 1], 1, *shape[axis + 1:]]
@@ -206,12 +209,12 @@ def _strided_slice_vjp(ctx: Emitter, node: onnx.NodeProto, g: str,
             pads[rank + 1 + axis + 1] = step - 1
             g = ctx.op("Pad", [g, ctx.ints(pads)])
             shape[axis] = length * step
-            g = ctx.op("Reshape", [g, ctx.ints(shape)])  # type: ignore[arg-type]
+            g = ctx.op("Reshape", [g, ctx.ints(shape)])
         if shape[axis] > dim - lo:  # the last spread row overhangs the input: crop it
             g = ctx.op("Slice", [g, ctx.ints([0]), ctx.ints([dim - lo]), ctx.ints([axis])])
             shape[axis] = dim - lo
         pads = [0] * (2 * rank)
-        pads[axis], pads[rank + axis] = lo, dim - lo - int(shape[axis])  # type: ignore[arg-type]
+        pads[axis], pads[rank + axis] = lo, dim - lo - shape[axis]
         g = ctx.op("Pad", [g, ctx.ints(pads)])
         shape[axis] = dim
     return _first(ctx, node, g)
