@@ -44,6 +44,11 @@ Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
 
 
 STAGES = ("conv", "act", "both")
+#: A model file with more external data than this keeps its large tensors on disk: onnxruntime
+#: reads them for every session (plain or rewritten), so no rewrite copies the weights.
+KEEP_EXTERNAL_MODEL_BYTES = 64 * 2**20
+#: External tensors up to this size (shapes, scales, biases) are loaded into memory anyway.
+KEEP_EXTERNAL_TENSOR_BYTES = 2**20
 _T = TypeVar("_T")
 _I = TypeVar("_I", bound="Inspector")
 
@@ -98,7 +103,14 @@ class Inspector:
                  labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
-        self.model = load_model(model)
+        self.external_folder: Path | None = None
+        self.model_path: Path | None = None
+        if isinstance(model, str | Path):
+            self.model_path = Path(model)
+            if fileio.external_bytes(self.model_path) > KEEP_EXTERNAL_MODEL_BYTES:
+                self.external_folder = self.model_path.absolute().parent.resolve()
+        self.model = (fileio.load_model(model, keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
+                      if self.external_folder is not None else load_model(model))
         self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
@@ -123,6 +135,15 @@ class Inspector:
             if isinstance(value, runtime.Session):
                 value.close()
         self._sessions.clear()
+
+    def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
+                     ) -> runtime.Session:
+        """Open a session (the caller owns it) on ``model``, a rewrite of ``self.model``.
+
+        Weights this inspector left on disk are read from the model's folder.
+        """
+        return runtime.Session(model, self.provider, spinning=spinning,
+                               external_folder=self.external_folder)
 
     def cached(self, key: Hashable, build: Callable[[], _T]) -> _T:
         """Return what ``build()`` made for ``key``, building it once per inspector.
@@ -247,7 +268,7 @@ class Inspector:
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")
-            self._sessions[key] = runtime.Session(model, self.provider)
+            self._sessions[key] = self.open_session(model)
         session: runtime.Session = self._sessions[key]
         return session
 
@@ -365,7 +386,7 @@ class Inspector:
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
         for group, chunks in plan_groups(plan):
-            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+            with self.open_session(rewrite.expose_tensors(self.model, group)) as s:
                 wanted = [exposed_name(s, t) for t in group]
                 for rows in chunks:
                     values = s.run({self.spec.name: batch[rows]}, wanted)
@@ -384,6 +405,8 @@ class Inspector:
 
     def filters(self, layer: str | int) -> weights.Filters:
         """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
+        if self.external_folder is not None and self.model_path is not None:
+            return weights.read_filters(fileio.load_model(self.model_path), self.layer(layer))
         return weights.read_filters(self.model, self.layer(layer))
 
 

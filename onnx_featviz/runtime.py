@@ -200,6 +200,8 @@ class Session:
         spinning: False stops idle intra-op threads from busy-waiting for the next call;
             cheaper when the host computes between session calls (True: onnxruntime's
             default).
+        external_folder: the folder of a model whose external tensors were left on disk
+            (``io.files.load_model(..., keep_external_over=...)``); None when all are in memory.
 
     Raises:
         ProviderError: ``provider="cuda"`` but CUDA does not run, or an unknown provider.
@@ -207,10 +209,14 @@ class Session:
     """
 
     def __init__(self, model: onnx.ModelProto, provider: str = "auto", *,
-                 threads: int | None = None, spinning: bool = True) -> None:
+                 threads: int | None = None, spinning: bool = True,
+                 external_folder: Path | None = None) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if external_folder is not None:  # tensors left on disk are read from there, once
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(external_folder))
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:

@@ -324,3 +324,45 @@ def test_strided_slice_gradient_scatters_the_seed(starts: list[int], ends: list[
     ref[:, :, slice(starts[0], min(ends[0], 8), steps[0]),
         slice(starts[1], min(ends[1], 7), steps[1])] = seed
     np.testing.assert_array_equal(got, ref)
+
+
+# -- external data left on disk ------------------------------------------------------------------
+def test_weights_left_on_disk_give_the_same_results(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose weights stay in ``model.onnx.data`` (no copy in memory) gives the plain,
+    exposed, gradient and statistics sessions the same values as the fully loaded model."""
+    import onnx_featviz.inspector as inspection
+
+    model = _bias_add_model()
+    model.graph.output[0].type.tensor_type.shape.Clear()
+    model.graph.node.extend([
+        helper.make_node("GlobalAveragePool", ["relu_out"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["scores"])])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, size_threshold=0,
+                    location="model.onnx.data", all_tensors_to_one_file=True)
+    x = np.random.default_rng(0).random((2, 1, 8, 8), np.float32)
+    results = []
+    for keep in (False, True):
+        monkeypatch.setattr(inspection, "KEEP_EXTERNAL_MODEL_BYTES", 0 if keep else 1 << 62)
+        monkeypatch.setattr(inspection, "KEEP_EXTERNAL_TENSOR_BYTES", 0)
+        with api.Inspector(path, "cpu") as inspector:
+            assert (inspector.external_folder is not None) == keep
+            on_disk = [t.name for t in inspector.model.graph.initializer
+                       if t.data_location == TensorProto.EXTERNAL]
+            assert sorted(on_disk) == (["b", "w"] if keep else [])
+            report = inspector.cam(x, api.CamOptions(layer="relu_out", overlays=False))
+            results.append((inspector.outputs(x)["scores"],
+                            inspector.activations(x, ["conv"], stage="both"),
+                            report.layer_cam, inspector.stats(x, ["relu"])["relu_out"].mean,
+                            inspector.filters("conv").weight))
+    loaded, kept = results
+    for a, b in zip(loaded, kept, strict=True):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+        else:
+            np.testing.assert_array_equal(a, b)

@@ -221,7 +221,7 @@ def _top1_gradients(inspector: Inspector, batch: NDArray[np.generic], layer: str
     key = ("top1", (name, layer))
     fused = inspector.cached(("model", key), lambda: autodiff.seed_top1(autodiff.differentiate(
         inspector.model, of=name, wrt=[layer], keep_outputs=[layer])))
-    session = inspector.cached(key, lambda: runtime.Session(fused.model, inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(fused.model))
     names = [name, fused.outputs[-1], fused.gradient(layer), layer]
     values = session.run({inspector.spec.name: batch}, names, max_batch=inspector.max_batch)
     scores = _class_scores(values[name], name)
@@ -355,7 +355,7 @@ def _grad_session(inspector: Inspector, of: str, wrt: str, *, guided: bool = Fal
     key = ("guided" if guided else "grad", (of, wrt, *keep))
     grad = inspector.cached(("model", key), lambda: autodiff.differentiate(
         inspector.model, of=of, wrt=[wrt], guided=guided, keep_outputs=list(keep)))
-    session = inspector.cached(key, lambda: runtime.Session(grad.model, inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(grad.model))
     return session, grad
 
 
@@ -416,7 +416,7 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
                 else rewrite.expose_tensors(inspector.model, [score]))
         masked = masking.mask_input(base, map_size=size, input_size=images.shape[2:4],
                                     layout=inspector.spec.layout)
-        return runtime.Session(masked, inspector.provider)
+        return inspector.open_session(masked)
 
     session = inspector.cached(key, build)
     name = exposed_name(session, score)
@@ -452,9 +452,8 @@ def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArr
     ``batch[image_index[b]]``.
     """
     key = ("cut", (layer, score))
-    session = inspector.cached(key, lambda: runtime.Session(
-        rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score]),
-        inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(
+        rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score])))
     dtype = session.input_types.get(layer, "float32")
     fixed = inspector.spec.batch if isinstance(inspector.spec.batch, int) else None
     step: list[int] = []

@@ -46,7 +46,8 @@ _EXPORT_FIX = "export the network to .onnx first"
 
 
 # -- models ---------------------------------------------------------------------------------
-def load_model(source: str | Path | bytes) -> onnx.ModelProto:
+def load_model(source: str | Path | bytes, *, keep_external_over: int | None = None
+               ) -> onnx.ModelProto:
     """Load an ONNX model from a file path or serialized bytes, with its external data.
 
     External data files are resolved against the model's folder and must lie inside it. The
@@ -54,9 +55,13 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
 
     Args:
         source: path of a ``.onnx`` file, or the serialized ``ModelProto`` bytes.
+        keep_external_over: external tensors larger than this many bytes stay on disk (their
+            references kept; onnxruntime reads them from ``path``'s folder, see
+            ``runtime.Session``'s ``external_folder``); None loads every tensor.
 
     Returns:
-        The parsed model with every external tensor loaded into memory.
+        The parsed model with its external tensors loaded into memory (all, or those up to
+        ``keep_external_over`` bytes).
 
     Raises:
         ModelError: missing path, directory, empty or non-ONNX file, truncated protobuf, a model
@@ -76,9 +81,14 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     tensors = [t for t in _all_tensors(model) if _is_external(t)]
     for tensor in tensors:
         _check_external(tensor, folder, path)
+    if keep_external_over is not None:
+        tensors = [t for t in tensors if external_size(t) <= keep_external_over]
     if tensors:
         try:
-            external_data_helper.load_external_data_for_model(model, str(folder))
+            for tensor in tensors:
+                external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
         except (OSError, ValueError, RuntimeError) as err:
             raise ModelError(f"cannot read the external data of {path} from {folder}: {err}; "
                              "keep the data files beside the model as exported") from err
@@ -153,6 +163,27 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(attr.g)
         for graph in attr.graphs:
             yield from _graph_tensors(graph)
+
+
+def external_size(tensor: onnx.TensorProto) -> int:
+    """Return the bytes an external tensor takes in its data file (0 when it is inline)."""
+    if not _is_external(tensor):
+        return 0
+    info = {e.key: e.value for e in tensor.external_data}
+    if info.get("length", "").isdigit():
+        return int(info["length"])
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def external_bytes(path: Path) -> int:
+    """Return the bytes of external data a model file refers to (0 without any or on errors
+    reading it; ``load_model`` reports those)."""
+    try:
+        model = _parse_model(_read_model_file(path), str(path))
+    except ModelError:
+        return 0
+    return sum(external_size(t) for t in _all_tensors(model))
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:

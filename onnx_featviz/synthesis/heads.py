@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_featviz.autodiff as autodiff
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
-import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError, ModelError
 
@@ -288,7 +287,7 @@ class _GradientSession:
                              "op named") from err
         try:
             # the host maps images between calls: spinning threads would compete with it
-            self.session = runtime.Session(grad.model, self.inspector.provider, spinning=False)
+            self.session = self.inspector.open_session(grad.model, spinning=False)
         except ModelError:
             if not free_batch:
                 raise
