@@ -103,14 +103,9 @@ class Inspector:
                  labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
+        self.model_path = Path(model) if isinstance(model, str | Path) else None
         self.external_folder: Path | None = None
-        self.model_path: Path | None = None
-        if isinstance(model, str | Path):
-            self.model_path = Path(model)
-            if fileio.external_bytes(self.model_path) > KEEP_EXTERNAL_MODEL_BYTES:
-                self.external_folder = self.model_path.absolute().parent.resolve()
-        self.model = (fileio.load_model(model, keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
-                      if self.external_folder is not None else load_model(model))
+        self.model = self._load(model)
         self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
@@ -121,6 +116,18 @@ class Inspector:
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
+
+    def _load(self, model: ModelSource) -> onnx.ModelProto:
+        """Load the model; a file with much external data keeps its large tensors on disk."""
+        if self.model_path is None:
+            return load_model(model)
+        proto = fileio.load_model(self.model_path,
+                                  keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
+        if fileio.external_total(proto) > KEEP_EXTERNAL_MODEL_BYTES:
+            self.external_folder = self.model_path.absolute().parent.resolve()
+        else:
+            fileio.load_external(proto, self.model_path)  # our own fresh proto
+        return proto
 
     def __enter__(self: _I) -> _I:
         return self

@@ -176,14 +176,24 @@ def external_size(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def external_bytes(path: Path) -> int:
-    """Return the bytes of external data a model file refers to (0 without any or on errors
-    reading it; ``load_model`` reports those)."""
-    try:
-        model = _parse_model(_read_model_file(path), str(path))
-    except ModelError:
-        return 0
+def external_total(model: onnx.ModelProto) -> int:
+    """Return the bytes of the tensors ``model`` still keeps in external files."""
     return sum(external_size(t) for t in _all_tensors(model))
+
+
+def load_external(model: onnx.ModelProto, model_path: Path) -> None:
+    """Load the external tensors still on disk into ``model`` (a proto this caller loaded with
+    ``load_model(..., keep_external_over=...)``; changed in place).
+
+    Raises:
+        ModelError: the data files cannot be read.
+    """
+    folder = model_path.absolute().parent.resolve()
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot read the external data of {model_path} from {folder}: {err}; "
+                         "keep the data files beside the model as exported") from err
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:
