@@ -364,3 +364,31 @@ def test_weights_left_on_disk_give_the_same_results(tmp_path: Path,
         np.testing.assert_array_equal(loaded[1][key], kept[1][key])
     for i in (0, 2, 3, 4):
         np.testing.assert_array_equal(np.asarray(loaded[i]), np.asarray(kept[i]))
+
+
+@pytest.mark.slow
+@EXPORTERS
+def test_dynamic_unet_gradient_equals_torch(zoo_export: ZooExport, dynamo: bool) -> None:
+    """The input gradient through a dynamic-H/W UNet (ConvTranspose, skip Concat; shapes known
+    only at run time) at a size other than the export's equals torch autograd."""
+    import onnxruntime as ort
+    torch = pytest.importorskip("torch")
+
+    from onnx_featviz import autodiff
+    from tests import zoo
+
+    path = zoo_export("unet", dynamo=dynamo, dynamic=True)
+    h, w = zoo.DYNAMIC["unet"]
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    net = zoo.build("unet")
+    y = net(x)
+    seed = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    (y * seed).sum().backward()
+    assert x.grad is not None
+    ref = x.grad.numpy()
+    grad = autodiff.differentiate(onnx.load(str(path)), of="output", wrt=["input"])
+    sess = ort.InferenceSession(grad.model.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run([grad.gradient("input")], {"input": x.detach().numpy(),
+                                              "featviz/seed": seed.numpy()})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
