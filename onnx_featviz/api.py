@@ -46,7 +46,7 @@ from onnx_featviz.inspector import (
     read_labels,
 )
 from onnx_featviz.io.data import open_data
-from onnx_featviz.io.outputs import Picture, Rendered, save_pictures
+from onnx_featviz.io.outputs import Picture, Rendered, manifest, save_pictures
 from onnx_featviz.render.text import format_predictions, format_summary, predictions_to_json
 from onnx_featviz.reporting import ReportOptions, build_report, save_report
 from onnx_featviz.structs import ChannelStats, ProgressFn, auto_progress
@@ -114,6 +114,6 @@ __all__ = [
     "describe", "expand_images", "format_predictions", "format_summary", "inspect_model",
     "load_model", "plan_groups", "predict", "predictions_to_json", "read_labels",
     "read_model_filters", "render_backprop", "render_cam", "render_feature_maps",
-    "render_model_filters", "save_pictures",
+    "manifest", "render_model_filters", "save_pictures",
     "ReportOptions", "build_report", "save_report",
 ]

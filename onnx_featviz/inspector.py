@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -49,6 +49,11 @@ STAGES = ("conv", "act", "both")
 #: Largest probe batch ``Inspector.info`` runs to find missing shapes (values, any dtype).
 _MAX_EXAMPLE_ELEMENTS = 2**27
 log = logging.getLogger(__name__)
+#: A model file with more external data than this keeps its large tensors on disk: onnxruntime
+#: reads them for every session (plain or rewritten), so no rewrite copies the weights.
+KEEP_EXTERNAL_MODEL_BYTES = 64 * 2**20
+#: External tensors up to this size (shapes, scales, biases) are loaded into memory anyway.
+KEEP_EXTERNAL_TENSOR_BYTES = 2**20
 _T = TypeVar("_T")
 _I = TypeVar("_I", bound="Inspector")
 
@@ -112,7 +117,9 @@ class Inspector:
                  transfer: str = "float32", name: str | None = None) -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
-        self.model = load_model(model)
+        self.model_path = Path(model) if isinstance(model, str | Path) else None
+        self.external_folder: Path | None = None
+        self.model = self._load(model)
         self.name = name or (f"model {Path(model).name}" if isinstance(model, str | Path)
                              else "the model")
         self.transfer = transfer
@@ -128,6 +135,18 @@ class Inspector:
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
+
+    def _load(self, model: ModelSource) -> onnx.ModelProto:
+        """Load the model; a file with much external data keeps its large tensors on disk."""
+        if self.model_path is None:
+            return load_model(model)
+        proto = fileio.load_model(self.model_path,
+                                  keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
+        if fileio.external_total(proto) > KEEP_EXTERNAL_MODEL_BYTES:
+            self.external_folder = self.model_path.absolute().parent.resolve()
+        else:
+            fileio.load_external(proto, self.model_path)  # our own fresh proto
+        return proto
 
     def __enter__(self: _I) -> _I:
         return self
@@ -155,6 +174,15 @@ class Inspector:
                 value.close()
         self._sessions.clear()
 
+    def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
+                     ) -> runtime.Session:
+        """Open a session (the caller owns it) on ``model``, a rewrite of ``self.model``.
+
+        Weights this inspector left on disk are read from the model's folder.
+        """
+        return runtime.Session(model, self.provider, spinning=spinning, name=self.name,
+                               external_folder=self.external_folder)
+
     def cached(self, key: Hashable, build: Callable[[], _T]) -> _T:
         """Return what ``build()`` made for ``key``, building it once per inspector.
 
@@ -171,7 +199,7 @@ class Inspector:
     def info(self) -> ModelInfo:
         """The layer catalog; shapes inference cannot give come from one real run."""
         if self._info is None:
-            info = catalog.read_catalog(self.model)
+            info = self._read_catalog()
             missing = [lay.output for lay in info.layers if lay.exposable and lay.shape is None
                        and lay.output]
             if missing:
@@ -188,6 +216,21 @@ class Inspector:
         """Return a layer by node name, output tensor name or index (close matches on error)."""
         return self.info.layer(name)
 
+    def _read_catalog(self, **given: Mapping[str, Any]) -> ModelInfo:
+        """Read the catalog; symbolic input dims are fixed to the example input on a copy.
+
+        With dynamic batch, height or width, shape inference on a copy whose input has the
+        concrete size the inspector feeds gives every layer concrete dims (layer choice and
+        spatial checks need them); the inputs keep their declared symbolic shape.
+        """
+        declared = catalog.read_catalog(self.model, **given)
+        if all(isinstance(d, int) for d in self.spec.shape) or not self.spec.shape:
+            return declared
+        example = _example_shape(self.spec, self.preprocessing)
+        concrete = catalog.read_catalog(
+            rewrite.fix_input_shape(self.model, self.spec.name, example), **given)
+        return replace(concrete, inputs=declared.inputs)
+
     def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
         shape = _example_shape(self.spec, self.preprocessing)
         if int(np.prod(shape, dtype=np.float64)) > _MAX_EXAMPLE_ELEMENTS:
@@ -199,10 +242,10 @@ class Inspector:
         try:
             values = self.run(batch, tensors)
         except (ModelError, InputError):
-            return catalog.read_catalog(self.model)
+            return self._read_catalog()
         shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
         dtypes = {k: str(v.dtype) for k, v in values.items()}
-        return catalog.read_catalog(self.model, shapes=shapes, dtypes=dtypes)
+        return self._read_catalog(shapes=shapes, dtypes=dtypes)
 
     # -- inputs --------------------------------------------------------------------------
     def load_batch(self, images: Images) -> Batch:
@@ -255,7 +298,7 @@ class Inspector:
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")
-            self._sessions[key] = runtime.Session(model, self.provider, name=self.name)
+            self._sessions[key] = self.open_session(model)
         session: runtime.Session = self._sessions[key]
         return session
 
@@ -307,10 +350,12 @@ class Inspector:
         if layers is None and not chosen:
             raise InputError("the model has no conv layers; name layers explicitly "
                              "(all names are in ModelInfo.layers)")
+        named = [None] * len(chosen) if layers is None else [
+            module_tensor(self.info, n) for n in layers]
         tensors: list[str] = []
-        for lay in chosen:
+        for lay, module in zip(chosen, named, strict=True):
             check_exposable(lay)
-            for tensor in stage_tensors(lay, stage):
+            for tensor in [module] if module else stage_tensors(lay, stage):
                 if tensor not in tensors:
                     tensors.append(tensor)
         return tensors
@@ -366,8 +411,7 @@ class Inspector:
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
         for group, chunks in plan_groups(plan):
-            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider,
-                                 name=self.name) as s:
+            with self.open_session(rewrite.expose_tensors(self.model, group)) as s:
                 wanted = [exposed_name(s, t) for t in group]
                 for rows in chunks:
                     values = s.run({self.spec.name: batch[rows]}, wanted)
@@ -376,6 +420,8 @@ class Inspector:
 
     def filters(self, layer: str | int) -> weights.Filters:
         """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
+        if self.external_folder is not None and self.model_path is not None:
+            return weights.read_filters(fileio.load_model(self.model_path), self.layer(layer))
         return weights.read_filters(self.model, self.layer(layer))
 
 
@@ -504,6 +550,8 @@ def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
         return (1, h, w, spec.channels)
     if spec.layout == "NHW":
         return (1, h, w)
+    if spec.layout == "other":  # not an image input: symbolic dims count as 1
+        return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
     return (1, spec.channels, h, w)
 
 
@@ -534,11 +582,21 @@ def stage_tensors(layer: Layer, stage: str) -> list[str]:
     return [layer.output] if act == layer.output else [layer.output, act]
 
 
-def spatial_size(shape: Sequence[int | str | None] | None) -> int:
-    """Known h*w of an (N, C, h, w) shape; 0 when unknown (dynamic), 1 without spatial dims."""
+def module_tensor(info: ModelInfo, name: str | int) -> str | None:
+    """Return the output tensor when ``name`` is a module path (not a node or tensor name)."""
+    if not isinstance(name, str):
+        return None
+    if any(lay.name == name or name in lay.outputs for lay in info.layers):
+        return None
+    return info.module_output(name)
+
+
+def spatial_size(shape: Sequence[int | str | None] | None, layout: str | None = None) -> int:
+    """Known h*w of an (N, C, h, w) shape, or (N, h, w, C) for layout ``NHWC``; 0 when unknown
+    (dynamic), 1 without spatial dims."""
     if shape is None or len(shape) < 3:
         return 1
-    dims = shape[2:]
+    dims = shape[1:-1] if layout == "NHWC" else shape[2:]
     if not all(isinstance(d, int) for d in dims):
         return 0
     return int(np.prod([int(d) for d in dims if isinstance(d, int)]))

@@ -30,6 +30,75 @@ _ORT_TYPES = {
     "tensor(int64)": "int64", "tensor(bool)": "bool", "tensor(uint16)": "uint16",
     "tensor(int16)": "int16", "tensor(bfloat16)": "float32",
 }
+#: Element types and the IR version that introduced them (float8 9, int4 10, float4 11...).
+_TYPE_IR = {17: 9, 18: 9, 19: 9, 20: 9, 21: 10, 22: 10, 23: 11, 24: 12, 25: 13, 26: 13}
+
+
+def max_ir_version() -> int:
+    """Return the newest model IR version the installed onnxruntime loads.
+
+    onnxruntime does not publish the number, so tiny one-node models are tried from the
+    installed onnx's IR version down (two tries when the runtime lags onnx by one).
+    """
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    for version in range(onnx.IR_VERSION, 3, -1):
+        probe = onnx.helper.make_model(graph, ir_version=version,
+                                       opset_imports=[onnx.helper.make_opsetid("", 13)])
+        try:
+            _quiet_session(probe.SerializeToString(), [_CPU], ort.SessionOptions())
+        except Exception:  # noqa: BLE001, S112 - any refusal means: try an older IR
+            continue
+        return version
+    return 3
+
+
+def required_ir_version(model: onnx.ModelProto) -> int:
+    """Return the oldest IR version that can express the model: its opsets and element types.
+
+    Args:
+        model: the model; not modified. Only the opset imports and the element types of
+            initializers and declared values are read.
+
+    Returns:
+        IR version (at least 3).
+    """
+    needed = 3
+    for opset in model.opset_import:
+        index = {"": 2, "ai.onnx": 2, "ai.onnx.ml": 3}.get(opset.domain)
+        if index is None:
+            continue
+        rows = [row for row in onnx.helper.VERSION_TABLE if int(row[index]) >= opset.version]
+        needed = max(needed, min((int(row[1]) for row in rows), default=onnx.IR_VERSION))
+    graph = model.graph
+    types = [t.data_type for t in graph.initializer]
+    types += [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output,
+                                                   *graph.value_info)]
+    return max([needed, *(_TYPE_IR.get(int(t), 3) for t in types)])
+
+
+def fit_ir_version(model: onnx.ModelProto) -> int | None:
+    """Return the IR version to load ``model`` with: None when the runtime reads it as it is.
+
+    Raises:
+        ModelError: the model needs an IR version newer than onnxruntime reads.
+    """
+    if model.ir_version <= 10:  # onnxruntime >= 1.17 reads IR 10 (torch's exports)
+        return None
+    newest = max_ir_version()
+    if model.ir_version <= newest:
+        return None
+    needed = required_ir_version(model)
+    if needed > newest:
+        raise ModelError(
+            f"the model has IR version {model.ir_version} and needs at least {needed}, but "
+            f"onnxruntime {ort.__version__} reads IR <= {newest}; upgrade onnxruntime")
+    log.warning("the model has IR version %d, newer than onnxruntime %s reads (<= %d); it uses "
+                "nothing newer, so it runs as IR %d", model.ir_version, ort.__version__, newest,
+                newest)
+    return newest
 
 
 def _quiet_session(
@@ -64,6 +133,16 @@ def ort_message(err: BaseException) -> str:
 
 def _is_ort_error(err: BaseException) -> bool:
     return type(err).__module__.startswith("onnxruntime")
+
+
+def _varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf varint."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def cpu_has_vnni() -> bool | None:
@@ -142,6 +221,8 @@ class Session:
         spinning: False stops idle intra-op threads from busy-waiting for the next call;
             cheaper when the host computes between session calls (True: onnxruntime's
             default).
+        external_folder: the folder of a model whose external tensors were left on disk
+            (``io.files.load_model(..., keep_external_over=...)``); None when all are in memory.
 
     Raises:
         ProviderError: ``provider="cuda"`` but CUDA does not run, or an unknown provider.
@@ -150,11 +231,14 @@ class Session:
 
     def __init__(self, model: onnx.ModelProto, provider: str = "auto", *,
                  threads: int | None = None, spinning: bool = True,
-                 name: str = "the model") -> None:
+                 name: str = "the model", external_folder: Path | None = None) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.name = name
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors reach the user as exceptions, one line each
+        if external_folder is not None:  # tensors left on disk are read from there, once
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(external_folder))
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:
@@ -178,17 +262,22 @@ class Session:
                             for i in self._session.get_inputs()}
 
     def _source(self, model: onnx.ModelProto) -> bytes | str:
+        ir_version = fit_ir_version(model)
         try:  # ByteSize() itself raises EncodeError past protobuf's 2 GiB limit
             small = model.ByteSize() < _PROTO_LIMIT
         except EncodeError:
             small = False
         if small:
             data: bytes = model.SerializeToString()
+            if ir_version is not None:  # a later scalar field wins: no copy of the weights
+                data += b"\x08" + _varint(ir_version)
             return data
         self._tmp = tempfile.TemporaryDirectory(prefix="featviz-")
         path = Path(self._tmp.name) / "model.onnx"
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # saving with external data strips the tensors it writes out
+        if ir_version is not None:
+            copy.ir_version = ir_version
         onnx.save_model(copy, str(path), save_as_external_data=True, size_threshold=0,
                         all_tensors_to_one_file=True, location="model.data")
         return str(path)

@@ -73,13 +73,21 @@ class Layer:
     raw_output: str | None = None
     exposable: bool = True
     reason: str | None = None
+    module: str | None = None
+    layout: str | None = None
 
     @property
     def channels(self) -> int | None:
-        """Size of axis 1 (channels of an NCHW tensor) when known."""
-        if self.shape is None or len(self.shape) < 2 or not isinstance(self.shape[1], int):
+        """Size of the channel axis (1, or last for ``NHWC``/``NTC`` layouts) when known."""
+        if self.shape is None or len(self.shape) < 2:
             return None
-        return self.shape[1]
+        dim = self.shape[channel_axis(self.layout)]
+        return dim if isinstance(dim, int) else None
+
+
+def channel_axis(layout: str | None) -> int:
+    """Return the channel axis of a layout name: -1 for ``NHWC`` / ``NTC``, else 1."""
+    return -1 if layout in ("NHWC", "NTC") else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,8 @@ class ModelInfo:
     ir_version: int = 0
     producer: str = ""
     metadata: tuple[tuple[str, str], ...] = field(default=())
+    modules: tuple[tuple[str, str], ...] = field(default=())
+    layouts: tuple[tuple[str, str | None], ...] = field(default=())
 
     @property
     def conv_layers(self) -> tuple[Layer, ...]:
@@ -114,16 +124,19 @@ class ModelInfo:
                 f"layer index {idx} is out of range: the model has {len(self.layers)} layers "
                 f"(0..{len(self.layers) - 1}); all layers are in ModelInfo.layers"
             )
-        found = self._by_name(name)
+        found = self._by_name(name) or self._by_name(self.module_output(name) or "")
         if found:
             return found[0]
+        paths = [path for path, _ in self.modules]
         names = list(dict.fromkeys([lay.name for lay in self.layers]
                                    + [t for lay in self.layers for t in lay.outputs]))
-        near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-        hint = f"close matches: {', '.join(near)}" if near else "no close matches"
+        near = list(dict.fromkeys(difflib.get_close_matches(name, paths, n=5, cutoff=0.6)
+                                  + difflib.get_close_matches(name, names, n=5, cutoff=0.5)))
+        hint = f"close matches: {', '.join(near[:8])}" if near else "no close matches"
         raise LayerNotFoundError(
-            f"no layer or tensor named {name!r} in the model; {hint}; "
-            "all names are in ModelInfo.layers (node name, output tensor or index)"
+            f"no layer or tensor named {name!r} in the model, nor a module with that path; "
+            f"{hint}; "
+            "all names are in ModelInfo.layers (node name, output tensor, module path or index)"
         )
 
     def __repr__(self) -> str:
@@ -133,6 +146,23 @@ class ModelInfo:
 
     def _repr_html_(self) -> str:
         return html_table(LAYER_HEADER, layer_rows(self.layers))
+
+    def module_output(self, path: str) -> str | None:
+        """Return the output tensor of module ``path`` (``layer4.1``; ``/`` also accepted)."""
+        key = ".".join(part for part in path.replace("/", ".").split(".") if part)
+        return next((tensor for mod, tensor in self.modules if mod == key), None)
+
+    def module_of(self, tensor: str) -> str | None:
+        """Return the outermost module whose output is ``tensor``, else the module of the node
+        that computes it (None when the exporter recorded none)."""
+        paths = [mod for mod, out in self.modules if out == tensor]
+        if paths:
+            return min(paths, key=lambda p: (p.count("."), len(p)))
+        return next((lay.module for lay in self.layers if tensor in lay.outputs), None)
+
+    def layout(self, tensor: str) -> str | None:
+        """Return the layout (``NCHW``, ``NHWC``, ``NTC`` or None) of a tensor."""
+        return next((lay for name, lay in self.layouts if name == tensor), None)
 
     def _by_name(self, name: str) -> list[Layer]:
         by_node = [lay for lay in self.layers if lay.name == name]

@@ -89,7 +89,8 @@ def _cam_rows(report: CamReport) -> NDArray[np.int64]:
 
 
 def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
-    """Return per CAM: image, target, rank, layer, score tensor and the image's top classes.
+    """Return per CAM: image, target, rank, layer (tensor, module path, layout), score tensor
+    and the image's top classes.
 
     ``rank`` is 1 for the image's best class, 2 for the second (as in the ``_top<rank>`` file
     names), and null when the target was given rather than picked from the scores.
@@ -99,7 +100,8 @@ def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
     return [{"image": report.sources[int(i)], "method": report.method,
              "target": int(report.targets[row]),
              "rank": int(rank[row]) + 1 if rank[row] >= 0 else None,
-             "layer": report.layer, "score_tensor": report.score_tensor,
+             "layer": report.layer, "module": report.module, "layout": report.layout,
+             "score_tensor": report.score_tensor,
              "top": [{"index": c.index, "label": c.label, "probability": c.score}
                      for c in report.top[int(i)]]}
             for row, i in enumerate(index)]

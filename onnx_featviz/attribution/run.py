@@ -29,6 +29,7 @@ from onnx_featviz.inspector import (
     as_probabilities,
     check_exposable,
     exposed_name,
+    module_tensor,
     prediction,
     spatial_size,
     stage_tensors,
@@ -38,8 +39,10 @@ from onnx_featviz.render import compose, figures
 from onnx_featviz.render.progress import progress_for
 from onnx_featviz.structs import (
     ClassScore,
+    ModelInfo,
     Progress,
     ProgressFn,
+    Shape,
     auto_progress,
 )
 
@@ -99,6 +102,8 @@ class CamReport:
         titles: per row, the overlay's title (class, label, probability, method, layer);
         probabilities: (R,) the probability of each row's target; cmap: the overlays' colormap;
         whole_image: the overlays cover each whole picture rather than the model input.
+        module: the module path of ``layer`` (None when the exporter recorded none); layout:
+            ``layer``'s layout (``NCHW``, ``NHWC`` or None).
     """
 
     method: str
@@ -116,6 +121,8 @@ class CamReport:
     probabilities: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     cmap: str = "jet"
     whole_image: bool = False
+    module: str | None = None
+    layout: str | None = None
 
     def __repr__(self) -> str:
         return (f"CamReport({self.method!r}, layer={self.layer!r}, {len(self.cam)} maps of "
@@ -169,6 +176,10 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
     entry = cams.METHODS[method]
     run = _cam_pass(inspector, loaded.array, layer, entry, options)
     score, scores, targets, index, rank, batch, cam_targets, acts, grads = run
+    last = inspector.info.layout(layer) == "NHWC"
+    if last:  # the CAM maths read (N, C, h, w): move a channels-last layer's channels first
+        acts = np.ascontiguousarray(np.moveaxis(acts, -1, 1))
+        grads = None if grads is None else np.ascontiguousarray(np.moveaxis(grads, -1, 1))
     nchw = _as_nchw(inspector, batch)
     inputs = cams.CamInputs(
         targets=cam_targets, input_size=(nchw.shape[2], nchw.shape[3]), activations=acts,
@@ -176,7 +187,8 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         forward=_forward_fn(inspector, score) if entry.needs_forward else None,
         forward_masked=(_masked_forward_fn(inspector, score, nchw, acts.shape[2:])
                         if method == "score_cam" else None),
-        forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch)
+        forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch,
+                                              channels_last=last)
                             if entry.needs_layer_forward else None),
         occlusion=options.occlusion or cam_perturbation.OcclusionOptions(),
         batch_size=options.batch_size, progress=None)
@@ -191,7 +203,8 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
     overlays = _overlays(inspector, loaded, result.cam, index, options)
     return CamReport(method, layer, score, result.targets, top, result.cam,
                      result.layer_cam, overlays, loaded.sources, index, rank, titles, chosen,
-                     options.cmap, options.whole_image and len(loaded.originals) == len(probs))
+                     options.cmap, options.whole_image and len(loaded.originals) == len(probs),
+                     inspector.info.module_of(layer), inspector.info.layout(layer))
 
 
 def _cam_title(inspector: Inspector, method: str, layer: str, target: int,
@@ -262,7 +275,7 @@ def _top1_gradients(inspector: Inspector, batch: NDArray[np.generic], layer: str
     key = ("top1", (name, layer))
     fused = inspector.cached(("model", key), lambda: autodiff.seed_top1(autodiff.differentiate(
         inspector.model, of=name, wrt=[layer], keep_outputs=[layer])))
-    session = inspector.cached(key, lambda: runtime.Session(fused.model, inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(fused.model))
     names = [name, fused.outputs[-1], fused.gradient(layer), layer]
     values = session.run({inspector.spec.name: batch}, names, max_batch=inspector.max_batch)
     scores = _class_scores(values[name], name)
@@ -290,29 +303,77 @@ def _cam_targets(inspector: Inspector, scores: NDArray[np.float32], options: Cam
 
 
 def cam_layer(inspector: Inspector, layer: str | int | None = None) -> str:
-    """Return the tensor a CAM uses: a conv layer's activation output, else the layer output.
+    """Return the tensor a CAM uses: a module's output, a conv layer's activation output, else
+    the layer output.
 
-    Default: the last conv layer whose output has spatial size > 1.
+    Default (``head_input``): the tensor the head's global pooling or flatten reads, i.e. the
+    output of the last block that still has spatial dims (``layer4`` on ResNet, ``features``
+    on VGG and DenseNet, ``stages.3`` on ConvNeXt); without such a head, the last conv layer
+    whose output has spatial size > 1.
 
     Raises:
         InputError: the layer has no spatial dims; LayerNotFoundError: no such layer.
     """
+    info = inspector.info
     if layer is None:
-        for lay in reversed(inspector.info.conv_layers):
-            tensor = stage_tensors(lay, "act")[0]
-            if spatial_size(inspector.info.layer(tensor).shape) > 1:
-                return tensor
-        raise InputError("the model has no conv layer with spatial size > 1; name a layer "
-                         "with spatial dims (N, C, h, w) via layer=")
+        found = head_input(info) or _last_spatial_conv(info)
+        if found is None:
+            raise InputError("the model has no conv layer with spatial size > 1; name a layer "
+                             "with spatial dims (N, C, h, w) via layer=")
+        return found
     lay = inspector.layer(layer)
     check_exposable(lay)
-    tensor = stage_tensors(lay, "act")[0]
-    shape = inspector.info.layer(tensor).shape
-    if shape is not None and (len(shape) != 4 or spatial_size(shape) == 1):
+    tensor = module_tensor(info, layer) or stage_tensors(lay, "act")[0]
+    shape = _tensor_shape(info, tensor)
+    layout = info.layout(tensor)
+    if shape is not None and (len(shape) != 4 or spatial_size(shape, layout) == 1):
         raise InputError(f"layer {lay.name!r} (tensor {tensor!r}, shape {shape}) has no "
-                         "spatial dims; a CAM needs an (N, C, h, w) layer with h*w > 1: "
-                         "pick a conv layer")
+                         "spatial dims; a CAM needs an (N, C, h, w) or (N, h, w, C) layer "
+                         "with h*w > 1: pick a conv layer or a block's output")
     return tensor
+
+
+#: Ops of a classifier head that read the last spatial block (global pooling, flatten).
+_HEAD_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+                       "Flatten", "Reshape", "AveragePool"})
+
+
+def head_input(info: ModelInfo) -> str | None:
+    """Return the tensor the head's global pooling or flatten reads, or None.
+
+    That is the input of the last (graph order) pooling, mean or flatten node whose input is a
+    4-D ``NCHW`` / ``NHWC`` tensor with spatial size > 1 and whose output has no spatial extent
+    left (rank below 4, or spatial size 1).
+    """
+    producers = {o: lay for lay in info.layers for o in lay.outputs if o}
+    for lay in reversed(info.layers):
+        if lay.op_type not in _HEAD_OPS or not lay.inputs or not lay.exposable:
+            continue
+        source = lay.inputs[0]
+        layout = info.layout(source)
+        shape = _tensor_shape(info, source)
+        if source not in producers or layout not in ("NCHW", "NHWC") or shape is None:
+            continue
+        if len(shape) != 4 or spatial_size(shape, layout) <= 1:
+            continue
+        out = lay.shape
+        if out is not None and (len(out) < 4 or spatial_size(out, info.layout(lay.output)) == 1):
+            return source
+    return None
+
+
+def _last_spatial_conv(info: ModelInfo) -> str | None:
+    """Return the activation output of the last conv layer with spatial size > 1, or None."""
+    for lay in reversed(info.conv_layers):
+        tensor = stage_tensors(lay, "act")[0]
+        if spatial_size(_tensor_shape(info, tensor), info.layout(tensor)) > 1:
+            return tensor
+    return None
+
+
+def _tensor_shape(info: ModelInfo, tensor: str) -> Shape | None:
+    """Return the shape of ``tensor`` when it is a layer's output, else None."""
+    return next((lay.shape for lay in info.layers if lay.output == tensor), None)
 
 
 def score_tensor(inspector: Inspector, score: str | int | None = None) -> str:
@@ -348,7 +409,7 @@ def _grad_session(inspector: Inspector, of: str, wrt: str, *, guided: bool = Fal
     key = ("guided" if guided else "grad", (of, wrt, *keep))
     grad = inspector.cached(("model", key), lambda: autodiff.differentiate(
         inspector.model, of=of, wrt=[wrt], guided=guided, keep_outputs=list(keep)))
-    session = inspector.cached(key, lambda: runtime.Session(grad.model, inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(grad.model))
     return session, grad
 
 
@@ -409,7 +470,7 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
                 else rewrite.expose_tensors(inspector.model, [score]))
         masked = masking.mask_input(base, map_size=size, input_size=images.shape[2:4],
                                     layout=inspector.spec.layout)
-        return runtime.Session(masked, inspector.provider)
+        return inspector.open_session(masked)
 
     session = inspector.cached(key, build)
     name = exposed_name(session, score)
@@ -433,9 +494,11 @@ def _masked_forward_fn(inspector: Inspector, score: str, images: NDArray[np.floa
     return forward
 
 
-def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArray[np.generic]
-                      ) -> cam_perturbation.LayerForwardFn:
+def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArray[np.generic],
+                      *, channels_last: bool = False) -> cam_perturbation.LayerForwardFn:
     """Scores of the network after ``layer`` fed with a layer batch (for Ablation-CAM).
+
+    Rows come (N, C, h, w); for a ``channels_last`` layer they are fed back as (N, h, w, C).
 
     The model cut at ``layer`` (``rewrite.cut_at``) is built once and kept in the session
     dict under ``("cut", (layer, score))``. Where the rest of the graph still reads the model
@@ -443,16 +506,31 @@ def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArr
     ``batch[image_index[b]]``.
     """
     key = ("cut", (layer, score))
-    session = inspector.cached(key, lambda: runtime.Session(
-        rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score]),
-        inspector.provider))
+    session = inspector.cached(key, lambda: inspector.open_session(
+        rewrite.expose_tensors(rewrite.cut_at(inspector.model, layer), [score])))
     dtype = session.input_types.get(layer, "float32")
+    fixed = inspector.spec.batch if isinstance(inspector.spec.batch, int) else None
+    step: list[int] = []
 
     def forward(rows: NDArray[np.floating], image_index: NDArray[np.intp]
                 ) -> NDArray[np.floating]:
-        feeds: dict[str, NDArray[np.generic]] = {layer: np.asarray(rows).astype(dtype)}
+        fed = np.moveaxis(np.asarray(rows), 1, -1) if channels_last else np.asarray(rows)
+        index = np.asarray(image_index, np.intp)
+        if not step:  # a graph that reshapes to its fixed export batch (dynamo's view(1, -1))
+            try:      # takes only that many rows: learn it on the first call
+                return run_rows(fed, index)
+            except InputError:
+                if not fixed or len(fed) <= fixed:
+                    raise
+                step.append(fixed)
+        parts = [run_rows(fed[i:i + step[0]], index[i:i + step[0]])
+                 for i in range(0, len(fed), step[0])]
+        return np.concatenate(parts)
+
+    def run_rows(fed: NDArray[np.generic], index: NDArray[np.intp]) -> NDArray[np.floating]:
+        feeds: dict[str, NDArray[np.generic]] = {layer: np.ascontiguousarray(fed, dtype)}
         if inspector.spec.name in session.input_types:
-            feeds[inspector.spec.name] = batch[np.asarray(image_index, np.intp)]
+            feeds[inspector.spec.name] = batch[index]
         values = session.run(feeds, [score], max_batch=inspector.max_batch)[score]
         return np.asarray(values, np.float32).reshape(len(values), -1)
 
@@ -506,6 +584,8 @@ def backprop(inspector: Inspector, images: Images, method: str, target: int | st
     if method == "guided-gradcam":
         layer = cam_layer(inspector, None)
         lgrad, acts = _gradients(inspector, batch, score, layer, targets, full, keep=[layer])
+        if inspector.info.layout(layer) == "NHWC":
+            lgrad, acts = np.moveaxis(lgrad, -1, 1), np.moveaxis(acts, -1, 1)
         heat = cams.compute("grad_cam", cams.CamInputs(
             targets=targets, input_size=(grads.shape[2], grads.shape[3]),
             activations=acts, gradients=lgrad)).cam

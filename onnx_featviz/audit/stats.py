@@ -16,7 +16,6 @@ from numpy.typing import NDArray
 import onnx_featviz.audit.metrics as audit
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
-import onnx_featviz.runtime as runtime
 from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS, RayOptions, check_engine
 from onnx_featviz.errors import InputError
 from onnx_featviz.graph import reductions
@@ -304,8 +303,8 @@ def image_stats(inspector: Inspector, images: Images, layers: Sequence[str | int
         feed = {inspector.spec.name: batch[start:start + step]}
         values = session.run(feed, names, split=False)
         if not all(np.isfinite(values[reductions.stat_output("sum", t)]).all() for t in tensors):
-            nonfinite = inspector.cached(counts, lambda: runtime.Session(
-                reductions.append_nonfinite_counts(inspector.model, tensors), inspector.provider))
+            nonfinite = inspector.cached(counts, lambda: inspector.open_session(
+                reductions.append_nonfinite_counts(inspector.model, tensors)))
             wanted = [reductions.stat_output(reductions.NONFINITE_STAT, t) for t in tensors]
             values.update(nonfinite.run(feed, wanted, split=False))
         for tensor in tensors:

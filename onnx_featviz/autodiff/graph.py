@@ -314,9 +314,21 @@ def _assemble(model: onnx.ModelProto, ctx: Emitter, types: Types, seed_name: str
         if DEPRECATED in str(err):  # a forward op (GroupNormalization-18): onnxruntime runs it
             LOG.warning("the gradient graph keeps a deprecated forward op: %s", err)
             return model
+        if _EXTERNAL_FILE in str(err) and _has_external(model):
+            # weights left on disk: the checker looks for their file beside the working folder,
+            # onnxruntime reads them from the model's folder (runtime.Session external_folder)
+            return model
         raise ModelError(f"the gradient graph failed the ONNX checker: {err}; please report "
                          "this model's op list") from err
     return model
+
+
+_EXTERNAL_FILE = "should be stored in"
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    """Return whether an initializer of the main graph keeps its data in an external file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 TOP1_PREFIX = "featviz/top1/"

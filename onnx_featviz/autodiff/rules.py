@@ -78,7 +78,8 @@ from onnx_featviz.errors import ModelError
 LIMITS: dict[str, str] = {
     "Conv": "data gradient only (a weight or bias on the path raises ModelError)",
     "ConvTranspose": "pads/output_padding only (output_shape or SAME auto_pad raise ModelError)",
-    "Slice": "steps of 1 only; negative starts/ends need a static dimension",
+    "Slice": "positive steps; steps > 1 need constant bounds and static shapes; negative "
+             "starts/ends need a static dimension",
     "Pad": "constant mode only",
     "Gather": "constant indices only",
     "Resize": "nearest/linear/cubic on the last two axes; sizes/scales known only at run time "
@@ -189,10 +190,70 @@ def _slice_params(ctx: Emitter, node: onnx.NodeProto) -> list[tuple[int, int | s
     return [(int(a) % rank, s, e) for a, s, e in zip(axes, bounds[0], bounds[1], strict=True)]
 
 
+def _strided_slice(ctx: Emitter, node: onnx.NodeProto
+                   ) -> list[tuple[int, int, int, int]] | None:
+    """Return (axis, start, end, step) per sliced axis of a Slice with a step other than 1
+    whose bounds, axes and steps are constant; None for step-1 slices."""
+    if len(node.input) < 5 or not node.input[4]:
+        return None
+    steps = [int(v) for v in ctx.value(node.input[4]).tolist()]
+    if all(v == 1 for v in steps):
+        return None
+    names = node.input[1:4]
+    if not all(n in ctx.consts for n in names if n) or any(v < 1 for v in steps):
+        raise ModelError(
+            f"Slice node {node.name!r} uses steps {steps} with bounds computed at run time or "
+            "a negative step; only constant slices with positive steps have a gradient rule; "
+            "use a gradient-free method (Score-CAM, Ablation-CAM, Eigen-CAM, occlusion)")
+    rank = ctx.rank(node.input[0])
+    starts, ends = ([int(v) for v in ctx.value(n).tolist()] for n in names[:2])
+    axes = ([int(v) % rank for v in ctx.value(names[2]).tolist()] if names[2]
+            else list(range(len(starts))))
+    return list(zip(axes, starts, ends, steps, strict=True))
+
+
+def _strided_slice_vjp(ctx: Emitter, node: onnx.NodeProto, g: str,
+                       params: list[tuple[int, int, int, int]]) -> list[str | None]:
+    """Slice with steps > 1 (static shapes): spread each gradient row ``step`` apart (append
+    ``step - 1`` zeros after it, merge), then pad or crop back to the input's extent."""
+    dims_in = ctx.shape(node.input[0]) or ()
+    dims_out = ctx.shape(node.output[0]) or ()
+    if not all(isinstance(d, int) for d in (*dims_in, *dims_out)) or (
+            len(dims_out) != len(dims_in)):
+        raise ModelError(f"Slice node {node.name!r} with steps needs static shapes for its "
+                         "gradient; export with a fixed input size or use a gradient-free "
+                         "method (Score-CAM, Ablation-CAM, Eigen-CAM, occlusion)")
+    in_shape = [int(d) for d in dims_in if isinstance(d, int)]
+    shape = [int(d) for d in dims_out if isinstance(d, int)]
+    rank = len(shape)
+    for axis, start, _, step in params:
+        dim, length = in_shape[axis], shape[axis]
+        lo = min(max(start + dim if start < 0 else start, 0), dim)
+        if step > 1 and length:
+            grown = [*shape[:axis + 1], 1, *shape[axis + 1:]]
+            g = ctx.op("Reshape", [g, ctx.ints(grown)])
+            pads = [0] * (2 * (rank + 1))
+            pads[rank + 1 + axis + 1] = step - 1
+            g = ctx.op("Pad", [g, ctx.ints(pads)])
+            shape[axis] = length * step
+            g = ctx.op("Reshape", [g, ctx.ints(shape)])
+        if shape[axis] > dim - lo:  # the last spread row overhangs the input: crop it
+            g = ctx.op("Slice", [g, ctx.ints([0]), ctx.ints([dim - lo]), ctx.ints([axis])])
+            shape[axis] = dim - lo
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = lo, dim - lo - shape[axis]
+        g = ctx.op("Pad", [g, ctx.ints(pads)])
+        shape[axis] = dim
+    return _first(ctx, node, g)
+
+
 def slice_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
-    """Slice (step 1): pad the gradient back with zeros to the input's shape."""
+    """Slice: pad the gradient back with zeros to the input's shape (steps > 1: spread it)."""
     g = grads[0]
     assert g is not None
+    strided = _strided_slice(ctx, node)
+    if strided is not None:
+        return _strided_slice_vjp(ctx, node, g, strided)
     x = node.input[0]
     shape = ctx.shape(x) or ()
     rank = ctx.rank(x)

@@ -188,7 +188,8 @@ def _fill_ranks(model: onnx.ModelProto, types: Types, consts: dict[str, NDArray[
 def constants(model: onnx.ModelProto) -> dict[str, NDArray[Any]]:
     """Return constant tensor values: initializers, Constant nodes, small folded subgraphs."""
     consts: dict[str, NDArray[Any]] = {
-        i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+        if i.data_location != onnx.TensorProto.EXTERNAL}  # weights left on disk stay there
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD:
             continue

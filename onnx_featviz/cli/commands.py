@@ -177,7 +177,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
     written = save_or_mark_partial(lambda: api.save_pictures(
         result.pictures, out, arrays=result.arrays, npz=save_npz),
         out, [p.name for p in result.pictures])
-    emit_written(written, as_json)
+    emit_written(written, as_json, api.manifest(result, written))
 
 
 @main.command(context_settings=CONTEXT)
@@ -229,7 +229,7 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
     written = save_or_mark_partial(lambda: api.save_pictures(
         result.pictures, out, arrays=result.arrays, npz=save_npz),
         out, [p.name for p in result.pictures])
-    emit_written(written, as_json)
+    emit_written(written, as_json, api.manifest(result, written))
 
 
 @main.command("build-conv", context_settings=CONTEXT)
@@ -269,8 +269,8 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
               "score_cam, ablation_cam or occlusion.")
-@click.option("--layer", help="Target layer (name, tensor or index); default: the last conv "
-              "layer with spatial size > 1.")
+@click.option("--layer", help="Target layer (name, tensor, index or module path such as "
+              "layer4); default: the last block the head's global pooling reads.")
 @click.option("--target", help="Class index or label name (with --labels); default: top-1.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Class names, one per line (default: the model's metadata).")

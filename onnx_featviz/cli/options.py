@@ -328,6 +328,7 @@ class _Bar:
         self.latest: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
+        _check_interrupt(progress)
         self.latest = progress
         now = time.monotonic()
         finished = progress.total is not None and progress.done >= progress.total
@@ -377,8 +378,8 @@ def progress_bar(label: str, *, enabled: bool = True, interval: float = 5.0
     On a terminal the bar redraws in place; elsewhere (CI logs) a line every ``interval`` s
     and a final one.
     """
-    if not enabled:
-        yield None
+    if not enabled:  # draw nothing, but still stop at the next step after a Ctrl-C
+        yield _check_interrupt
         return
     bar = _Bar(label, sys.stderr, interval=interval)
     try:
@@ -404,15 +405,32 @@ def _bug_line(err: BaseException) -> str:
             "report it; rerun with --debug (or FEATVIZ_DEBUG=1) to see the traceback")
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C: raise KeyboardInterrupt, and remember it in case that raise is swallowed (one
+    landing in a weakref callback of a lazy import is only printed by Python)."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def _check_interrupt(progress: Progress | None = None) -> None:
+    """Raise KeyboardInterrupt at the next progress step after a swallowed Ctrl-C."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def _interrupts_raise() -> Iterator[None]:
     """While a command runs, let Ctrl-C raise KeyboardInterrupt (so partial work is saved),
     replacing the exit-at-once handler ``__main__`` installs for the import phase."""
     handler = None
+    _INTERRUPTED.clear()
     if threading.current_thread() is threading.main_thread():
         handler = signal.getsignal(signal.SIGINT)
         if getattr(handler, "featviz_startup", False):
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, _raise_interrupt)
         else:
             handler = None
     try:

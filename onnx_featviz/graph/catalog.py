@@ -16,12 +16,17 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, helper
 
+from onnx_featviz.graph.layouts import tensor_layouts
+from onnx_featviz.graph.modules import module_outputs, node_modules
 from onnx_featviz.structs import ACTIVATION_OPS, CONV_OPS, Layer, ModelInfo, Shape, TensorSpec
 
 log = logging.getLogger(__name__)
 
 #: Nodes an activation link may pass through (one input, same values up to scale/shift).
 _PASSTHROUGH_OPS = frozenset({"BatchNormalization", "Identity"})
+#: Ops that pass the link on when their other operand is a constant: a bias ``Add`` between Conv
+#: and Relu (CNTK, TF) and a BatchNorm decomposed into ``Mul`` + ``Add``.
+_AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 #: com.microsoft quantized activations that may follow a QLinearConv.
 _QLINEAR_ACTIVATIONS = frozenset({"QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax"})
 #: Ops a final Softmax may pass through on its way to a graph output.
@@ -105,6 +110,8 @@ def read_catalog(
     graph = _index_graph(model.graph)
     names = _assign_names([n for n in model.graph.node], set())
     layers = [_main_layer(i, node, names[i], graph, types) for i, node in enumerate(graph.nodes)]
+    layouts = _layouts(model)
+    layers = _with_modules_layouts(model, layers, layouts)
     layers += _subgraph_layers(model.graph, names, set(names), len(layers),
                                graph.const_sizes, types)
     init = {t.name for t in model.graph.initializer}
@@ -116,7 +123,27 @@ def read_catalog(
         ir_version=int(model.ir_version),
         producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
         metadata=tuple((p.key, p.value) for p in model.metadata_props),
+        modules=tuple(module_outputs(model).items()),
+        layouts=tuple(layouts.items()),
     )
+
+
+def _layouts(model: onnx.ModelProto) -> dict[str, str | None]:
+    """Return ``layouts.tensor_layouts``, empty (with a log line) when it cannot be inferred."""
+    try:
+        return tensor_layouts(model)
+    except Exception as err:  # a layout is a hint: a graph inference cannot read loses it only
+        log.warning("tensor layouts could not be inferred (%s); channels are taken on axis 1",
+                    err)
+        return {}
+
+
+def _with_modules_layouts(model: onnx.ModelProto, layers: list[Layer],
+                          layouts: Mapping[str, str | None]) -> list[Layer]:
+    """Fill each main-graph layer's module path and its output tensor's layout."""
+    paths = node_modules(model)
+    return [replace(lay, module=paths.get(lay.output, paths.get(lay.name)),
+                    layout=layouts.get(lay.output)) for lay in layers]
 
 
 def model_names(model: onnx.ModelProto) -> list[str]:
@@ -460,11 +487,23 @@ def _find_activation(tensor: str, graph: _Graph) -> tuple[str, str] | None:
         pair = _qdq_after(tensor, graph)
         if pair is not None:
             tensor = pair[1]
-        elif node.op_type in _PASSTHROUGH_OPS:
+        elif node.op_type in _PASSTHROUGH_OPS or _constant_affine(node, tensor, graph):
             tensor = node.output[0]
         else:
             return None
     return None
+
+
+def _constant_affine(node: onnx.NodeProto, tensor: str, graph: _Graph) -> bool:
+    """Return whether ``node`` is ``tensor (+ - * /) constant`` (a bias or a decomposed BN)."""
+    if node.op_type not in _AFFINE_OPS or len(node.input) != 2 or node.input[0] != tensor:
+        return False
+    other = node.input[1]
+    producer = graph.producers.get(other)
+    while producer is not None and producer.op_type in _WEIGHT_PATH_OPS and producer.input:
+        other = producer.input[0]
+        producer = graph.producers.get(other)
+    return other in graph.const_sizes
 
 
 def _gated_activation(tensor: str, users: Sequence[onnx.NodeProto]) -> tuple[str, str] | None:

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 
 from onnx_featviz.errors import InputError
 from onnx_featviz.graph import catalog as catalog
+from onnx_featviz.graph.layouts import tensor_layouts
 from onnx_featviz.graph.rewrite import (
     _CONST,
     _append,
@@ -91,6 +92,7 @@ def append_channel_stats(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx
     out = _copy(model)
     ctx = _context(out, None, None)
     present = {o.name for o in out.graph.output}
+    last = channels_last(model, tensors)
     for tensor in dict.fromkeys(tensors):
         _check_tensor(tensor, ctx)
         low, high = _clip_bounds(tensor, ctx, out.graph)
@@ -98,7 +100,7 @@ def append_channel_stats(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx
                  *(["at_high"] if high is not None else [])]
         if all(stat_output(s, tensor) in present for s in stats):
             continue
-        view = _stat_view(out.graph, ctx, tensor)
+        view = _stat_view(out.graph, ctx, tensor, channels_last=tensor in last)
         _add_moment_nodes(out.graph, ctx, view)
         for op, stat in (("ReduceMin", "min"), ("ReduceMax", "max")):
             _reduce(out.graph, ctx, op, view.source, stat_output(stat, tensor), view.spatial)
@@ -128,11 +130,12 @@ def append_nonfinite_counts(model: onnx.ModelProto, tensors: Sequence[str]) -> o
     out = _copy(model)
     ctx = _context(out, None, None)
     present = {o.name for o in out.graph.output}
+    last = channels_last(model, tensors)
     for tensor in dict.fromkeys(tensors):
         _check_tensor(tensor, ctx)
         if stat_output(NONFINITE_STAT, tensor) in present:
             continue
-        view = _stat_view(out.graph, ctx, tensor)
+        view = _stat_view(out.graph, ctx, tensor, channels_last=tensor in last)
         inf = _const(out.graph, ctx, "inf", np.array(np.inf, np.float32))
         magnitude = _stat_node(out.graph, ctx, "Abs", [view.source], "stats_abs", tensor)
         finite = _stat_node(out.graph, ctx, "Less", [magnitude, inf], "stats_is_finite", tensor)
@@ -204,11 +207,29 @@ class _View:
         return list(range(2, len(self.shape)))
 
 
-def _stat_view(graph: onnx.GraphProto, ctx: _Context, tensor: str) -> _View:
-    """Float32 source of ``tensor``; one of unknown rank or (N, C) is reshaped to (N, C, L)."""
+def channels_last(model: onnx.ModelProto, tensors: Sequence[str]) -> frozenset[str]:
+    """Return those of ``tensors`` whose channel axis is the last (``NHWC`` or ``NTC``)."""
+    wanted = set(tensors)
+    if not wanted:
+        return frozenset()
+    layouts = tensor_layouts(model)
+    return frozenset(t for t in wanted if layouts.get(t) in ("NHWC", "NTC"))
+
+
+def _stat_view(graph: onnx.GraphProto, ctx: _Context, tensor: str, *,
+               channels_last: bool = False) -> _View:
+    """Float32 (N, C, ...) source of ``tensor``: a channels-last tensor is transposed, one of
+    unknown rank or (N, C) is reshaped to (N, C, L)."""
     source = _float32_source(graph, tensor, ctx)
     shape = ctx.types.get(tensor, ("", None))[1]
     channels = _channels(tensor, ctx)
+    if shape is not None and len(shape) >= 3 and channels_last:
+        perm = [0, len(shape) - 1, *range(1, len(shape) - 1)]
+        moved = f"featviz/stats_nchw/{tensor}"
+        if moved not in ctx.made:
+            _append(graph, ctx, helper.make_node("Transpose", [source], [moved], name=moved,
+                                                 perm=perm))
+        return _View(tensor, moved, tuple(shape[i] for i in perm))
     if shape is not None and len(shape) >= 3:
         return _View(tensor, source, shape)
     shape_ncl = _const(graph, ctx, "shape_ncl", np.array([0, 0, -1], np.int64))

@@ -118,6 +118,29 @@ def expose_tensors(
     return out
 
 
+def fix_input_shape(model: onnx.ModelProto, name: str, shape: Sequence[int]
+                    ) -> onnx.ModelProto:
+    """Return a copy of ``model`` whose input ``name`` has the concrete ``shape``.
+
+    The copy drops the declared ``value_info`` (symbolic shapes that no longer hold) so that
+    shape inference on it gives every tensor the dims of that one input size.
+
+    Raises:
+        ModelError: no graph input ``name``, or ``shape`` has another rank.
+    """
+    out = _copy(model)
+    found = [v for v in out.graph.input if v.name == name]
+    if not found or len(found[0].type.tensor_type.shape.dim) != len(shape):
+        raise ModelError(f"cannot fix input {name!r} to shape {tuple(shape)}: the graph inputs "
+                         f"are {[v.name for v in out.graph.input]} with other ranks; give the "
+                         "input's name and one dim per axis")
+    for dim, size in zip(found[0].type.tensor_type.shape.dim, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = int(size)
+    del out.graph.value_info[:]
+    return out
+
+
 def cut_name(tensor: str) -> str:
     """Return the name ``cut_at`` gives the original producer output of ``tensor``."""
     return f"featviz/cut/{tensor}"

@@ -53,7 +53,8 @@ _NPY_HEADER_LIMIT = 10000
 
 
 # -- models ---------------------------------------------------------------------------------
-def load_model(source: str | Path | bytes) -> onnx.ModelProto:
+def load_model(source: str | Path | bytes, *, keep_external_over: int | None = None
+               ) -> onnx.ModelProto:
     """Load an ONNX model from a file path or serialized bytes, with its external data.
 
     External data files are resolved against the model's folder and must lie inside it. The
@@ -61,9 +62,13 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
 
     Args:
         source: path of a ``.onnx`` file, or the serialized ``ModelProto`` bytes.
+        keep_external_over: external tensors larger than this many bytes stay on disk (their
+            references kept; onnxruntime reads them from ``path``'s folder, see
+            ``runtime.Session``'s ``external_folder``); None loads every tensor.
 
     Returns:
-        The parsed model with every external tensor loaded into memory.
+        The parsed model with its external tensors loaded into memory (all, or those up to
+        ``keep_external_over`` bytes).
 
     Raises:
         ModelError: missing path, directory, empty or non-ONNX file, truncated protobuf, a model
@@ -83,9 +88,14 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     tensors = [t for t in _all_tensors(model) if _is_external(t)]
     for tensor in tensors:
         _check_external(tensor, folder, path)
+    if keep_external_over is not None:
+        tensors = [t for t in tensors if external_size(t) <= keep_external_over]
     if tensors:
         try:
-            external_data_helper.load_external_data_for_model(model, str(folder))
+            for tensor in tensors:
+                external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
         except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as err:
             raise ModelError(f"cannot read the external data of {path} from {folder}: {err}; "
                              "keep the data files beside the model as exported") from err
@@ -184,6 +194,37 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(attr.g)
         for graph in attr.graphs:
             yield from _graph_tensors(graph)
+
+
+def external_size(tensor: onnx.TensorProto) -> int:
+    """Return the bytes an external tensor takes in its data file (0 when it is inline)."""
+    if not _is_external(tensor):
+        return 0
+    info = {e.key: e.value for e in tensor.external_data}
+    if info.get("length", "").isdigit():
+        return int(info["length"])
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+
+
+def external_total(model: onnx.ModelProto) -> int:
+    """Return the bytes of the tensors ``model`` still keeps in external files."""
+    return sum(external_size(t) for t in _all_tensors(model))
+
+
+def load_external(model: onnx.ModelProto, model_path: Path) -> None:
+    """Load the external tensors still on disk into ``model`` (a proto this caller loaded with
+    ``load_model(..., keep_external_over=...)``; changed in place).
+
+    Raises:
+        ModelError: the data files cannot be read.
+    """
+    folder = model_path.absolute().parent.resolve()
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot read the external data of {model_path} from {folder}: {err}; "
+                         "keep the data files beside the model as exported") from err
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:

@@ -5,11 +5,12 @@ atomically.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class Picture:
     image: Image.Image
     title: str = ""
     shows: str = ""
+    source: str | None = None
+    """The tensor, node or layer name the picture shows (None: not one name)."""
 
     def __repr__(self) -> str:
         return (f"Picture({self.name!r}, {self.image.width}x{self.image.height} "
@@ -45,10 +48,15 @@ class Picture:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    """Pictures plus the raw arrays behind them (for ``.npz`` export)."""
+    """Pictures plus the raw arrays behind them (for ``.npz`` export) and their layouts.
+
+    ``layouts`` maps an array key to its layout (``NCHW``, ``NHWC``, ``NTC``; absent or None
+    when unknown); the arrays are kept exactly as computed.
+    """
 
     pictures: tuple[Picture, ...]
     arrays: Mapping[str, NDArray[np.generic]]
+    layouts: Mapping[str, str | None] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         arrays = ", ".join(f"{k}: {tuple(np.shape(v))}" for k, v in self.arrays.items())
@@ -94,9 +102,44 @@ def input_folders(sources: Sequence[str]) -> list[str]:
     return names
 
 
+#: Longest file stem written: TFLite names run to hundreds of characters and file systems
+#: allow 255 bytes per name (a suffix, ``_before_after`` and a picture prefix must still fit).
+MAX_STEM = 96
+_HASH_CHARS = 10
+
+
 def file_stem(name: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    """Return a file-system safe stem for any tensor or node name.
+
+    Characters other than letters, digits, ``-``, ``_`` and ``.`` become ``_``; a stem longer
+    than ``MAX_STEM`` keeps its start and ends with ``_`` and a short hash of the full name, so
+    that long names sharing a prefix still get distinct files.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_"
+                   for c in name).strip("._")
+    if len(safe) > MAX_STEM:
+        digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+        safe = f"{safe[:MAX_STEM - _HASH_CHARS - 1]}_{digest}"
     return safe or "tensor"
+
+
+def manifest(rendered: Rendered, written: Sequence[Path]) -> dict[str, Any]:
+    """Return the JSON manifest entries of a run: which name each file shows, array layouts.
+
+    Args:
+        rendered: what the run drew.
+        written: ``save_pictures``' return value for it (pictures first, in order).
+
+    Returns:
+        ``{"files": [{"name", "file"}...], "arrays": {key: {"layout"}}}``; ``name`` is the
+        tensor, node or layer a picture shows (None when it shows no single one).
+    """
+    files = [{"name": pic.source, "file": str(path)}
+             for pic, path in zip(rendered.pictures, written, strict=False)]
+    arrays = {key: {"layout": rendered.layouts.get(key),
+                    "shape": list(np.shape(value))}
+              for key, value in rendered.arrays.items()}
+    return {"files": files, "arrays": arrays}
 
 
 def save_pictures(pictures: Sequence[Picture], out: Path, *,

@@ -23,7 +23,7 @@ def layer_record(layer: Layer) -> dict[str, Any]:
         "shape": None if layer.shape is None else list(layer.shape), "dtype": layer.dtype,
         "params": layer.params, "conv": layer.is_conv, "activation": layer.activation,
         "activation_op": layer.activation_op, "exposable": layer.exposable,
-        "reason": layer.reason,
+        "reason": layer.reason, "module": layer.module, "layout": layer.layout,
     }
 
 
@@ -67,11 +67,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                                for o in summary["outputs"]),
         f"opset {summary['opset']}, IR {summary['ir_version']}, producer "
         f"{summary['producer'] or '?'}, {summary['params']:,} parameters",
+        *([f"warning {summary['warning']}"] if summary.get("warning") else []),
         "",
     ]
-    rows = [(r["index"], r["name"], r["op"], r["output"], shape_text(_shape(r["shape"])),
-             f"{r['params']:,}" if r["params"] else "", _mark(r)) for r in summary["layers"]]
-    table = format_table(("#", "name", "op", "output", "shape", "params", "conv/act"), rows)
+    rows = [(r["index"], r["name"], r["op"], r["output"], r.get("module") or "",
+             shape_text(_shape(r["shape"])), f"{r['params']:,}" if r["params"] else "",
+             _mark(r)) for r in summary["layers"]]
+    table = format_table(("#", "name", "op", "output", "module", "shape", "params", "conv/act"),
+                         rows)
     convs = [f"  {c['name']}: {c['output']} -> {c['activation'] or '(no activation)'}"
              + (f" ({c['activation_op']})" if c["activation_op"] else "")
              for c in summary["conv_layers"]]

@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_featviz.autodiff as autodiff
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
-import onnx_featviz.runtime as runtime
 import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError, ModelError
 
@@ -49,12 +48,15 @@ WEIGHT_IN = f"{PREFIX}/weight"
 @dataclass(frozen=True, slots=True)
 class _Head:
     """Which objective the head computes: ``kind`` in OBJECTIVES or ``"invert"``; ``channels``
-    of the layer tensor; ``group`` consecutive rows share a unit (for ``diversity``)."""
+    of the layer tensor; ``group`` consecutive rows share a unit (for ``diversity``);
+    ``channels_last``: the rank of a channels-last (``NHWC``) layer tensor, moved to
+    channels-first before the objective, 0 for a channels-first one."""
 
     kind: str
     channels: int
     group: int = 1
     diversity: float = 0.0
+    channels_last: int = 0
 
 
 class _Nodes:
@@ -99,6 +101,9 @@ class _Nodes:
 def _head_nodes(b: _Nodes, head: _Head) -> str:
     """Emit the objective of each row as a ``(rows,)`` float32 tensor; return its name."""
     f = b.op("Cast", [b.tensor], "float", to=TensorProto.FLOAT)
+    if head.channels_last:
+        rank = head.channels_last
+        f = b.op("Transpose", [f], "nchw", perm=[0, rank - 1, *range(1, rank - 1)])
     flat = b.reshape(f, [0, head.channels, -1])
     if head.kind == "layer":
         obj = b.reduce("ReduceMean", b.op("Mul", [flat, flat], "square"), [1, 2], 0)
@@ -282,7 +287,7 @@ class _GradientSession:
                              "op named") from err
         try:
             # the host maps images between calls: spinning threads would compete with it
-            self.session = runtime.Session(grad.model, self.inspector.provider, spinning=False)
+            self.session = self.inspector.open_session(grad.model, spinning=False)
         except ModelError:
             if not free_batch:
                 raise

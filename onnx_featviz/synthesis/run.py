@@ -237,7 +237,14 @@ def _layer_shape(inspector: inspection.Inspector, imap: syn.InputMap, tensor: st
     if value.dtype.kind != "f":
         raise InputError(f"layer tensor {tensor!r} is {value.dtype}, not a float tensor; pick "
                          "its dequantized (float) tensor or another layer")
+    if inspector.info.layout(tensor) == "NHWC":  # channels first, as the head reads it
+        value = np.moveaxis(value, -1, 1)
     return tuple(int(d) for d in value.shape[1:])
+
+
+def _last_rank(inspector: inspection.Inspector, tensor: str, rank: int) -> int:
+    """``_Head.channels_last`` of ``tensor``: its rank when it is ``NHWC``, else 0."""
+    return rank if inspector.info.layout(tensor) == "NHWC" else 0
 
 
 def _units(opts: MaximizeOptions, channels: int) -> tuple[int, ...]:
@@ -335,7 +342,8 @@ def _maximize(inspector: inspection.Inspector, opts: MaximizeOptions,
                          f"layer tensor {tensor!r} has shape (N, {shape[0]}): use the channel "
                          "objective or a conv layer")
     group = opts.images or (4 if opts.diversity else 1)
-    head = _Head(opts.objective, shape[0], group, opts.diversity)
+    head = _Head(opts.objective, shape[0], group, opts.diversity,
+                 _last_rank(inspector, tensor, len(shape) + 1))
     feeds = _Feeds(inspector, imap, tensor, head, units)
     rng = np.random.default_rng(opts.seed)
     images_shape = (len(units), imap.image_channels, *size)
@@ -545,13 +553,17 @@ def _invert(inspector: inspection.Inspector, image: inspection.Images, opts: Inv
     if target.ndim < 2:
         raise InputError(f"layer tensor {tensor!r} has shape {target.shape}, without a channel "
                          "axis; pick a layer with shape (N, C) or (N, C, H, W)")
+    last = _last_rank(inspector, tensor, target.ndim)
+    if last:  # the head compares channels-first values
+        target = np.ascontiguousarray(np.moveaxis(target, -1, 1))
     syn_optim.inversion_loss(target, target)  # raises for all-zero features
     originals = syn.from_model(imap, loaded.array)
     flat = target.reshape(len(target), target.shape[1], -1)
     feeds = {TARGET_IN: flat, WEIGHT_IN: (1.0 / np.mean(flat * flat, axis=(1, 2))).astype(
         np.float32)}
     rng = np.random.default_rng(opts.seed)
-    with _GradientSession(inspector, tensor, _Head("invert", target.shape[1])) as grads:
+    with _GradientSession(inspector, tensor, _Head("invert", target.shape[1],
+                                                            channels_last=last)) as grads:
         pixels, history = _invert_loop(grads, originals.shape, opts, rng, feeds, progress)
         x = syn.quantize(imap, syn.to_model(imap, pixels))
         if imap.integer:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from numpy.typing import NDArray
 
 import onnx_featviz.graph.catalog as catalog
@@ -16,7 +17,8 @@ import onnx_featviz.graph.construction as construction
 import onnx_featviz.graph.weights as weights
 import onnx_featviz.io.files as fileio
 import onnx_featviz.render.text as report
-from onnx_featviz.errors import InputError
+import onnx_featviz.runtime as runtime
+from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.inspector import Images, Inspector, ModelSource, PrepOptions, load_model
 from onnx_featviz.structs import (
     ModelInfo,
@@ -25,9 +27,26 @@ from onnx_featviz.structs import (
 
 
 def describe(inspector: Inspector) -> dict[str, Any]:
-    """Return a JSON-ready summary of the inspector's model (see ``report.describe_model``)."""
-    return report.describe_model(inspector.info, inspector.spec, inspector.preprocessing,
-                                 inspector.labels)
+    """Return a JSON-ready summary of the inspector's model (see ``report.describe_model``).
+
+    ``"warning"`` says when the installed onnxruntime cannot run the model as it is (an IR
+    version newer than it reads), else it is None.
+    """
+    summary = report.describe_model(inspector.info, inspector.spec, inspector.preprocessing,
+                                    inspector.labels)
+    return {**summary, "warning": ir_warning(inspector.model)}
+
+
+def ir_warning(model: onnx.ModelProto) -> str | None:
+    """Return why onnxruntime cannot run ``model`` as it is (its IR version), else None."""
+    try:
+        fitted = runtime.fit_ir_version(model)
+    except ModelError as err:
+        return str(err)
+    if fitted is None:
+        return None
+    return (f"IR version {model.ir_version} is newer than onnxruntime reads (<= {fitted}); "
+            f"featviz runs the model as IR {fitted}")
 
 
 def build_conv(filters_file: Path | None, *, preset: str | None, out: Path,

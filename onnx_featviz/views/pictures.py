@@ -98,7 +98,7 @@ def render_model_filters(model: ModelSource, layers: Sequence[str | int] | None,
         drawn = compose.filter_title(found.weight.shape, how) or title
         note = drawn[len(title):].strip() or "all drawn"
         pictures.append(Picture(f"filters_{file_stem(layer.name)}{suffix}.png", image, drawn,
-                                f"filters of {layer.name}: {note}"))
+                                f"filters of {layer.name}: {note}", source=layer.name))
         arrays[layer.name] = found.weight
     return Rendered(tuple(pictures), arrays)
 
@@ -128,7 +128,9 @@ def render_feature_maps(inspector: Inspector, images: Images,
         Pictures named ``<input>/<tensor><options>.png``, where ``<options>`` names what changes
         the picture: ``_ch<a>-<b>`` (channels ``a..b-1``; ``_ch<a>`` for one), ``_top<K>``,
         ``_<reduce>``, ``_layer-scaled``; and ``<input>/<layer>_before_after.png`` for stage
-        ``both``. Arrays keyed by tensor name exactly as the model computed them.
+        ``both``; ``io.outputs.file_stem`` makes any name safe. Arrays keyed by tensor name
+        exactly as the model computed them, with each tensor's layout (an ``NHWC`` tensor is
+        drawn one tile per channel).
 
     Raises:
         InputError: a channel range outside a tensor, ``top`` or ``bars`` < 1.
@@ -146,7 +148,7 @@ def render_feature_maps(inspector: Inspector, images: Images,
             pictures += _input_pictures(inspector, tensors, arrays, index, folder, opts)
             if report is not None:
                 report(Progress(index + 1, len(folders), "input"))
-    return Rendered(tuple(pictures), arrays)
+    return Rendered(tuple(pictures), arrays, {t: inspector.info.layout(t) for t in tensors})
 
 
 def _input_pictures(inspector: Inspector, tensors: Sequence[str],
@@ -199,6 +201,8 @@ class _MapPicture:
 def _map_picture(inspector: Inspector, tensor: str, value: NDArray[np.generic],
                  opts: MapRenderOptions) -> _MapPicture:
     maps = np.asarray(value, np.float32)
+    if inspector.info.layout(tensor) == "NHWC" and maps.ndim >= 2:  # one tile per channel
+        maps = np.moveaxis(maps, -1, 0)
     layer = inspector.layer(tensor)
     title = f"{layer.name} [{tensor}]" if layer.name != tensor else tensor
     if maps.ndim == 1 or maps.size == len(maps):  # (C,), (C, 1, 1): one value per channel
@@ -261,6 +265,7 @@ def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
                 [grids[layer.output], grids[act]],
                 [f"before {layer.activation_op or 'activation'}: {layer.output}",
                  f"after: {act}"])
-            pairs.append(Picture(f"{folder}/{file_stem(layer.name)}_before_after.png", image))
+            pairs.append(Picture(f"{folder}/{file_stem(layer.name)}_before_after.png", image,
+                                 layer.name))
     return pairs
 
