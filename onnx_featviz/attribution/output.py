@@ -9,7 +9,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import onnx_featviz.render.pictures as render
-from onnx_featviz.attribution.run import CamReport, backprop
+from onnx_featviz.attribution.run import CamReport
+from onnx_featviz.attribution.seeds import TargetSpec
+from onnx_featviz.attribution.target_run import backprop
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io.outputs import Picture, Rendered, input_folders
 
@@ -64,10 +66,11 @@ def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
 
 def render_backprop(inspector: Inspector, images: Images, method: str,
                     target: int | str | None = None, *,
-                    score: str | int | None = None) -> Rendered:
+                    score: str | int | None = None, goal: TargetSpec | None = None
+                    ) -> Rendered:
     """Return one ``<input>/backprop_<method>.png`` per input (see ``Inspector.backprop``)."""
     batch = inspector.load_batch(images)
-    views = backprop(inspector, batch.array, method, target, score=score)
+    views = backprop(inspector, batch.array, method, target, score=score, goal=goal)
     pictures = []
     for index, folder in enumerate(input_folders(batch.sources)):
         pixels = np.round(np.clip(views[index], 0.0, 1.0) * 255).astype(np.uint8)

@@ -19,6 +19,9 @@ import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.runtime as runtime
 from onnx_featviz.attribution import maps as cam_maps
 from onnx_featviz.attribution import perturbation as cam_perturbation
+from onnx_featviz.attribution.detection import Detection
+from onnx_featviz.attribution.seeds import TargetSpec
+from onnx_featviz.attribution.tokens import TokenTransform
 from onnx_featviz.errors import InputError
 from onnx_featviz.graph import masking
 from onnx_featviz.inspector import (
@@ -57,7 +60,11 @@ class CamOptions:
     when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
     ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion;
     ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only); ``occlusion``: the
-    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults).
+    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults);
+    ``layers``: several layers (overrides ``layer``): one map per layer plus the fused map
+    (each layer's [0, 1] heatmap averaged, then rescaled: LayerCAM across scales);
+    ``goal``: a target beyond a class logit (segmentation region, detection, tensor element,
+    extra model inputs; ``seeds.TargetSpec``), served by ``target_run.cam``.
     """
 
     method: str = "grad_cam"
@@ -71,6 +78,8 @@ class CamOptions:
     batch_size: int = 32
     overlays: bool = True
     occlusion: cam_perturbation.OcclusionOptions | None = None
+    layers: tuple[str | int, ...] = ()
+    goal: TargetSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,11 @@ class CamReport:
         overlays: one RGB heatmap overlay per row; sources: where each input came from;
         image_index: (R,) the input each row explains; rank: (R,) 0 for the input's best class,
             1 for the second... (-1 when the target was given).
+        kind: the target kind (``seeds.KINDS``; ``"none"`` for Eigen-CAM without target).
+        layers: every layer mapped (several with ``CamOptions.layers``; ``cam`` is then the
+            fused map); layer_heatmaps: per layer, (R, H, W) in [0, 1] (empty for one layer);
+        transforms: per layer, how it was viewed as (N, C, h, w) (token grids, channels-last);
+        detections: per row, the detection explained (detection kind only).
     """
 
     method: str
@@ -99,6 +113,11 @@ class CamReport:
     sources: tuple[str, ...] = ()
     image_index: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     rank: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    kind: str = "class"
+    layers: tuple[str, ...] = ()
+    layer_heatmaps: tuple[NDArray[np.float32], ...] = ()
+    transforms: tuple[TokenTransform, ...] = ()
+    detections: tuple[Detection, ...] = ()
 
 
 def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
@@ -115,7 +134,6 @@ def _row_progress(progress: ProgressFn | None) -> cam_perturbation.ProgressFn | 
         return None
     report = progress
     return lambda done, total: report(Progress(done, total, "row"))
-
 
 
 # -- class-activation maps -----------------------------------------------------------
