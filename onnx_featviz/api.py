@@ -16,6 +16,8 @@ import onnx_featviz.attribution.run as attribution_run
 import onnx_featviz.attribution.target_run as target_run
 import onnx_featviz.audit.stats as audit_stats
 import onnx_featviz.inspector as inspection
+from onnx_featviz.attribution.detection import FORMATS as DETECTION_FORMATS
+from onnx_featviz.attribution.detection import DetectionOptions
 from onnx_featviz.attribution.output import cam_to_json, render_backprop, render_cam
 from onnx_featviz.attribution.run import (
     BACKPROP_METHODS,
@@ -23,8 +25,6 @@ from onnx_featviz.attribution.run import (
     CamReport,
     OcclusionOptions,
 )
-from onnx_featviz.attribution.detection import FORMATS as DETECTION_FORMATS
-from onnx_featviz.attribution.detection import DetectionOptions
 from onnx_featviz.attribution.seeds import TargetSpec
 from onnx_featviz.audit.compare import CompareOptions, CompareResult, compare_models
 from onnx_featviz.audit.output import (

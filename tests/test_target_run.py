@@ -463,3 +463,135 @@ def test_backprop_with_several_rows_per_image_is_refused(exported: dict[str, Any
     with api.Inspector(exported["path"], "cpu") as ins, pytest.raises(InputError,
                                                                       match="one target per"):
         ins.backprop(exported["x"], "saliency", goal=api.TargetSpec(detections=2))
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def _picture(tmp_path: Path, x: np.ndarray) -> Path:
+    """Save image 0 as an 8-bit PNG; returns the path and the batch the CLI will feed."""
+    from PIL import Image
+
+    pixels = np.clip(x[0].transpose(1, 2, 0) * 40 + 128, 0, 255).astype(np.uint8)
+    path = tmp_path / "street.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_cli_detection_overlay_json_and_npz(exported: dict[str, Any], tmp_path: Path) -> None:
+    if exported["name"] != "yolov8":
+        pytest.skip("one detector is enough")
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx_featviz.cli.commands import main
+
+    image = _picture(tmp_path, exported["x"])
+    npz = tmp_path / "cam.npz"
+    result = CliRunner().invoke(main, [
+        "cam", str(exported["path"]), str(image), "--detections", "3", "--json", "--preset",
+        "unit", "--out", str(tmp_path / "out"), "--save-npz", str(npz), "--provider", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output[result.output.index("{"):])["images"]
+    assert [r["kind"] for r in rows] == ["detection"] * 3 and [r["rank"] for r in rows] == [1, 2, 3]
+    with api.Inspector(exported["path"], "cpu", prep=api.PrepOptions(preset="unit")) as ins:
+        report = ins.cam([image], api.CamOptions(goal=api.TargetSpec(detections=3)))
+    for row, found in zip(rows, report.detections, strict=True):
+        assert row["detection"]["box"] == pytest.approx(list(found.box))
+        assert row["detection"]["class"] == found.cls
+    data = np.load(npz)
+    np.testing.assert_allclose(data["box"], [d.box for d in report.detections], rtol=1e-6)
+    from PIL import Image
+
+    from onnx_featviz.attribution.boxes import PALETTE
+    top = report.detections[0]
+    overlay = np.asarray(Image.open(tmp_path / "out" / "street"
+                                    / f"cam_grad_cam_top1_class{top.cls}.png"))
+    x0 = max(round(top.box[0]), 0)
+    y1 = min(round(top.box[3]) - 1, SIZE - 1)
+    assert tuple(overlay[y1, x0 + 3]) == PALETTE[top.cls], "box edge in the class colour"
+
+
+def test_cli_segmentation_region_box_and_element(exported: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    if exported["name"] != "unet":
+        pytest.skip("segmentation model only")
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from onnx_featviz.cli.commands import main
+
+    image = _picture(tmp_path, exported["x"])
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((4, 4), np.uint8))).save(
+        mask)
+    base = ["--preset", "unit", "--provider", "cpu", "--target", "2"]
+    runner = CliRunner()
+    for extra in (["--region", str(mask)], ["--box", "8,4,40,30"]):
+        npz = tmp_path / "seg.npz"
+        out = runner.invoke(main, ["cam", str(exported["path"]), str(image), *base, *extra,
+                                   "--out", str(tmp_path / "o"), "--save-npz", str(npz)])
+        assert out.exit_code == 0, out.output
+        goal = (api.TargetSpec(region=np.asarray(Image.open(mask))) if extra[0] == "--region"
+                else api.TargetSpec(box=(8.0, 4.0, 40.0, 30.0)))
+        with api.Inspector(exported["path"], "cpu", prep=api.PrepOptions(preset="unit")) as ins:
+            want = ins.cam([image], api.CamOptions(target=2, goal=goal))
+        np.testing.assert_allclose(np.load(npz)["layer_cam"], want.layer_cam, rtol=1e-6)
+    bad = runner.invoke(main, ["cam", str(exported["path"]), str(image), "--box", "40,4,8,30"])
+    assert bad.exit_code == 2 and "x0 < x1" in bad.output
+    with api.Inspector(exported["path"], "cpu") as ins:
+        output = ins.info.outputs[0].name
+    out = runner.invoke(main, ["backprop", str(exported["path"]), str(image), "--preset", "unit",
+                               "--provider", "cpu", "--score", output, "--target", "all",
+                               "--out", str(tmp_path / "b")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "b" / "street" / "backprop_saliency.png").is_file()
+
+
+class TwoInputs(torch.nn.Module):  # type: ignore[misc]
+    """logits = fc(mean(relu(conv(x)))) * gain: the gain is a second model input (N, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(6, 4)
+
+    def forward(self, x: Any, gain: Any) -> Any:
+        a = self.act(self.conv(x))
+        return self.fc(a.mean((2, 3))) * gain
+
+
+def test_extra_inputs_from_npz_match_torch(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from onnx_featviz.cli.commands import main
+
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 8, 8), torch.ones(1, 4)), str(path),
+                      dynamo=False, input_names=["input", "gain"], opset_version=17)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    gain = rng.uniform(0.5, 2.0, size=(1, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "extra.npz", gain=gain)
+    kept: list[Any] = []
+
+    def keep(_: Any, __: Any, out: Any) -> None:
+        out.retain_grad()
+        kept.append(out)
+    handle = model.act.register_forward_hook(keep)
+    logits = model(torch.from_numpy(x), torch.from_numpy(gain))
+    handle.remove()
+    logits[0, 1].backward()
+    want = _paper_grad_cam(kept[0].detach().numpy(), kept[0].grad.numpy())
+    npz = tmp_path / "cam.npz"
+    out = CliRunner().invoke(main, ["cam", str(path), str(tmp_path / "x.npy"), "--inputs",
+                                    str(tmp_path / "extra.npz"), "--target", "1",
+                                    "--provider", "cpu", "--save-npz", str(npz),
+                                    "--out", str(tmp_path / "o")])
+    assert out.exit_code == 0, out.output
+    _close(np.load(npz)["layer_cam"], want)

@@ -214,7 +214,7 @@ def detection_seeds(outputs: Mapping[str, NDArray[np.generic]], target: int | No
 
 
 def element_seeds(values: NDArray[np.generic], tensor: str,
-                  element: tgt.ElementTarget | Sequence[int]) -> Seeds:
+                  element: tgt.ElementTarget | list[int]) -> Seeds:
     """Seeds of one element per image (or its row's sum); ``element`` may be a per-image list.
 
     Args:

@@ -24,6 +24,7 @@ import onnx_featviz.runtime as runtime
 from onnx_featviz.attribution import boxes, run, tokens
 from onnx_featviz.attribution import maps as cam_maps
 from onnx_featviz.attribution import seeds as seeding
+from onnx_featviz.attribution import targets as tgt
 from onnx_featviz.attribution.perturbation import OcclusionOptions
 from onnx_featviz.errors import InputError
 from onnx_featviz.inspector import (
@@ -71,21 +72,43 @@ def _transform(inspector: Inspector, tensor: str, shape: Sequence[int]) -> token
     return tokens.token_transform(shape, layout=layout if layout == "NHWC" else None)
 
 
-def _is_plain(inspector: Inspector, options: run.CamOptions, method: str) -> bool:
-    """True when ``run.cam`` serves the request: class target, one NCHW layer, one input."""
-    if options.goal is not None or len(options.layers) > 1:
+def _is_plain(inspector: Inspector, options: run.CamOptions) -> bool:
+    """True when ``run.cam`` serves the request: a class target on one NCHW layer.
+
+    A goal with every field at its default counts as none when the score tensor is one score
+    per class (known from the graph); anything else is served here.
+    """
+    if len(options.layers) > 1 or not _classifier_goal(inspector, options.goal, options.score):
         return False
     layer = options.layers[0] if options.layers else options.layer
     tensor = target_layer(inspector, layer)
     shape = inspector.info.layer(tensor).shape
-    if shape is None or len(shape) != 4 or _layout(inspector, tensor) == "NHWC":
-        return shape is None
-    if method != "eigen_cam":
+    return shape is None or (len(shape) == 4 and _layout(inspector, tensor) != "NHWC")
+
+
+def _classifier_goal(inspector: Inspector, goal: seeding.TargetSpec | None,
+                     score: str | int | None) -> bool:
+    """True for a class target: no goal fields set and a (N, classes) score (or kind class)."""
+    if goal is not None:
+        if goal.kind not in ("auto", "class") or goal.inputs:
+            return False
+        if any(v is not None for v in (goal.region, goal.box, goal.detection,
+                                       goal.detect_format, goal.element)):
+            return False
+        if goal.detections != 1:
+            return False
+        if goal.kind == "class":
+            return True
+    probe = run.score_tensor(inspector, score)
+    dims = next((o.shape for o in inspector.info.outputs if o.name == probe), None)
+    if dims is None and probe not in _outputs(inspector):
+        dims = inspector.info.layer(probe).shape
+    if dims is None:
         return True
-    probe = run.score_tensor(inspector, options.score)
-    dims = inspector.info.layer(probe).shape if probe not in _outputs(inspector) else next(
-        o.shape for o in inspector.info.outputs if o.name == probe)
-    return dims is not None and len([d for d in dims if d != 1]) <= 2
+    kept = list(dims)
+    while len(kept) > 2 and kept[-1] == 1:
+        kept.pop()
+    return len(kept) <= 2
 
 
 def _outputs(inspector: Inspector) -> list[str]:
@@ -135,7 +158,8 @@ def resolve(inspector: Inspector, batch: NDArray[np.generic], options: run.CamOp
         layout = "NHWC" if _layout(inspector, score) == "NHWC" else "NCHW"
         classes = np.shape(values[score])[1 if layout == "NCHW" else -1]
         k = seeding.class_index(options.target, classes, labels)
-        found = seeding.segmentation_seeds(values[score], score, layout, k, goal, size)
+        found = seeding.segmentation_seeds(np.asarray(values[score], np.float32), score,
+                                           layout, k, goal, size)
     elif kind == "detection":
         classes = len(labels) if labels else 1 << 30
         k = seeding.class_index(options.target, classes, labels)
@@ -148,11 +172,11 @@ def resolve(inspector: Inspector, batch: NDArray[np.generic], options: run.CamOp
     return found, _ranks(found.image_index, given)
 
 
-def _element(target: int | str | None) -> seeding.tgt.ElementTarget:
+def _element(target: int | str | None) -> tgt.ElementTarget:
     if target is None:
         raise InputError("an element target needs the element: an index, a multi-index or "
                          "'all' (the sum over the tensor)")
-    return target if isinstance(target, int) else seeding.tgt.parse_element_target(target)
+    return target if isinstance(target, int) else tgt.parse_element_target(target)
 
 
 def _ranks(index: NDArray[np.int64], given: bool) -> NDArray[np.int64]:
@@ -212,7 +236,7 @@ def cam(inspector: Inspector, images: Images, options: run.CamOptions, *,
             format, an op without a gradient rule.
     """
     method = cams.resolve_method(options.method)
-    if _is_plain(inspector, options, method):
+    if _is_plain(inspector, options):
         return run.cam(inspector, images, options, progress=progress)
     loaded = inspector.load_batch(images)
     batch, extra, entry = loaded.array, _extra(options.goal), cams.METHODS[method]
@@ -231,13 +255,9 @@ def cam(inspector: Inspector, images: Images, options: run.CamOptions, *,
     transforms = tuple(_transform(inspector, t, a.shape) for t, a in zip(layers, acts,
                                                                           strict=True))
     nchw = run._as_nchw(inspector, batch)
-    heat, raw = [], []
-    for i, layer in enumerate(layers):
-        part = _layer_maps(inspector, _LayerRun(method, layer, transforms[i], acts[i],
-                                                grads[i] if grads else None), found,
-                           options, (batch, nchw), progress)
-        heat.append(part[0])
-        raw.append(part[1])
+    parts = [_LayerRun(method, layer, transforms[i], acts[i], grads[i] if grads else None)
+             for i, layer in enumerate(layers)]
+    heat, raw = _all_layers(inspector, parts, found, options, (batch, nchw), progress)
     fused = heat[0] if len(heat) == 1 else cam_maps.normalize_heatmaps(np.mean(heat, axis=0))
     index = found.image_index if found is not None else np.arange(len(batch), dtype=np.int64)
     report = run.CamReport(
@@ -261,6 +281,16 @@ class _LayerRun:
     transform: tokens.TokenTransform
     acts: NDArray[np.float32]
     grads: NDArray[np.float32] | None
+
+
+def _all_layers(inspector: Inspector, parts: Sequence[_LayerRun], found: seeding.Seeds | None,
+                options: run.CamOptions,
+                batches: tuple[NDArray[np.generic], NDArray[np.float32]],
+                progress: ProgressFn | None
+                ) -> tuple[list[NDArray[np.float32]], list[NDArray[np.float32]]]:
+    """Return per layer the (R, H, W) heatmaps and the (R, h, w) raw maps."""
+    maps = [_layer_maps(inspector, part, found, options, batches, progress) for part in parts]
+    return [m[0] for m in maps], [m[1] for m in maps]
 
 
 def _layer_maps(inspector: Inspector, part: _LayerRun, found: seeding.Seeds | None,
@@ -348,7 +378,7 @@ def backprop(inspector: Inspector, images: Images, method: str,
         InputError: unknown method, bad target, or several rows per image (one detection
             per image: pick it by rank, class or box).
     """
-    if goal is None:
+    if _classifier_goal(inspector, goal, score):
         return run.backprop(inspector, images, method, target, score=score)
     if method not in run.BACKPROP_METHODS:
         raise InputError(f"unknown backprop method {method!r}; choose one of "
