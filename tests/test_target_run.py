@@ -595,3 +595,33 @@ def test_extra_inputs_from_npz_match_torch(tmp_path: Path) -> None:
                                     "--out", str(tmp_path / "o")])
     assert out.exit_code == 0, out.output
     _close(np.load(npz)["layer_cam"], want)
+
+
+def test_score_cam_runs_constant_channels_once_with_the_same_result() -> None:
+    """Channels with a constant map mask the input to zeros: one shared row, same maps."""
+    from onnx_featviz.attribution.perturbation import score_cam
+
+    rng = np.random.default_rng(0)
+    acts = rng.random((2, 6, 4, 4)).astype(np.float32)
+    acts[0, [1, 4]] = 0.0  # dead channels
+    acts[1, 2] = 3.0  # a constant, nonzero map: its min-max mask is 0 too
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    weights = rng.normal(size=(3 * 8 * 8, 5))
+    rows: list[int] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        rows.append(len(batch))
+        return batch.reshape(len(batch), -1).astype(np.float64) @ weights
+
+    got = score_cam(acts, x, targets=np.array([1, 3]), forward=forward, batch_size=100)
+    assert rows == [12 - 3, 1], "9 live rows in one call, then one all-zero row"
+    want = []  # the definition, every (image, channel) row run
+    for n, target in enumerate((1, 3)):
+        up = F.interpolate(torch.from_numpy(acts[n][None]), size=(8, 8), mode="bilinear",
+                           align_corners=False)[0].numpy()
+        lo = up.min(axis=(1, 2), keepdims=True)
+        masks = (up - lo) / (up.max(axis=(1, 2), keepdims=True) - lo + 1e-8)
+        s = ((x[n][None] * masks[:, None]).reshape(6, -1).astype(np.float64) @ weights)[:, target]
+        w = np.exp(s - s.max())
+        want.append(np.maximum(np.einsum("k,khw->hw", w / w.sum(), acts[n]), 0.0))
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-5, atol=1e-7)
