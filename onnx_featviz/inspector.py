@@ -5,6 +5,7 @@ stream, predict and activations. Nothing method-specific: CAMs, audits and synth
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import onnx_featviz.io.preprocess as preprocess
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import reductions
+from onnx_featviz.render import notebook
 from onnx_featviz.structs import (
     META_LABELS,
     ClassScore,
@@ -44,6 +46,9 @@ Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
 
 
 STAGES = ("conv", "act", "both")
+#: Largest probe batch ``Inspector.info`` runs to find missing shapes (values, any dtype).
+_MAX_EXAMPLE_ELEMENTS = 2**27
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _I = TypeVar("_I", bound="Inspector")
 
@@ -59,6 +64,7 @@ class PrepOptions:
     channel_order: str | None = None
     size: tuple[int, int] | None = None
     resize: str | None = None
+    crop_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,11 @@ class Batch:
     array: NDArray[np.generic]
     sources: tuple[str, ...]
     images: tuple[Image.Image, ...] = ()
+    originals: tuple[Image.Image, ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"Batch({self.array.dtype} {'x'.join(map(str, self.array.shape))}, "
+                f"{len(self.sources)} sources, {len(self.images)} pictures)")
 
 
 def load_model(model: ModelSource) -> onnx.ModelProto:
@@ -85,9 +96,11 @@ class Inspector:
         provider: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         prep: preprocessing overrides (default: the model's metadata, else a per-input default).
         max_batch: largest batch sent to onnxruntime in one call.
-        labels: class names (default: the model's ``featviz.labels`` metadata when present).
+        labels: class names, or the path of a text file with one per line (default: the
+            model's ``featviz.labels`` metadata when present).
         transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
             device as float16 (half the bytes; returned as float32, exact to float16 rounding).
+        name: how onnxruntime errors name the model (default: its file name).
 
     Raises:
         ModelError: unreadable model; ProviderError: provider not usable.
@@ -95,23 +108,41 @@ class Inspector:
 
     def __init__(self, model: ModelSource, provider: str = "auto", *,
                  prep: PrepOptions | None = None, max_batch: int | None = 32,
-                 labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
+                 labels: Sequence[str] | str | Path | None = None,
+                 transfer: str = "float32", name: str | None = None) -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model = load_model(model)
+        self.name = name or (f"model {Path(model).name}" if isinstance(model, str | Path)
+                             else "the model")
         self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
         self.spec: InputSpec = preprocess.infer_input_spec(self.model)
         self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
         self.labels: tuple[str, ...] | None = (
-            tuple(labels) if labels is not None else _model_labels(self.model))
+            read_labels(Path(labels)) if isinstance(labels, str | Path)
+            else tuple(labels) if labels is not None else _model_labels(self.model))
+        self.prep_source = _prep_source(self.model, prep)
+        self._assumed = self.prep_source.startswith("assumed")  # said once, on the first image
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
 
     def __enter__(self: _I) -> _I:
         return self
+
+    def __repr__(self) -> str:
+        spec, prep = self.spec, self.preprocessing
+        return (f"{type(self).__name__}({self.model.graph.name or 'model'!r}, input "
+                f"{spec.name} {spec.layout} {'x'.join(map(str, spec.shape))}, "
+                f"{len(self.model.graph.node)} nodes, preset {prep.preset} "
+                f"({self.prep_source}), provider {self.provider!r})")
+
+    def _repr_html_(self) -> str:
+        return notebook.model_card_html(
+            self.info, self.spec, self.preprocessing, source=self.prep_source,
+            labels=self.labels, provider=self.provider)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -158,7 +189,13 @@ class Inspector:
         return self.info.layer(name)
 
     def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
-        batch = np.zeros(_example_shape(self.spec, self.preprocessing), self.spec.dtype)
+        shape = _example_shape(self.spec, self.preprocessing)
+        if int(np.prod(shape, dtype=np.float64)) > _MAX_EXAMPLE_ELEMENTS:
+            # a declared dim such as 10**9 would make the probe batch terabytes big
+            log.warning("not running the model to find shapes: its input %s would need %s "
+                        "values", self.spec.name, shape)
+            return catalog.read_catalog(self.model)
+        batch = np.zeros(shape, self.spec.dtype)
         try:
             values = self.run(batch, tensors)
         except (ModelError, InputError):
@@ -183,35 +220,21 @@ class Inspector:
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         if not items:
             raise InputError("no images were given; pass at least one image path or array")
-        arrays, pics = [], []
+        arrays, pics, originals = [], [], []
         sources: list[str] = []
         for item in items:
-            for source, array, pic in self._load_item(item):
+            for source, array, pic in _load_item(item, self.spec, self.preprocessing):
                 arrays.append(array)
                 sources.extend(row_sources(source, len(array)))
-                pics.extend([pic] if pic is not None else [])
-        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
-
-    def _load_item(self, item: ImageSource
-                   ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
-        if isinstance(item, Image.Image):
-            yield "image", self._image_array(item), self.display(item)
-            return
-        path = Path(item)
-        if path.is_dir():  # every image below it, as the command line takes folders
-            for image_path in fileio.list_images(path):
-                yield from self._load_item(image_path)
-            return
-        if path.suffix.lower() in (".npy", ".npz"):
-            for key, array in fileio.load_array_file(path).items():
-                checked = preprocess.check_batch(array, self.spec)
-                yield f"{path}:{key}", checked, None
-            return
-        image = fileio.load_image(path)
-        yield str(path), self._image_array(image), self.display(image)
-
-    def _image_array(self, image: Image.Image) -> NDArray[np.generic]:
-        return preprocess.images_to_batch([image], self.spec, self.preprocessing)
+                pics.extend([pic[0]] if pic is not None else [])
+                originals.extend([pic[1]] if pic is not None else [])
+        if pics and self._assumed:
+            self._assumed = False  # say it once per inspector
+            log.warning("model input %r has no preprocessing metadata and none was given: "
+                        "assuming preset %r; if the model was trained with another recipe, "
+                        "choose a preset (%s)", self.spec.name, self.preprocessing.preset,
+                        ", ".join(preprocess.PRESETS), extra={"after_success": True})
+        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics), tuple(originals))
 
     def display(self, image: Image.Image) -> Image.Image:
         """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
@@ -232,7 +255,7 @@ class Inspector:
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")
-            self._sessions[key] = runtime.Session(model, self.provider)
+            self._sessions[key] = runtime.Session(model, self.provider, name=self.name)
         session: runtime.Session = self._sessions[key]
         return session
 
@@ -259,21 +282,16 @@ class Inspector:
         if top_k < 1:
             raise InputError(f"top_k must be at least 1, got {top_k}")
         loaded = self.load_batch(images)
+        if not self.info.outputs:
+            raise ModelError("the model has no graph output to read scores from; export it "
+                             "with its classifier output")
         output = self.info.outputs[0].name
         scores = self.session().run({self.spec.name: loaded.array}, [output],
                                     max_batch=self.max_batch)[output]
         flat = np.asarray(scores, np.float64).reshape(len(scores), -1)
         probs, applied = as_probabilities(flat)
-        return [self.prediction(src, output, row, top_k, applied)
+        return [prediction(self.labels, src, output, row, top_k, applied)
                 for src, row in zip(loaded.sources, probs, strict=True)]
-
-    def prediction(self, source: str, output: str, probs: NDArray[np.float64], top_k: int,
-                    applied: bool) -> Prediction:
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        labels = self.labels if self.labels and len(self.labels) == len(probs) else None
-        top = tuple(ClassScore(int(i), labels[i] if labels else None, float(probs[i]))
-                    for i in order)
-        return Prediction(source, output, top, applied)
 
     def layer_tensors(self, layers: Sequence[str | int] | None = None, stage: str = "conv"
                       ) -> list[str]:
@@ -340,7 +358,7 @@ class Inspector:
         output of a session on each pass, fetched or not); all chunks of a group come before the
         next group.
         """
-        sizes = self._sample_bytes(tensors)
+        sizes = _sample_bytes(self.info, tensors)
         plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
         if len(plan_groups(plan)) == 1:
             for rows, group in plan:
@@ -348,22 +366,13 @@ class Inspector:
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
         for group, chunks in plan_groups(plan):
-            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider,
+                                 name=self.name) as s:
                 wanted = [exposed_name(s, t) for t in group]
                 for rows in chunks:
                     values = s.run({self.spec.name: batch[rows]}, wanted)
                     yield rows, {t: _to_host(values[w], float32)
                                  for t, w in zip(group, wanted, strict=True)}
-
-    def _sample_bytes(self, tensors: Sequence[str]) -> dict[str, int]:
-        info = self.info
-        out = {}
-        for tensor in tensors:
-            lay = info.layer(tensor)
-            shape = lay.shape if tensor == lay.output else None
-            known = [d for d in (shape or ())[1:] if isinstance(d, int)]
-            out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
-        return out
 
     def filters(self, layer: str | int) -> weights.Filters:
         """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
@@ -389,6 +398,48 @@ class Inspector:
 
 
 
+def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
+               ) -> Iterator[tuple[str, NDArray[np.generic],
+                                   tuple[Image.Image, Image.Image] | None]]:
+    """Yield (source, model-ready rows, (display picture, original) or None) per image."""
+    if isinstance(item, Image.Image):
+        yield ("image", preprocess.images_to_batch([item], spec, prep),
+               (preprocess.display_image(item, spec, prep), item))
+        return
+    path = Path(item)
+    if path.is_dir():  # every image below it, as the command line takes folders
+        for image_path in fileio.list_images(path):
+            yield from _load_item(image_path, spec, prep)
+        return
+    if path.suffix.lower() in (".npy", ".npz"):
+        for key, array in fileio.load_array_file(path).items():
+            yield f"{path}:{key}", preprocess.check_batch(array, spec), None
+        return
+    image = fileio.load_image(path)
+    yield (str(path), preprocess.images_to_batch([image], spec, prep),
+           (preprocess.display_image(image, spec, prep), image))
+
+
+def prediction(labels: Sequence[str] | None, source: str, output: str,
+               probs: NDArray[np.float64], top_k: int, applied: bool) -> Prediction:
+    """The ``top_k`` classes of one row of probabilities, labelled when ``labels`` fit."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    names = labels if labels and len(labels) == len(probs) else None
+    top = tuple(ClassScore(int(i), names[i] if names else None, float(probs[i])) for i in order)
+    return Prediction(source, output, top, applied)
+
+
+def _sample_bytes(info: ModelInfo, tensors: Sequence[str]) -> dict[str, int]:
+    """Bytes one sample of each tensor takes as float32 (0 where a dim is unknown)."""
+    out = {}
+    for tensor in tensors:
+        lay = info.layer(tensor)
+        shape = lay.shape if tensor == lay.output else None
+        known = [d for d in (shape or ())[1:] if isinstance(d, int)]
+        out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
+    return out
+
+
 def expand_images(paths: Sequence[Path]) -> list[Path]:
     """Return the image files named by ``paths`` (folders searched recursively)."""
     return [image for path in paths for image in fileio.list_images(path)]
@@ -407,7 +458,16 @@ def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
     return preprocess.resolve_preprocessing(
         spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
         std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
-        resize=opts.resize)
+        resize=opts.resize, crop_fraction=opts.crop_fraction)
+
+
+def _prep_source(model: onnx.ModelProto, prep: PrepOptions | None) -> str:
+    """Say where the preprocessing came from: options, the model's metadata, or a default."""
+    if prep is not None and prep != PrepOptions():
+        return "from options"
+    if preprocess.read_preprocessing(model) is not None:
+        return "from the model's metadata"
+    return "assumed: no metadata or options"
 
 
 def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:
@@ -415,15 +475,20 @@ def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:
         if prop.key == META_LABELS:
             try:
                 value: Any = json.loads(prop.value)
-            except json.JSONDecodeError as err:
+            except (json.JSONDecodeError, RecursionError) as err:
                 raise ModelError(f"metadata {META_LABELS!r} is not a JSON list of class names: "
-                                 f"{err}; fix or remove it") from err
+                                 f"{str(err)[:100]}; fix or remove it") from err
+            if not isinstance(value, list) or not all(
+                    isinstance(v, str | int | float) for v in value):
+                raise ModelError(f"metadata {META_LABELS!r} must be a JSON list of class names, "
+                                 f"got {prop.value[:60]!r}; fix or remove it")
             return tuple(str(v) for v in value)
     return None
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
     """Read class names, one per line (index = class id); ``synset`` lines keep their text."""
+    fileio.require_file(path, "labels file", "give a text file with one class name per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:

@@ -21,7 +21,7 @@ PROBE = ("import sys, runpy; sys.argv = ['featviz', *sys.argv[1:]]\n"
 
 
 @pytest.mark.parametrize("verb", ["", "info", "filters", "maps", "cam", "backprop", "compare",
-                                  "stats", "maximize", "invert", "predict", "build-conv"])
+                                  "stats", "maximize", "invert", "predict", "build-conv", "report"])
 def test_help_imports_no_heavy_module(verb: str) -> None:
     args = [verb, "--help"] if verb else ["--help"]
     done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True,
@@ -42,6 +42,7 @@ def test_choices_equal_the_library() -> None:
     assert choices.DETECTION_FORMATS == detection.FORMATS
     assert choices.TARGET_KINDS == seeds.KINDS
     assert choices.METRICS == compare.METRICS
+    assert choices.ENGINES == compare.ENGINES
     assert choices.RECIPES == run.RECIPES
     assert choices.OBJECTIVES == optim.OBJECTIVES == run.OBJECTIVES
     assert choices.PROVIDERS == runtime.PROVIDERS

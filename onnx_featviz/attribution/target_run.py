@@ -264,9 +264,9 @@ def cam(inspector: Inspector, images: Images, options: run.CamOptions, *,
         method, layers[0], found.tensor if found is not None else "", np.asarray(
             found.targets if found is not None else np.zeros(len(batch)), np.int64),
         tuple(() for _ in loaded.sources), fused, raw[0], (), loaded.sources, index, rank,
-        found.kind if found is not None else "none", tuple(layers),
-        tuple(heat) if len(heat) > 1 else (), transforms,
-        found.detections if found is not None else ())
+        cmap=options.cmap, kind=found.kind if found is not None else "none",
+        layers=tuple(layers), layer_heatmaps=tuple(heat) if len(heat) > 1 else (),
+        transforms=transforms, detections=found.detections if found is not None else ())
     if not options.overlays:
         return report
     return replace(report, overlays=_overlays(inspector, loaded, nchw, report, options))

@@ -4,6 +4,7 @@ how far B drifts from A (pairs from ``graph.matching``, sums from ``audit.metric
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,10 @@ import onnx_featviz.graph.matching as matching
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
-from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.errors import FeatvizError, InputError, LayerNotFoundError
 from onnx_featviz.io import data as api_data
-from onnx_featviz.structs import ModelInfo, Progress, ProgressFn
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import ModelInfo, Progress, ProgressFn, auto_progress
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,41 @@ METRICS = ("cosine", "snr", "maxabs", "rel-l2")
 
 
 _METRIC_FIELDS = {"cosine": "cosine", "snr": "snr_db", "maxabs": "max_abs", "rel-l2": "rel_l2"}
+
+#: Where ``compare`` and ``stats`` run: ``local`` (this process) or ``ray`` (Ray Data actors).
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True, slots=True)
+class RayOptions:
+    """Where and how the ``ray`` engine runs (``audit.engine_ray``).
+
+    ``address``: a running Ray cluster (``"auto"``, ``"ray://head:10001"``); None starts a
+    local one (or uses the one this process already started). ``workers``: actors, each with
+    its own onnxruntime session(s) and one CPU. ``gpus_per_worker``: GPUs per actor; above 0
+    the sessions run on CUDA (Ray places the actors on GPU nodes), at 0 on CPU.
+    ``retries``: restarts of an actor that died and retries of the range it was on.
+    """
+
+    address: str | None = None
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    retries: int = 3
+
+
+def check_engine(engine: str, ray: RayOptions) -> None:
+    """Refuse an unknown engine or impossible Ray settings.
+
+    Raises:
+        InputError: naming the value and the valid choices.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if ray.workers < 1:
+        raise InputError(f"ray workers must be at least 1, got {ray.workers}")
+    if ray.gpus_per_worker < 0 or ray.retries < 0:
+        raise InputError(f"gpus_per_worker and retries must be >= 0, got "
+                         f"{ray.gpus_per_worker} and {ray.retries}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +85,8 @@ class CompareOptions:
     precisions, see ``audit.default_thresholds``); ``batch_size``: inputs per run;
     ``prep``: preprocessing overrides. Images are preprocessed once, with model A's recipe,
     and the same values are fed to both models (cast to B's float input dtype).
+    ``engine``: ``"local"`` or ``"ray"`` (then ``ray`` says where; the providers come from
+    ``ray.gpus_per_worker`` instead of ``provider_a`` / ``provider_b``).
     """
 
     layers: str | tuple[str, ...] = "convs"
@@ -57,6 +96,8 @@ class CompareOptions:
     min_snr_db: float | None = None
     batch_size: int = 32
     prep: inspection.PrepOptions | None = None
+    engine: str = "local"
+    ray: RayOptions = RayOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +164,9 @@ class CompareResult:
 
     @property
     def passed(self) -> bool:
-        """True when every compared tensor is within the thresholds."""
-        return self.first_divergent is None
+        """True when at least one tensor was compared and all are within the thresholds
+        (zero compared tensors fail: a CI gate must not pass on nothing)."""
+        return self.first_divergent is None and bool(self.layers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +210,7 @@ class _Totals:
 
 def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSource,
                    data: Path | str, options: CompareOptions | None = None, *,
-                   progress: ProgressFn | None = None) -> CompareResult:
+                   progress: ProgressFn | None = auto_progress) -> CompareResult:
     """Run two models on the same data and measure, layer by layer, how far B drifts from A.
 
     Tensors are paired by ``matching.match_models`` (by name, then by structure for QDQ,
@@ -184,7 +226,8 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
         data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
             (``api_data.open_data``).
         options: layers, providers, thresholds, batch size, preprocessing.
-        progress: called after each batch (unit ``image``).
+        progress: called after each batch (unit ``image``); default: a progress bar in
+            notebooks and terminals; None: no progress.
 
     Returns:
         ``CompareResult`` (``first_divergent`` names the first tensor over the thresholds).
@@ -196,20 +239,34 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
     """
     opts = options or CompareOptions()
     _check_options(opts)
-    with inspection.Inspector(model_a, opts.provider_a, prep=opts.prep,
-                       max_batch=opts.batch_size) as ins_a, \
-            inspection.Inspector(model_b, opts.provider_b, prep=opts.prep,
-                          max_batch=opts.batch_size) as ins_b:
+    local = opts.engine == "local"  # the ray engine's driver only plans: its sessions are CPU
+    with _open_side("A", model_a, opts.provider_a if local else "cpu", opts) as ins_a, \
+            _open_side("B", model_b, opts.provider_b if local else "cpu", opts) as ins_b, \
+            progress_for(progress, "compare") as report:
         check_same_inputs(ins_a, ins_b)
         plan = _plan(ins_a, ins_b, opts.layers)
         thresholds = _thresholds(ins_a.model, ins_b.model, opts)
-        stream = api_data.open_data(ins_a, data, batch_size=opts.batch_size)
-        totals = _accumulate(ins_a, ins_b, plan, stream, progress)
-        sides = (_model_side(model_a, ins_a, plan.tensors_a, "model A"),
-                 _model_side(model_b, ins_b, plan.tensors_b, "model B"))
+        if local:
+            stream = api_data.open_data(ins_a, data, batch_size=opts.batch_size)
+            totals, providers = _accumulate(ins_a, ins_b, plan, stream, report), None
+        else:
+            totals, providers = _accumulate_ray(ins_a, ins_b, plan, data, opts, report)
+        sides = (_model_side(model_a, ins_a, plan.tensors_a, "model A", providers, 0),
+                 _model_side(model_b, ins_b, plan.tensors_b, "model B", providers, 1))
         notes = tuple(note for tag, ins, side in (("A", ins_a, sides[0]), ("B", ins_b, sides[1]))
                       if (note := int8_kernel_note(tag, ins.model, side)))
     return _result(plan, totals, sides, thresholds, notes)
+
+
+def _open_side(tag: str, model: inspection.ModelSource, provider: str, opts: CompareOptions
+               ) -> inspection.Inspector:
+    """Open model ``tag`` (A or B); its errors say which model failed."""
+    where = f"model {tag} ({Path(model).name})" if isinstance(model, str | Path) else f"model {tag}"
+    try:
+        return inspection.Inspector(model, provider, prep=opts.prep, max_batch=opts.batch_size,
+                                    name=where)
+    except FeatvizError as err:
+        raise (err if where in str(err) else type(err)(f"{where}: {err}")) from err
 
 
 def int8_kernel_note(tag: str, model: onnx.ModelProto, side: ModelSide) -> str | None:
@@ -264,6 +321,7 @@ def check_same_inputs(ins_a: inspection.Inspector, ins_b: inspection.Inspector) 
 
 
 def _check_options(opts: CompareOptions) -> None:
+    check_engine(opts.engine, opts.ray)
     if opts.batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
     if opts.min_cosine is not None and not -1.0 <= opts.min_cosine <= 1.0:
@@ -335,15 +393,12 @@ def _thresholds(model_a: onnx.ModelProto, model_b: onnx.ModelProto,
 def _accumulate(ins_a: inspection.Inspector, ins_b: inspection.Inspector, plan: _Plan,
                 stream: api_data.DataStream, progress: ProgressFn | None) -> _Totals:
     """Run both models batch by batch and add every pair to its running sums."""
-    state = _State(tuple(audit.DriftSums() for _ in plan.rows),
-                   tuple(audit.AgreementSums() for _ in plan.scores), {}, 0)
+    state = _empty_state(plan)
     partial = False
     try:
         for part in stream:
-            values_a = ins_a.capture(part.batch, plan.tensors_a)
-            values_b = ins_b.capture(_as_input(part.batch, ins_b.spec.dtype), plan.tensors_b)
             # one store per batch: a Ctrl-C never leaves a batch half added
-            state = _add_batch(plan, values_a, values_b, state, len(part.batch))
+            state = merge_batch_sums(state, batch_sums((ins_a, ins_b), part.batch, plan=plan))
             if progress is not None:
                 progress(Progress(stream.done, stream.total, "image"))
     except KeyboardInterrupt:
@@ -353,6 +408,62 @@ def _accumulate(ins_a: inspection.Inspector, ins_b: inspection.Inspector, plan: 
         log.warning("interrupted: the comparison covers the first %d inputs only", state.images)
     return _Totals(state.drift, state.agreement, state.dropped, state.images,
                    tuple(stream.skipped), partial)
+
+
+def _accumulate_ray(ins_a: inspection.Inspector, ins_b: inspection.Inspector, plan: _Plan,
+                    data: Path | str, opts: CompareOptions, progress: ProgressFn | None
+                    ) -> tuple[_Totals, tuple[tuple[str, ...], ...]]:
+    """``_accumulate`` on Ray Data actors (``audit.engine_ray``), with the actors' providers."""
+    from onnx_featviz.audit import engine_ray  # imports ray: only for this engine
+
+    job = engine_ray.Job(step=functools.partial(batch_sums, plan=plan),
+                         sessions=functools.partial(_providers, plan=plan),
+                         fold=merge_batch_sums, initial=_empty_state(plan))
+    run = engine_ray.run_job((ins_a.model, ins_b.model), data, job, options=opts.ray,
+                             batch_size=opts.batch_size, prep=opts.prep, progress=progress)
+    state = run.value
+    return _Totals(state.drift, state.agreement, state.dropped, state.images, run.skipped,
+                   run.partial), run.providers
+
+
+def _empty_state(plan: _Plan) -> _State:
+    return _State(tuple(audit.DriftSums() for _ in plan.rows),
+                  tuple(audit.AgreementSums() for _ in plan.scores), {}, 0)
+
+
+def batch_sums(inspectors: Sequence[inspection.Inspector], batch: NDArray[np.generic], *,
+               plan: _Plan) -> _State:
+    """Run one batch through both models and return its sums alone (every engine's step).
+
+    Args:
+        inspectors: model A's and model B's inspectors.
+        batch: (N, ...) model-ready rows of A's input (cast to B's float dtype for B).
+        plan: the tensor pairs (``_plan``).
+
+    Returns:
+        The batch's drift and agreement sums, pairs dropped for a shape mismatch, N.
+    """
+    ins_a, ins_b = inspectors
+    values_a = ins_a.capture(batch, plan.tensors_a)
+    values_b = ins_b.capture(_as_input(batch, ins_b.spec.dtype), plan.tensors_b)
+    return _add_batch(plan, values_a, values_b, _empty_state(plan), len(batch))
+
+
+def merge_batch_sums(state: _State, part: _State) -> _State:
+    """Return ``state`` followed by one more batch's sums (a pair dropped earlier stays so)."""
+    dropped = {**part.dropped, **state.dropped}
+    return _State(tuple(audit.merge_drift(a, b) for a, b in zip(state.drift, part.drift,
+                                                                 strict=True)),
+                  tuple(audit.merge_agreement(a, b)
+                        for a, b in zip(state.agreement, part.agreement, strict=True)),
+                  dropped, state.images + part.images)
+
+
+def _providers(inspectors: Sequence[inspection.Inspector], *, plan: _Plan
+               ) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(ins.session(tensors).providers)
+                 for ins, tensors in zip(inspectors, (plan.tensors_a, plan.tensors_b),
+                                         strict=True))
 
 
 def _as_input(batch: NDArray[np.generic], dtype: str) -> NDArray[np.generic]:
@@ -390,11 +501,17 @@ def _scores(value: NDArray[np.generic]) -> NDArray[np.generic] | None:
 
 
 def _model_side(source: inspection.ModelSource, inspector: inspection.Inspector,
-                tensors: Sequence[str], fallback: str) -> ModelSide:
+                tensors: Sequence[str], fallback: str,
+                providers: tuple[tuple[str, ...], ...] | None = None,
+                index: int = 0) -> ModelSide:
+    """Name, precision and providers of one model (``providers``: the ray engine's actors')."""
     name = Path(source).name if isinstance(source, str | Path) else (
         inspector.model.graph.name or fallback)
-    providers = inspector.session(tuple(tensors)).providers
-    return ModelSide(name, matching.model_precision(inspector.model), tuple(providers))
+    if providers is None:
+        used = tuple(inspector.session(tuple(tensors)).providers)
+    else:
+        used = providers[index] if providers else ()
+    return ModelSide(name, matching.model_precision(inspector.model), used)
 
 
 def _result(plan: _Plan, totals: _Totals, sides: tuple[ModelSide, ModelSide],

@@ -193,6 +193,14 @@ def _add_chunk(sums: DriftSums, a: NDArray[np.generic], b: NDArray[np.generic]) 
     )
 
 
+def merge_drift(a: DriftSums, b: DriftSums) -> DriftSums:
+    """Return the sums over two disjoint sets of inputs (``a`` first: the order is fixed)."""
+    return DriftSums(count=a.count + b.count, finite=a.finite + b.finite,
+                     nonfinite=a.nonfinite + b.nonfinite, dot=a.dot + b.dot,
+                     sq_a=a.sq_a + b.sq_a, sq_b=a.sq_b + b.sq_b, sq_err=a.sq_err + b.sq_err,
+                     max_abs=max(a.max_abs, b.max_abs))
+
+
 def drift_metrics(sums: DriftSums) -> Drift:
     """Return the drift metrics of accumulated sums.
 
@@ -341,6 +349,13 @@ def add_agreement(sums: AgreementSums, a: NDArray[np.generic],
         dprob_sum=sums.dprob_sum + float(delta.sum()),
         dprob_max=max(sums.dprob_max, float(delta.max(initial=0.0))),
     )
+
+
+def merge_agreement(a: AgreementSums, b: AgreementSums) -> AgreementSums:
+    """Return the sums over two disjoint sets of inputs (``a`` first: the order is fixed)."""
+    return AgreementSums(count=a.count + b.count, agree=a.agree + b.agree,
+                         dprob_sum=a.dprob_sum + b.dprob_sum,
+                         dprob_max=max(a.dprob_max, b.dprob_max))
 
 
 def agreement_metrics(sums: AgreementSums) -> Agreement:

@@ -4,6 +4,7 @@ the device, with dead / saturated / non-finite findings.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ import onnx_featviz.audit.metrics as audit
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
-from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS
+from onnx_featviz.audit.compare import _PASS_THROUGH, LAYER_SETS, RayOptions, check_engine
 from onnx_featviz.errors import InputError
 from onnx_featviz.graph import reductions
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io import data as api_data
-from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn, auto_progress
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class StatsOptions:
     (every float activation, ``rewrite.all_tensors``), or node / tensor names (a conv node name
     means its activation output as for ``convs``; a tensor name means that tensor).
     ``saturation``: share of a channel's values at a Clip bound from which it is saturated.
+    ``engine``: ``"local"`` or ``"ray"`` (then ``ray`` says where; the provider comes from
+    ``ray.gpus_per_worker`` instead of ``provider``).
     """
 
     layers: str | Sequence[str] = "convs"
@@ -43,6 +47,8 @@ class StatsOptions:
     batch_size: int = 32
     prep: inspection.PrepOptions | None = None
     saturation: float = audit.SATURATION_FRACTION
+    engine: str = "local"
+    ray: RayOptions = RayOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,7 @@ class StatsResult:
 
 def dataset_stats(model: inspection.ModelSource, data: Path | str,
                   options: StatsOptions | None = None, *,
-                  progress: ProgressFn | None = None) -> StatsResult:
+                  progress: ProgressFn | None = auto_progress) -> StatsResult:
     """Measure per-channel statistics of a model's layers over a whole dataset.
 
     Each batch runs once through the model with on-device reductions
@@ -115,7 +121,8 @@ def dataset_stats(model: inspection.ModelSource, data: Path | str,
         data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
             (``api_data.open_data``).
         options: layers, provider, batch size, preprocessing, saturation share.
-        progress: called after each batch (unit ``image``).
+        progress: called after each batch (unit ``image``); default: a progress bar in
+            notebooks and terminals; None: no progress.
 
     Returns:
         ``StatsResult`` with per-layer statistics, dead / saturated channels and the first
@@ -128,20 +135,72 @@ def dataset_stats(model: inspection.ModelSource, data: Path | str,
     """
     opts = options or StatsOptions()
     _check_stats_options(opts)
-    with inspection.Inspector(model, opts.provider, prep=opts.prep,
-                       max_batch=opts.batch_size) as inspector:
+    local = opts.engine == "local"  # the ray engine's driver only plans: its session is CPU
+    with inspection.Inspector(model, opts.provider if local else "cpu", prep=opts.prep,
+                       max_batch=opts.batch_size) as inspector, \
+            progress_for(progress, "stats") as report:
         tensors = _stats_tensors(inspector.info, opts.layers)
-        stream = api_data.open_data(inspector, data, batch_size=opts.batch_size)
-        merged, images, partial = _stream_stats(inspector, tensors, stream, progress)
-        providers = tuple(inspector.session(tensors, stats=True).providers)
+        if local:
+            stream = api_data.open_data(inspector, data, batch_size=opts.batch_size)
+            merged, images, partial = _stream_stats(inspector, tensors, stream, report)
+            skipped = tuple(stream.skipped)
+            providers = tuple(inspector.session(tensors, stats=True).providers)
+        else:
+            merged, images, partial, skipped, providers = _ray_stats(
+                inspector, tensors, data, opts, report)
         layers = _layers_stats(inspector, tensors, merged, opts.saturation)
     name = Path(model).name if isinstance(model, str | Path) else (
         inspector.model.graph.name or "model")
     first = audit.first_nonfinite([(lay.tensor, lay.stats) for lay in layers])
-    return StatsResult(name, providers, layers, images, tuple(stream.skipped), partial, first)
+    return StatsResult(name, providers, layers, images, skipped, partial, first)
+
+
+def batch_stats(inspectors: Sequence[inspection.Inspector], batch: NDArray[np.generic], *,
+                tensors: tuple[str, ...]) -> dict[str, ChannelStats]:
+    """Return one batch's per-channel statistics of ``tensors`` (every engine's step).
+
+    Args:
+        inspectors: the model's inspector (one).
+        batch: (N, ...) model-ready rows.
+        tensors: the tensors measured (``_stats_tensors``).
+    """
+    return image_stats(inspectors[0], batch, tensors)
+
+
+def merge_batch_stats(merged: Mapping[str, ChannelStats], part: Mapping[str, ChannelStats]
+                      ) -> dict[str, ChannelStats]:
+    """Return ``merged`` followed by one more batch's statistics (a new dict)."""
+    out = dict(merged)
+    for tensor, stats in part.items():
+        old = out.get(tensor)
+        out[tensor] = stats if old is None else audit.merge_channel_stats(old, stats)
+    return out
+
+
+def _ray_stats(inspector: inspection.Inspector, tensors: Sequence[str], data: Path | str,
+               opts: StatsOptions, progress: ProgressFn | None
+               ) -> tuple[dict[str, ChannelStats], int, bool, tuple[tuple[str, str], ...],
+                          tuple[str, ...]]:
+    """``_stream_stats`` on Ray Data actors (``audit.engine_ray``), with the actors' providers."""
+    from onnx_featviz.audit import engine_ray  # imports ray: only for this engine
+
+    initial: dict[str, ChannelStats] = {}
+    job = engine_ray.Job(step=functools.partial(batch_stats, tensors=tuple(tensors)),
+                         sessions=functools.partial(_providers, tensors=tuple(tensors)),
+                         fold=merge_batch_stats, initial=initial)
+    run = engine_ray.run_job((inspector.model,), data, job, options=opts.ray,
+                             batch_size=opts.batch_size, prep=opts.prep, progress=progress)
+    return run.value, run.images, run.partial, run.skipped, run.providers[0] if run.providers \
+        else ()
+
+
+def _providers(inspectors: Sequence[inspection.Inspector], *, tensors: tuple[str, ...]
+               ) -> tuple[tuple[str, ...], ...]:
+    return (tuple(inspectors[0].session(tensors, stats=True).providers),)
 
 
 def _check_stats_options(opts: StatsOptions) -> None:
+    check_engine(opts.engine, opts.ray)
     if opts.batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {opts.batch_size}")
     if not 0.0 < opts.saturation <= 1.0:
@@ -185,10 +244,8 @@ def _stream_stats(inspector: inspection.Inspector, tensors: Sequence[str],
     partial = False
     try:
         for part in stream:
-            merged = dict(done[0])
-            for tensor, stats in image_stats(inspector, part.batch, tensors).items():
-                old = merged.get(tensor)
-                merged[tensor] = stats if old is None else audit.merge_channel_stats(old, stats)
+            merged = merge_batch_stats(done[0], batch_stats((inspector,), part.batch,
+                                                            tensors=tuple(tensors)))
             done = (merged, done[1] + len(part.batch))
             if progress is not None:
                 progress(Progress(stream.done, stream.total, "image"))

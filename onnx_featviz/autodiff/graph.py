@@ -341,12 +341,24 @@ def seed_top1(grad: GradModel) -> GradModel:
     graph = model.graph
     of = grad.outputs[0]
     seed = next(v for v in graph.input if v.name == grad.seed)
-    elem = seed.type.tensor_type.elem_type
     pre = f"{TOP1_PREFIX}{of}"
+    nodes = _top1_seed_nodes(of, pre, grad.seed, seed.type.tensor_type.elem_type)
+    first = next(i for i, n in enumerate(graph.node) if grad.seed in n.input)
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*old[:first], *nodes, *old[first:]])
+    kept = [v for v in graph.input if v.name != grad.seed]
+    del graph.input[:]
+    graph.input.extend(kept)
+    graph.output.append(helper.make_tensor_value_info(pre, TensorProto.INT64, [None]))
+    return GradModel(model, "", grad.gradients, (*grad.outputs, pre))
+
+
+def _top1_seed_nodes(of: str, pre: str, seed: str, elem: int) -> list[onnx.NodeProto]:
+    """Nodes computing ``seed`` = one-hot arg-max of ``of`` per row (``pre``: the classes)."""
 
     def const(key: str, value: list[int]) -> str:
-        name = f"{pre}/{key}"
-        return _const_node(nodes, name, value)
+        return _const_node(nodes, f"{pre}/{key}", value)
 
     nodes: list[onnx.NodeProto] = []
     flat = f"{pre}/flat"
@@ -369,16 +381,8 @@ def seed_top1(grad: GradModel) -> GradModel:
     nodes.append(helper.make_node("Cast", [onehot], [cast], name=cast, to=elem))
     full = f"{pre}/of_shape"
     nodes.append(helper.make_node("Shape", [of], [full], name=full))
-    nodes.append(helper.make_node("Reshape", [cast, full], [grad.seed], name=grad.seed))
-    first = next(i for i, n in enumerate(graph.node) if grad.seed in n.input)
-    old = list(graph.node)
-    del graph.node[:]
-    graph.node.extend([*old[:first], *nodes, *old[first:]])
-    kept = [v for v in graph.input if v.name != grad.seed]
-    del graph.input[:]
-    graph.input.extend(kept)
-    graph.output.append(helper.make_tensor_value_info(pre, TensorProto.INT64, [None]))
-    return GradModel(model, "", grad.gradients, (*grad.outputs, pre))
+    nodes.append(helper.make_node("Reshape", [cast, full], [seed], name=seed))
+    return nodes
 
 
 def _const_node(nodes: list[onnx.NodeProto], name: str, value: list[int]) -> str:

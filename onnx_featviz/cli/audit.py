@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    FiniteRange,
     emit_written,
     prep_options,
     progress_bar,
     provider_option,
+    refuse_overwrite,
     reports_errors,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
     from onnx_featviz import api
+    from onnx_featviz.audit import compare as audit_compare
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def engine_options(fn: F) -> F:
+    """Add ``--engine`` and the Ray options; pass them as ``engine`` and ``ray`` arguments."""
+    options = [
+        click.option("--engine", type=click.Choice(list(choices.ENGINES)),
+                     default="local", show_default=True,
+                     help="local: this process; ray: Ray Data actors (pip install "
+                          "\"onnx-featviz[ray]\"), on --ray-address."),
+        click.option("--ray-address", metavar="ADDR",
+                     help="Ray cluster to use with --engine ray ('auto': the one started with "
+                          "'ray start --head'; default: start a local one)."),
+        click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                     help="Ray actors, each with its own onnxruntime session(s)."),
+        click.option("--gpus-per-worker", type=FiniteRange(min=0.0), default=0.0,
+                     show_default=True, help="GPUs per Ray actor; above 0 runs on CUDA."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, engine: str, ray_address: str | None, workers: int,
+                gpus_per_worker: float, **kwargs: Any) -> Any:
+        from onnx_featviz.audit.compare import RayOptions
+
+        kwargs["engine"] = engine
+        kwargs["ray"] = RayOptions(address=ray_address, workers=workers,
+                                   gpus_per_worker=gpus_per_worker)
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 # == compare (owner: compare helper; keep other code outside this section) =====================
@@ -51,10 +89,10 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
                    "node / tensor names of MODEL_A (repeat or comma-separate).")
 @click.option("--metric", type=click.Choice(list(choices.METRICS)), default="snr",
               show_default=True, help="Metric drawn by --plot.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
+@click.option("--min-cosine", type=FiniteRange(-1.0, 1.0), metavar="X",
               help="Fail below this cosine (default per precision: fp32 0.9999, fp16 0.999, "
                    "int8 0.98).")
-@click.option("--min-snr", type=float, metavar="DB",
+@click.option("--min-snr", type=FiniteRange(), metavar="DB",
               help="Fail below this SNR in dB (default per precision: fp32 40, fp16 30, "
                    "int8 15).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path, allow_dash=True),
@@ -65,12 +103,14 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
               help="Write compare.json and compare_<metric>.png into DIR.")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Inputs per run.")
+@engine_options
 @prep_options
 @reports_errors
 def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_b: str,
             layers: tuple[str, ...], metric: str, min_cosine: float | None,
             min_snr: float | None, json_file: Path | None, plot_file: Path | None,
-            out: Path | None, batch: int, prep: api.PrepOptions) -> None:
+            out: Path | None, batch: int, prep: api.PrepOptions, engine: str,
+            ray: audit_compare.RayOptions) -> None:
     """Measure layer by layer how far MODEL_B drifts from MODEL_A over DATA.
 
     MODEL_B is a float16 or int8 (QDQ / QLinear) form of MODEL_A, or MODEL_A itself run on
@@ -83,17 +123,19 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
       featviz compare model.onnx model_int8.onnx images/ --plot drift.png
       featviz compare model.onnx model.onnx images/ --provider-a cpu --provider-b cuda
       featviz compare model.onnx model_fp16.onnx t10k-images-idx3-ubyte.gz --json -
+      featviz compare model.onnx model_int8.onnx val/ --engine ray --ray-address auto
     """
     from onnx_featviz.audit import compare as audit_compare
     from onnx_featviz.audit import output as audit_output
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
+    refuse_overwrite([model_a, model_b, data], [json_path, plot_path])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_path] if plot_path else [])
     options = audit_compare.CompareOptions(
         layers=layers, provider_a=provider_a, provider_b=provider_b, min_cosine=min_cosine,
-        min_snr_db=min_snr, batch_size=batch, prep=prep)
+        min_snr_db=min_snr, batch_size=batch, prep=prep, engine=engine, ray=ray)
     try:
         with progress_bar("compare") as bar:
             result = audit_compare.compare_models(model_a, model_b, data, options, progress=bar)
@@ -139,15 +181,16 @@ def _split_findings(ctx: click.Context, param: click.Parameter, value: str | Non
               help="Write a PNG summary, one panel per layer.")
 @click.option("--fail-on", callback=_split_findings, metavar="dead,saturated,nonfinite",
               help="Exit with code 1 when any of these findings occurs (CI gate).")
-@click.option("--saturation", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+@click.option("--saturation", type=FiniteRange(0.0, 1.0, min_open=True), default=0.5,
               show_default=True, help="Share of values at a Clip bound that makes a channel "
                                       "saturated.")
 @provider_option
+@engine_options
 @prep_options
 @reports_errors
 def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_file: Path | None,
           plot_file: Path | None, fail_on: tuple[str, ...], saturation: float, provider: str,
-          prep: api.PrepOptions) -> None:
+          prep: api.PrepOptions, engine: str, ray: audit_compare.RayOptions) -> None:
     """Measure per-channel statistics of MODEL's layers over DATA, on the device.
 
     Per channel: mean, std, min, max, fraction of zeros and NaN/Inf count, merged over every
@@ -161,15 +204,17 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     Examples:
       featviz stats models/mnist_cnn.onnx t10k-images-idx3-ubyte.gz --plot stats.png
       featviz stats model.onnx images/ --layers all --json stats.json --fail-on dead,nonfinite
+      featviz stats model.onnx val/ --engine ray --ray-address auto --workers 8
     """
     from onnx_featviz.audit import output as audit_output
     from onnx_featviz.audit import stats as audit_stats
     to_stdout = json_file is not None and str(json_file) == "-"
     json_path = None if to_stdout else json_file
+    refuse_overwrite([model, data], [json_path, plot_file])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_file] if plot_file else [])
     options = audit_stats.StatsOptions(layers=layers, provider=provider, batch_size=batch,
-                                     prep=prep, saturation=saturation)
+                                     prep=prep, saturation=saturation, engine=engine, ray=ray)
     try:
         with progress_bar("stats") as bar:
             result = audit_stats.dataset_stats(model, data, options, progress=bar)

@@ -167,7 +167,10 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def dtype_name(elem_type: int) -> str | None:
-    """Return the numpy dtype name of an ONNX elem type (``"float32"``), None when undefined."""
+    """Return the numpy dtype name of an ONNX elem type (``"float32"``), None when undefined.
+
+    An elem type ONNX does not define (a corrupt or future file) also gives None.
+    """
     if elem_type == onnx.TensorProto.UNDEFINED:
         return None
     if elem_type == onnx.TensorProto.STRING:
@@ -175,7 +178,11 @@ def dtype_name(elem_type: int) -> str | None:
     try:
         return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
     except (KeyError, TypeError, ValueError):
+        pass
+    try:
         return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+    except ValueError:
+        return None
 
 
 def constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:

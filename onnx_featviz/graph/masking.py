@@ -69,52 +69,81 @@ def mask_input(model: onnx.ModelProto, *, map_size: tuple[int, int],
         raise InputError(f"masking needs a model with one image input, found "
                          f"{[v.name for v in real]}")
     image = real[0]
-    ctx = _context(out, None, None)
-    nodes: list[onnx.NodeProto] = []
+    build = _Builder()
+    mask = _upsampled_mask(build, map_size, input_size, eps, _context(out, None, None).opset)
+    masked = build.node("Mul", [build.node("Gather", [MASK_IMAGES, MASK_INDEX], "row_images",
+                                           axis=0), mask], "masked")
+    masked = _as_model_input(build, masked, layout, input_size,
+                             image.type.tensor_type.elem_type)
+    build.nodes.append(helper.make_node("Identity", [masked], [image.name],
+                                        name=f"featviz/mask/{image.name}"))
+    _replace_input(graph, image.name, map_size, input_size, layout)
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*build.nodes, *old])
+    return out
 
-    def const(key: str, value: NDArray[np.generic]) -> str:
+
+class _Builder:
+    """Collects the masking nodes, named ``featviz/mask/<purpose>``."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+
+    def const(self, key: str, value: NDArray[np.generic]) -> str:
         name = f"{_CONST}mask/{key}"
         tensor = onnx.numpy_helper.from_array(value, name)
-        nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
+        self.nodes.append(helper.make_node("Constant", [], [name], name=name, value=tensor))
         return name
 
-    def node(op: str, inputs: list[str], purpose: str, **attrs: int | list[int]) -> str:
+    def node(self, op: str, inputs: list[str], purpose: str, **attrs: int | list[int]) -> str:
         name = f"featviz/mask/{purpose}"
         made = helper.make_node(op, inputs, [name], name=name)
         made.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attrs.items()))
-        nodes.append(made)
+        self.nodes.append(made)
         return name
 
-    rows = const("rows", _interp_matrix(map_size[0], input_size[0]))
-    cols = const("cols_t", _interp_matrix(map_size[1], input_size[1]).T.copy())
-    up = node("MatMul", [node("MatMul", [rows, MASK_MAPS], "upsample_rows"), cols], "upsample")
-    flat = node("Reshape", [up, const("flat", np.array([0, -1], np.int64))], "flat")
-    if ctx.opset < 18:
-        lo = node("ReduceMin", [flat], "min", axes=[1], keepdims=1)
-        hi = node("ReduceMax", [flat], "max", axes=[1], keepdims=1)
+
+def _upsampled_mask(build: _Builder, map_size: tuple[int, int], input_size: tuple[int, int],
+                    eps: float, opset: int) -> str:
+    """(B, 1, H, W): each map upsampled (two MatMuls) and min-max scaled per row."""
+    rows = build.const("rows", _interp_matrix(map_size[0], input_size[0]))
+    cols = build.const("cols_t", _interp_matrix(map_size[1], input_size[1]).T.copy())
+    up = build.node("MatMul", [build.node("MatMul", [rows, MASK_MAPS], "upsample_rows"), cols],
+                    "upsample")
+    flat = build.node("Reshape", [up, build.const("flat", np.array([0, -1], np.int64))], "flat")
+    if opset < 18:
+        lo = build.node("ReduceMin", [flat], "min", axes=[1], keepdims=1)
+        hi = build.node("ReduceMax", [flat], "max", axes=[1], keepdims=1)
     else:
-        axes = const("axes", np.array([1], np.int64))
-        lo = node("ReduceMin", [flat, axes], "min", keepdims=1)
-        hi = node("ReduceMax", [flat, axes], "max", keepdims=1)
-    span = node("Add", [node("Sub", [hi, lo], "range"), const("eps", np.array(eps, np.float32))],
-                "range_eps")
-    mask = node("Div", [node("Sub", [flat, lo], "shifted"), span], "mask_flat")
+        axes = build.const("axes", np.array([1], np.int64))
+        lo = build.node("ReduceMin", [flat, axes], "min", keepdims=1)
+        hi = build.node("ReduceMax", [flat, axes], "max", keepdims=1)
+    span = build.node("Add", [build.node("Sub", [hi, lo], "range"),
+                              build.const("eps", np.array(eps, np.float32))], "range_eps")
+    mask = build.node("Div", [build.node("Sub", [flat, lo], "shifted"), span], "mask_flat")
     shape = np.array([0, 1, input_size[0], input_size[1]], np.int64)
-    mask4 = node("Reshape", [mask, const("shape", shape)], "mask")
-    rows_img = node("Gather", [MASK_IMAGES, MASK_INDEX], "row_images", axis=0)
-    masked = node("Mul", [rows_img, mask4], "masked")
+    return build.node("Reshape", [mask, build.const("shape", shape)], "mask")
+
+
+def _as_model_input(build: _Builder, masked: str, layout: str, input_size: tuple[int, int],
+                    elem: int) -> str:
+    """Transpose to NHWC / squeeze to NHW where the model wants it, and cast to its dtype."""
     if layout == "NHWC":
-        masked = node("Transpose", [masked], "nhwc", perm=[0, 2, 3, 1])
+        masked = build.node("Transpose", [masked], "nhwc", perm=[0, 2, 3, 1])
     elif layout == "NHW":
-        masked = node("Reshape", [masked, const("nhw", np.array(
+        masked = build.node("Reshape", [masked, build.const("nhw", np.array(
             [0, input_size[0], input_size[1]], np.int64))], "nhw")
-    elem = image.type.tensor_type.elem_type
     if elem != TensorProto.FLOAT:
-        masked = node("Cast", [masked], "cast", to=elem)
-    nodes.append(helper.make_node("Identity", [masked], [image.name],
-                                  name=f"featviz/mask/{image.name}"))
+        masked = build.node("Cast", [masked], "cast", to=elem)
+    return masked
+
+
+def _replace_input(graph: onnx.GraphProto, image: str, map_size: tuple[int, int],
+                   input_size: tuple[int, int], layout: str) -> None:
+    """Swap the image input for the images, row index and maps inputs (in place, on the copy)."""
     channels = 1 if layout == "NHW" else None
-    kept = [v for v in graph.input if v.name != image.name]
+    kept = [v for v in graph.input if v.name != image]
     del graph.input[:]
     graph.input.extend([
         helper.make_tensor_value_info(MASK_IMAGES, TensorProto.FLOAT,
@@ -122,8 +151,3 @@ def mask_input(model: onnx.ModelProto, *, map_size: tuple[int, int],
         helper.make_tensor_value_info(MASK_INDEX, TensorProto.INT64, ["featviz_rows"]),
         helper.make_tensor_value_info(MASK_MAPS, TensorProto.FLOAT, ["featviz_rows", *map_size]),
         *kept])
-    old = list(graph.node)
-    del graph.node[:]
-    graph.node.extend([*nodes, *old])
-    return out
-

@@ -104,38 +104,56 @@ class DataStream:
         total: rows (inputs) expected: files listed, array rows, IDX count; None if unknown.
         skipped: ``(source, reason)`` per unreadable item, growing while iterating.
         done: inputs consumed so far (rows yielded plus items skipped), for progress.
-        batch_size: rows per batch (the last batch, and one before a change of image shape
-            when the model has a dynamic size, may hold fewer).
+        batch_size: rows per batch. Batch k holds the readable inputs among inputs
+            ``[k * batch_size, (k + 1) * batch_size)`` of DATA: an unreadable input leaves its
+            batch one row short rather than shifting every later batch, so a range of DATA
+            streamed alone (``open_data(rows=)``) yields the very batches the whole stream
+            does. The last batch, and one before a change of image shape when the model has a
+            dynamic size, may also hold fewer.
     """
 
     def __init__(self, path: Path, kind: str, total: int | None, batch_size: int,
-                 chunks: Callable[[SkipFn], Iterator[Chunk]]) -> None:
+                 chunks: Callable[[SkipFn], Iterator[Chunk]], *,
+                 require_rows: bool = True, first: int = 0) -> None:
         self.path, self.kind, self.total, self.batch_size = path, kind, total, batch_size
         self.skipped: list[tuple[str, str]] = []
         self.done = 0
         self._chunks = chunks
+        self._require_rows = require_rows
+        self._first = first  # DATA's number of the stream's first input
+        self._consumed = 0
 
     def __iter__(self) -> Iterator[DataBatch]:
         self.skipped = []
-        self.done = 0
+        self.done = self._consumed = 0
         yielded = 0
-        for batch in _rebatch(self._chunks(self._skip), self.batch_size):
+        for batch in _rebatch(self._numbered(), self.batch_size):
             yielded += len(batch.batch)
             self.done += len(batch.batch)
             yield batch
-        if yielded == 0:
-            first = f"; first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+        first = f"; first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+        if yielded and self.skipped:  # one notice for the run, not one per file
+            log.warning("skipped %d of %d inputs in %s that could not be read%s",
+                        len(self.skipped), self.done, self.path, first)
+        if yielded == 0 and self._require_rows:
             raise InputError(f"no input in {self.path} could be read ({len(self.skipped)} "
                              f"skipped{first}); give {DATA_KINDS}")
 
     def _skip(self, source: str, reason: str, count: int = 1) -> None:
-        log.warning("skipped %s: %s", source, reason)
+        log.debug("skipped %s: %s", source, reason)
         self.skipped.append((source, reason))
         self.done += count
+        self._consumed += count
+
+    def _numbered(self) -> Iterator[tuple[int, Chunk]]:
+        """Each chunk with DATA's number of its first row (rows of a chunk are consecutive)."""
+        for chunk in self._chunks(self._skip):
+            yield self._first + self._consumed, chunk
+            self._consumed += len(chunk[1])
 
 
-def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32
-              ) -> DataStream:
+def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
+              rows: tuple[int, int] | None = None) -> DataStream:
     """Open DATA (see the module docstring for the kinds and the array mapping) for streaming.
 
     Nothing but headers and the folder listing is read here; rows are read while iterating.
@@ -144,6 +162,10 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32
         inspector: the model's ``Inspector`` (its input spec and preprocessing are used).
         data: an image file, a folder, a ``.npy``/``.npz`` file or an MNIST IDX images file.
         batch_size: rows per ``DataBatch`` (at least 1).
+        rows: only the inputs ``[start, stop)`` of DATA, numbered as a whole stream numbers
+            them (files in sorted order, array rows across the arrays of a ``.npz`` in file
+            order, IDX images), so that disjoint ranges streamed apart (one per worker) hold
+            each input once; such a stream may be empty without error. None: all of DATA.
 
     Returns:
         A ``DataStream``; iterate it for ``DataBatch`` es.
@@ -155,38 +177,65 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if rows is not None and not 0 <= rows[0] <= rows[1]:
+        raise InputError(f"rows must be a range (start, stop) with 0 <= start <= stop, got {rows}")
+    span = rows or (0, _ALL)
     path = Path(data)
     if path.is_dir():
-        return _folder_stream(inspector, path, batch_size)
-    if not path.is_file():
-        raise InputError(f"DATA {path} does not exist; give {DATA_KINDS}")
+        return _folder_stream(inspector, path, batch_size, span)
+    fileio.require_file(path, "DATA", f"give {DATA_KINDS}")
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         _require_images(inspector.spec)
-        return DataStream(path, "image", 1, batch_size,
-                          lambda skip: _image_chunks(inspector, [path], skip))
+        files = [path][span[0]:span[1]]
+        return DataStream(path, "image", len(files), batch_size,
+                          lambda skip: _image_chunks(inspector, files, skip),
+                          require_rows=rows is None, first=span[0])
     if suffix in ARRAY_EXTENSIONS:
-        return _array_stream(inspector, path, batch_size)
-    return _idx_stream(inspector, path, batch_size)
+        return _array_stream(inspector, path, batch_size, span)
+    return _idx_stream(inspector, path, batch_size, span)
+
+
+_ALL = 1 << 62
+"""The stop of the whole stream's row range."""
+
+
+def data_size(inspector: ModelInput, data: Path | str) -> int:
+    """Return how many inputs DATA holds (files listed, array rows that fit, IDX images).
+
+    Reads headers and the folder listing only; the numbering is the one ``open_data(rows=)``
+    uses.
+
+    Raises:
+        InputError: as ``open_data``.
+    """
+    total = open_data(inspector, data, batch_size=1).total
+    assert total is not None  # every kind knows its size from headers or the listing
+    return total
 
 
 # -- re-batching ---------------------------------------------------------------------------------
-def _rebatch(chunks: Iterator[Chunk], size: int) -> Iterator[DataBatch]:
-    """Cut chunks into batches of ``size`` rows; a change of row shape ends a batch early."""
+def _rebatch(chunks: Iterator[tuple[int, Chunk]], size: int) -> Iterator[DataBatch]:
+    """Cut numbered chunks into the batches of inputs ``[k * size, (k + 1) * size)``.
+
+    A change of row shape ends a batch early.
+    """
     pending: list[Chunk] = []
-    count = 0
-    for sources, rows in chunks:
-        if pending and pending[0][1].shape[1:] != rows.shape[1:]:
-            yield _joined(pending)
-            pending, count = [], 0
-        pending.append((sources, rows))
-        count += len(rows)
-        while count >= size:
-            joined = _joined(pending)
-            yield DataBatch(joined.batch[:size], joined.sources[:size])
-            rest = joined.batch[size:]
-            pending = [(joined.sources[size:], rest)] if len(rest) else []
-            count = len(rest)
+    current = -1
+    for first, (sources, rows) in chunks:
+        offset = 0
+        while offset < len(rows):
+            index = first + offset
+            take = min(len(rows) - offset, size - index % size)
+            if pending and (index // size != current
+                            or pending[0][1].shape[1:] != rows.shape[1:]):
+                yield _joined(pending)
+                pending = []
+            pending.append((sources[offset:offset + take], rows[offset:offset + take]))
+            current, offset = index // size, offset + take
+            if (first + offset) % size == 0:
+                yield _joined(pending)
+                pending = []
     if pending:
         yield _joined(pending)
 
@@ -205,11 +254,14 @@ def _require_images(spec: InputSpec) -> None:
                          "take images; give DATA as a .npy/.npz array of that shape")
 
 
-def _folder_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
+def _folder_stream(inspector: ModelInput, path: Path, batch_size: int,
+                   span: tuple[int, int]) -> DataStream:
     files = fileio.list_images(path)  # raises InputError for an empty folder
     _require_images(inspector.spec)
+    files = files[span[0]:span[1]]
     return DataStream(path, "folder", len(files), batch_size,
-                      lambda skip: _image_chunks(inspector, files, skip))
+                      lambda skip: _image_chunks(inspector, files, skip),
+                      require_rows=span == (0, _ALL), first=span[0])
 
 
 def _image_chunks(inspector: ModelInput, files: list[Path], skip: SkipFn
@@ -235,7 +287,8 @@ class _ArrayHeader:
     fortran: bool
 
 
-def _array_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
+def _array_stream(inspector: ModelInput, path: Path, batch_size: int,
+                  span: tuple[int, int]) -> DataStream:
     """Check every array's header now; stream the arrays that map onto the model input."""
     headers = _read_headers(path)
     plans: dict[str, Callable[[NDArray[np.generic]], NDArray[np.generic]]] = {}
@@ -250,18 +303,26 @@ def _array_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStr
         raise InputError(refused[0][1] if len(refused) == 1 else
                          "no array of " + str(path) + " fits the model: "
                          + "; ".join(f"{name}: {why}" for name, why in refused))
-    total = sum(headers[key].shape[0] for key in plans)
+    ranges, offset = {}, 0
+    for key in plans:  # each array's rows in the whole stream's numbering, cut to ``span``
+        count = headers[key].shape[0]
+        low, high = max(span[0] - offset, 0), min(span[1] - offset, count)
+        if low < high:
+            ranges[key] = (low, high)
+        offset += count
 
     def chunks(skip: SkipFn) -> Iterator[Chunk]:
-        for name, why in refused:
+        for name, why in refused if span[0] == 0 else ():
             skip(name, why, 0)
         with ExitStack() as stack:
-            for key, plan in plans.items():
+            for key, (low, high) in ranges.items():
                 name = _array_name(path, key, len(headers))
                 fh = _open_member(stack, path, key)
-                for start, rows in _row_chunks(fh, name, batch_size, skip):
-                    yield tuple(f"{name}[{start + i}]" for i in range(len(rows))), plan(rows)
-    return DataStream(path, "array", total, batch_size, chunks)
+                for start, rows in _row_chunks(fh, name, batch_size, skip, (low, high)):
+                    yield (tuple(f"{name}[{start + i}]" for i in range(len(rows))),
+                           plans[key](rows))
+    return DataStream(path, "array", sum(h - lo for lo, h in ranges.values()), batch_size,
+                      chunks, require_rows=span == (0, _ALL), first=span[0])
 
 
 def _array_name(path: Path, key: str, keys: int) -> str:
@@ -302,23 +363,26 @@ def _open_member(stack: ExitStack, path: Path, key: str) -> IO[bytes]:
     return stack.enter_context(archive.open(f"{key}.npy"))
 
 
-def _row_chunks(fh: IO[bytes], name: str, rows_per_chunk: int, skip: SkipFn
-                ) -> Iterator[tuple[int, NDArray[np.generic]]]:
-    """Yield ``(first row index, rows)`` from a ``.npy`` stream, ``rows_per_chunk`` at a time.
+def _row_chunks(fh: IO[bytes], name: str, rows_per_chunk: int, skip: SkipFn,
+                span: tuple[int, int]) -> Iterator[tuple[int, NDArray[np.generic]]]:
+    """Yield ``(row index, rows)`` of rows ``span`` of a ``.npy`` stream, a chunk at a time.
 
     A Fortran-order array is read whole (its rows are not contiguous on disk). A truncated or
     corrupt stream ends the array: the rows not read are skipped as one item.
     """
     header = _npy_header(fh)
-    count = header.shape[0]
+    first, count = span[0], min(span[1], header.shape[0])
     if header.fortran:
         whole = np.lib.format.read_array(fh, allow_pickle=False)
-        for start in range(0, count, rows_per_chunk):
-            yield start, whole[start:start + rows_per_chunk]
+        for start in range(first, count, rows_per_chunk):
+            yield start, whole[start:min(start + rows_per_chunk, count)]
         return
     item_shape = header.shape[1:]
     row_bytes = header.dtype.itemsize * math.prod(item_shape)
-    for start in range(0, count, rows_per_chunk):
+    if first and not _skip_bytes(fh, first * row_bytes):
+        skip(f"{name}[{first}:{count}]", "the file ends early (truncated)", count - first)
+        return
+    for start in range(first, count, rows_per_chunk):
         want = min(rows_per_chunk, count - start)
         data, why = _read_rows(fh, want, row_bytes, "rows")
         got = len(data) // row_bytes if row_bytes else want
@@ -327,6 +391,24 @@ def _row_chunks(fh: IO[bytes], name: str, rows_per_chunk: int, skip: SkipFn
         if why is not None:
             skip(f"{name}[{start + got}:{count}]", why, count - start - got)
             return
+
+
+def _skip_bytes(fh: IO[bytes], size: int) -> bool:
+    """Read past ``size`` bytes (gzip and zip member streams cannot seek without decompressing).
+
+    Returns:
+        False when the stream ends, or cannot be read, first.
+    """
+    left = size
+    try:
+        while left:
+            part = fh.read(min(left, 1 << 20))
+            if not part:
+                return False
+            left -= len(part)
+    except _READ_ERRORS:
+        return False
+    return True
 
 
 def _read_rows(fh: IO[bytes], rows: int, row_bytes: int, what: str
@@ -440,17 +522,23 @@ def _image_plan(inspector: ModelInput, item: tuple[int, ...]) -> Plan:
 
 
 # -- MNIST IDX -----------------------------------------------------------------------------------
-def _idx_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStream:
+def _idx_stream(inspector: ModelInput, path: Path, batch_size: int,
+                span: tuple[int, int]) -> DataStream:
     """An MNIST IDX images file: header now, pixels a batch at a time while iterating."""
-    magic, count, rows, cols = _idx_header(path)
+    magic, total, rows, cols = _idx_header(path)
     _require_images(inspector.spec)
     plan = _image_plan(inspector, (rows, cols))
     row_bytes = rows * cols
+    first, count = min(span[0], total), min(span[1], total)
 
     def chunks(skip: SkipFn) -> Iterator[Chunk]:
         with _open_idx(path) as fh:
             fh.read(16)
-            for start in range(0, count, batch_size):
+            if first and not _skip_bytes(fh, first * row_bytes):
+                skip(f"{path}[{first}:{count}]", "the file ends early (truncated)",
+                     count - first)
+                return
+            for start in range(first, count, batch_size):
                 want = min(batch_size, count - start)
                 data, why = _read_rows(fh, want, row_bytes, "images")
                 got = len(data) // row_bytes if row_bytes else want
@@ -460,7 +548,8 @@ def _idx_stream(inspector: ModelInput, path: Path, batch_size: int) -> DataStrea
                 if why is not None:
                     skip(f"{path}[{start + got}:{count}]", why, count - start - got)
                     return
-    return DataStream(path, "idx", count, batch_size, chunks)
+    return DataStream(path, "idx", count - first, batch_size, chunks,
+                      require_rows=span == (0, _ALL), first=first)
 
 
 def _open_idx(path: Path) -> IO[bytes]:
@@ -494,4 +583,4 @@ def _idx_header(path: Path) -> tuple[int, int, int, int]:
 
 
 __all__ = ["ARRAY_EXTENSIONS", "DATA_KINDS", "IMAGE_EXTENSIONS", "DataBatch", "DataStream",
-           "open_data"]
+           "data_size", "open_data"]

@@ -8,21 +8,26 @@ read-only and never modify them; savers write a temporary file in the destinatio
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
+import math
 import os
+import stat
 import tempfile
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PureWindowsPath
+from tokenize import TokenError
 from typing import IO, Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, EncodeError, Message
 from numpy.typing import NDArray
 from onnx import external_data_helper, numpy_helper
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,6 +48,8 @@ _PROTO_LIMIT = 2**31 - 2**20
 # tensors at least this big go to the external data file when a model is saved with one.
 _EXTERNAL_MIN_BYTES = 1024
 _EXPORT_FIX = "export the network to .onnx first"
+# numpy's default ``max_header_size`` for .npy headers.
+_NPY_HEADER_LIMIT = 10000
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -79,7 +86,7 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
     if tensors:
         try:
             external_data_helper.load_external_data_for_model(model, str(folder))
-        except (OSError, ValueError, RuntimeError) as err:
+        except (OSError, ValueError, RuntimeError, onnx.checker.ValidationError) as err:
             raise ModelError(f"cannot read the external data of {path} from {folder}: {err}; "
                              "keep the data files beside the model as exported") from err
         log.debug("loaded %d external tensors of %s", len(tensors), path)
@@ -88,12 +95,16 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
 
 def _read_model_file(path: Path) -> bytes:
     """Return the bytes of a model file, or raise ModelError saying why it cannot be one."""
-    if not path.exists():
-        raise ModelError(f"model file {path} does not exist; check the path")
-    if path.is_dir():
+    kind = non_file_kind(path)
+    if kind == "a folder":
         found = sorted(p.name for p in path.glob("*.onnx"))[:5]
         hint = f"it holds {', '.join(found)}" if found else "it holds no .onnx file"
         raise ModelError(f"model path {path} is a folder ({hint}); give the .onnx file itself")
+    if kind == "missing":
+        raise ModelError(f"model file {path} does not exist; check the path")
+    if kind is not None:
+        raise ModelError(f"model path {path} is {kind}, not a regular file; give the .onnx "
+                         "file itself")
     try:
         with path.open("rb") as fh:
             data = fh.read()
@@ -117,11 +128,31 @@ def _parse_model(data: bytes, what: str) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.graph.node:
         raise ModelError(f"{what} is not an ONNX model (no graph or no nodes found in "
                          f"{len(data)} bytes); {_EXPORT_FIX}")
+    _check_text(model, what)
     if model.ir_version <= 0 or (model.ir_version >= 3 and not model.opset_import):
         raise ModelError(f"{what} is an incomplete ONNX model (ir_version {model.ir_version}, "
                          f"{len(model.opset_import)} opset imports); the file may be truncated; "
                          "copy or export it again")
     return model
+
+
+def _check_text(message: Message, what: str) -> None:
+    """Refuse string fields that are not UTF-8 (protobuf then hands out ``bytes``, not str)."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            bad = [v for v in (value if _repeated(field) else [value]) if isinstance(v, bytes)]
+            if bad:
+                raise ModelError(f"{what} has a {field.full_name} that is not UTF-8 text "
+                                 f"({bad[0][:40]!r}); the file is corrupt or was written by a "
+                                 "broken exporter; export it again")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in value if _repeated(field) else [value]:
+                _check_text(item, what)
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.29 drops ``label`` under upb
+    return bool(flag if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -171,20 +202,31 @@ def _check_external(tensor: onnx.TensorProto, folder: Path, model_path: Path) ->
         raise ModelError(f"{where} stores its data at the absolute path {location!r}; only "
                          f"files inside the model's folder {folder} are read; move the data "
                          "beside the model and save it with a relative location")
-    target = (folder / location).resolve()
+    try:
+        target = (folder / location).resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: a symlink loop (< 3.13)
+        raise ModelError(f"{where} stores its data at {location!r}, which cannot be resolved "
+                         f"({err}); replace it with the data file itself") from err
     if not target.is_relative_to(folder):
         raise ModelError(f"{where} stores its data at {location!r}, which resolves to {target}, "
                          f"outside the model's folder {folder}; move the data file into that "
                          "folder and save the model again")
-    if not target.is_file():
+    kind = non_file_kind(target)
+    if kind == "missing":
         raise ModelError(f"external data file {location!r} of {where} is missing from "
                          f"{folder}; copy it beside the model")
+    if kind is not None:
+        raise ModelError(f"external data {location!r} of {where} is {kind}, not a regular "
+                         "file; put the data file itself beside the model")
     try:
-        end = int(entries.get("offset") or 0) + int(entries.get("length") or 0)
+        offset, length = int(entries.get("offset") or 0), int(entries.get("length") or 0)
     except ValueError as err:
         raise ModelError(f"{where} has a non-numeric external offset/length ({err}); export "
                          "it again") from err
-    size = target.stat().st_size
+    if offset < 0 or length < 0:
+        raise ModelError(f"{where} has a negative external offset {offset} or length {length}; "
+                         "export it again")
+    end, size = offset + length, target.stat().st_size
     if end > size:
         raise ModelError(f"external data file {target} has {size} bytes but {where} needs "
                          f"{end}; the file is truncated; copy it again")
@@ -241,6 +283,41 @@ def _move_tensors_out(model: onnx.ModelProto, fh: IO[bytes], location: str) -> N
         tensor.ClearField("raw_data")
 
 
+def non_file_kind(path: Path) -> str | None:
+    """Return None for a regular file (after links), else what ``path`` is, for messages.
+
+    ``"missing"``, ``"a folder"``, ``"a symbolic link loop"``, ``"a named pipe (FIFO)"``,
+    ``"a character device"``, ``"a block device"``, ``"a socket"`` or ``"not a file"``.
+    Checked before opening, so a pipe or ``/dev/zero`` is refused at once instead of blocking or
+    reading forever.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return "missing"
+    except ValueError:  # an embedded NUL byte
+        return "missing"
+    kinds = ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"),
+             (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def require_file(path: Path, what: str, fix: str) -> None:
+    """Raise InputError unless ``path`` is a regular file; ``what`` names it, ``fix`` says how.
+
+    Raises:
+        InputError: the path is missing, a folder, a device, a pipe, a socket or a link loop.
+    """
+    kind = non_file_kind(path)
+    if kind == "missing":
+        raise InputError(f"cannot read {what} {path}: it does not exist; {fix}")
+    if kind is not None:
+        raise InputError(f"cannot read {what} {path}: it is {kind}, not a regular file; {fix}")
+
+
 # -- images ---------------------------------------------------------------------------------
 def load_image(path: Path) -> Image.Image:
     """Load an image fully into memory, EXIF orientation applied, mode kept.
@@ -253,10 +330,7 @@ def load_image(path: Path) -> Image.Image:
             flags it as a possible decompression bomb (more than ``Image.MAX_IMAGE_PIXELS``).
     """
     path = Path(path)
-    if not path.is_file():
-        kind = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"image {path} {kind}; give an image file "
-                         f"({', '.join(IMAGE_EXTENSIONS)})")
+    require_file(path, "image", f"give an image file ({', '.join(IMAGE_EXTENSIONS)})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -283,11 +357,11 @@ def list_images(path: Path) -> list[Path]:
         InputError: the path does not exist, or the folder holds no image.
     """
     path = Path(path)
-    if path.is_file():
+    kind = non_file_kind(path)
+    if kind is None:
         return [path]
-    if not path.is_dir():
-        raise InputError(f"image path {path} does not exist; give an image file or a folder "
-                         "of images")
+    if kind != "a folder":
+        require_file(path, "image path", "give an image file or a folder of images")
     found = sorted(
         p for p in path.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
@@ -310,17 +384,64 @@ def load_array_file(path: Path) -> dict[str, NDArray[Any]]:
     if suffix not in (".npy", ".npz"):
         raise InputError(f"array file {path} must end in .npy or .npz; save it with np.save "
                          "or np.savez")
+    require_file(path, "array file", "save it with np.save or np.savez")
     try:
         if suffix == ".npy":
+            with path.open("rb") as fh:
+                _check_array_header(fh, path.stat().st_size, str(path))
             return {path.stem: np.load(path, allow_pickle=False)}
+        _check_npz_members(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise InputError(f"cannot read array file {path} ({type(err).__name__}: {err}); save "
-                         "it with np.save/np.savez (numeric arrays, no pickled objects)") from err
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError, NotImplementedError,
+            RuntimeError, zlib.error, zipfile.BadZipFile) as err:
+        # SyntaxError/TokenError: a corrupt header; NotImplementedError/RuntimeError: a zip
+        # member with an unknown compression or a password
+        raise InputError(f"cannot read array file {path} ({type(err).__name__}: "
+                         f"{str(err)[:200]}); save it with np.save/np.savez (numeric arrays, "
+                         "no pickled objects)") from err
+    odd = [key for key, value in arrays.items() if not isinstance(value, np.ndarray)]
+    if odd:
+        raise InputError(f"array file {path} holds members that are not .npy arrays ({odd[:3]}); "
+                         "save it with np.savez")
     if not arrays:
         raise InputError(f"array file {path} holds no arrays; save at least one with np.savez")
     return arrays
+
+
+def _check_array_header(fh: IO[bytes], available: int, where: str) -> None:
+    """Refuse an array header whose shape needs more bytes than the file holds.
+
+    numpy allocates the declared size before reading, so a 100-byte file declaring
+    ``(10**12,)`` would otherwise ask for terabytes.
+    """
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    start = fh.tell()
+    size = int.from_bytes(fh.read(2 if version == (1, 0) else 4), "little")
+    if size > _NPY_HEADER_LIMIT:  # numpy reads (allocates) the whole header before checking it
+        raise InputError(f"array {where} declares a {size}-byte header, more than numpy's "
+                         f"{_NPY_HEADER_LIMIT}; the file is corrupt; save it again with np.save")
+    fh.seek(start)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    needed = math.prod(int(d) for d in shape) * dtype.itemsize
+    if needed > available:
+        raise InputError(f"array {where} declares shape {shape} of {dtype} ({needed} bytes) but "
+                         f"holds at most {available}; the file is truncated or corrupt; save it "
+                         "again with np.save/np.savez")
+
+
+def _check_npz_members(path: Path) -> None:
+    """Check each ``.npy`` member's header against its size (a zip entry may inflate at most
+    about 1032x, so a member's declared size is bounded by its compressed size)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            limit = min(info.file_size, info.compress_size * 1100)
+            with archive.open(info) as member:
+                _check_array_header(member, limit, f"{path}:{info.filename}")
 
 
 # -- atomic savers --------------------------------------------------------------------------
@@ -473,6 +594,7 @@ def read_text(path: Path) -> str:
     Raises:
         InputError: the file is missing, unreadable or not text.
     """
+    require_file(Path(path), "text file", "give a readable UTF-8 file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -489,6 +611,10 @@ def check_writable(paths: Sequence[Path]) -> None:
             would replace).
     """
     for path in paths:
+        long = [part for part in Path(path).parts if len(os.fsencode(part)) > 255]
+        if long:  # file systems refuse a name over 255 bytes only when writing
+            raise InputError(f"cannot write {path}: a name is {len(os.fsencode(long[0]))} "
+                             "bytes, over the 255-byte limit; choose a shorter name")
         if path.is_dir():
             raise InputError(f"cannot write {path}: it is a folder; choose a file path")
         _refuse_special(path)

@@ -1,0 +1,298 @@
+"""The ``ray`` engine of ``stats`` and ``compare``: DATA as a Ray Dataset of row ranges, each
+streamed by an actor that holds the onnxruntime sessions, merged in a fixed order on the driver.
+
+The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this module only when
+``engine="ray"``. What runs where:
+
+- the driver lists DATA (headers and folder listing only), cuts its inputs into ranges of whole
+  batches (``work_units``) and makes them a Ray Dataset (``ray.data.from_items``);
+- ``Dataset.map_batches`` with a callable class runs ``workers`` actors, each holding one
+  ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU otherwise); an actor streams
+  its range with ``io.data.open_data(rows=...)`` (the same reading, skipping and preprocessing
+  as the local engine) and runs the engine's per-batch step on each batch (the same function
+  the local engine calls), returning the batch partials, the inputs it skipped and its
+  providers;
+- the driver takes the ranges as they finish, ignores a range it already has (a task retried
+  after its actor died), and folds the partials range by range in DATA order, so the result
+  does not depend on scheduling and the driver holds only the ranges that finished early.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+
+import onnx_featviz.inspector as inspection
+from onnx_featviz.audit.compare import RayOptions
+from onnx_featviz.errors import FeatvizError, InputError, ProviderError
+from onnx_featviz.io import data as api_data
+from onnx_featviz.structs import Progress, ProgressFn
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+INSTALL_HINT = 'pip install "onnx-featviz[ray]"'
+#: Most batches in one work unit: enough to amortize a task, few enough for a steady progress
+#: bar and a short retry after an actor dies.
+UNIT_BATCHES = 16
+#: Work units per worker at least, so that workers finishing early find more work.
+UNITS_PER_WORKER = 4
+
+Step = Callable[[Sequence[inspection.Inspector], NDArray[np.generic]], Any]
+"""The engine's per-batch step: the model inspectors and one batch to a mergeable partial."""
+Sessions = Callable[[Sequence[inspection.Inspector]], tuple[tuple[str, ...], ...]]
+"""The providers in use per model (after the step ran once)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job(Generic[T]):
+    """What the actors compute and how the driver folds it.
+
+    ``step`` and ``sessions`` run in the actors (module-level functions, or ``functools.partial``
+    of them, so that they pickle); ``fold(total, partial)`` runs on the driver, batch by batch in
+    DATA order, starting from ``initial``.
+    """
+
+    step: Step
+    sessions: Sessions
+    fold: Callable[[T, Any], T]
+    initial: T
+
+
+@dataclass(frozen=True, slots=True)
+class RayRun(Generic[T]):
+    """The folded result of a ``run_job``.
+
+    Attributes:
+        value: ``fold`` over every batch of every finished range, in DATA order.
+        images: inputs folded in; skipped: ``(source, reason)`` per unreadable input;
+        partial: interrupted (Ctrl-C): ``value`` covers the first ``images`` inputs only;
+        providers: per model, the providers the actors' sessions use.
+    """
+
+    value: T
+    images: int
+    skipped: tuple[tuple[str, str], ...]
+    partial: bool
+    providers: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _UnitResult:
+    """What an actor returns for one range: ``(rows, partial)`` per batch, in order."""
+
+    parts: tuple[tuple[int, Any], ...]
+    skipped: tuple[tuple[str, str], ...]
+    done: int
+    providers: tuple[tuple[str, ...], ...]
+
+
+def import_ray() -> Any:
+    """Return the ``ray`` module with ``ray.data`` loaded.
+
+    Raises:
+        InputError: Ray is not installed (one line naming the install command).
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the Dataset API is a submodule)
+    except ImportError as err:
+        raise InputError(f"the ray engine needs Ray, which is not installed ({err}); "
+                         f"install it with: {INSTALL_HINT}") from err
+    return ray
+
+
+def work_units(total: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Cut inputs ``[0, total)`` into ranges of whole batches, in order.
+
+    Each range holds ``k * batch_size`` inputs (the last one fewer), with ``k`` between 1 and
+    ``UNIT_BATCHES`` chosen so that each worker gets about ``UNITS_PER_WORKER`` ranges or more;
+    ranges start on batch boundaries, so an actor's batches are the local engine's batches.
+    """
+    batches = math.ceil(total / batch_size)
+    per_unit = max(1, min(UNIT_BATCHES, math.ceil(batches / (workers * UNITS_PER_WORKER))))
+    size = per_unit * batch_size
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
+            options: RayOptions, batch_size: int, prep: inspection.PrepOptions | None,
+            progress: ProgressFn | None) -> RayRun[T]:
+    """Run ``job`` over DATA on Ray Data actors and fold the partials in DATA order.
+
+    Args:
+        models: the models every actor loads (model A first); sent once through Ray.
+        data: DATA as for ``io.data.open_data``, on a path every worker can read.
+        job: per-batch step, providers, and the driver's fold.
+        options: cluster address, workers, GPUs per worker, retries.
+        batch_size: inputs per batch (the local engine's batches).
+        prep: preprocessing overrides, as locally.
+        progress: called as ranges finish (unit ``image``: inputs read or skipped).
+
+    Returns:
+        ``RayRun`` with the folded value, inputs, skipped inputs and providers.
+
+    Raises:
+        InputError: Ray missing, DATA missing or with no readable input; ProviderError: GPUs
+            asked for and the cluster has none (or too few for one worker); an error of the
+            package raised in an actor (ModelError, ProviderError...), unwrapped from Ray's;
+            KeyboardInterrupt: Ctrl-C before any range finished.
+    """
+    ray = import_ray()
+    with inspection.Inspector(models[0], "cpu", prep=prep, max_batch=batch_size) as driver:
+        total = api_data.data_size(driver, data)
+    units = work_units(total, batch_size, options.workers)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=options.address, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    try:
+        _check_gpus(ray, options)
+        rows = _result_rows(ray, models, str(Path(data).resolve()), units, job, options,
+                            batch_size, prep)
+        run = _collect(rows, units, job, total, progress)
+    except Exception as err:
+        cause = _package_error(err)
+        if cause is None:
+            raise
+        raise cause from err
+    finally:
+        if started:
+            ray.shutdown()
+    if run.images == 0 and not run.partial:
+        first = f"; first: {run.skipped[0][0]}: {run.skipped[0][1]}" if run.skipped else ""
+        raise InputError(f"no input in {data} could be read ({len(run.skipped)} skipped{first});"
+                         f" give {api_data.DATA_KINDS}")
+    return run
+
+
+def _check_gpus(ray: Any, options: RayOptions) -> None:
+    """Refuse GPU workers on a cluster without enough GPUs (Ray would wait for them forever)."""
+    if options.gpus_per_worker <= 0:
+        return
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if gpus < options.gpus_per_worker:
+        raise ProviderError(f"each ray worker asks for {options.gpus_per_worker:g} GPU(s) but the "
+                            f"Ray cluster has {gpus:g}; start the nodes with GPUs (ray start "
+                            "--num-gpus N) or use gpus_per_worker=0 for CPU workers")
+
+
+def _package_error(err: BaseException) -> FeatvizError | None:
+    """The package's own error behind Ray's wrappers (RayTaskError, UserCodeException), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, FeatvizError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], data: str,
+                 units: Sequence[tuple[int, int]], job: Job[Any], options: RayOptions,
+                 batch_size: int, prep: inspection.PrepOptions | None
+                 ) -> Iterator[Mapping[str, Any]]:
+    """Build the Dataset of ranges, mapped by the actors; iterate its rows (streaming)."""
+    provider = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
+    context.enable_progress_bars = context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    dataset = ray.data.from_items([{"start": a, "stop": b} for a, b in units],
+                                  override_num_blocks=len(units))
+    with warnings.catch_warnings():  # passing max_restarts as a remote arg is deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mapped = dataset.map_batches(
+            _Worker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
+            num_cpus=1, num_gpus=options.gpus_per_worker,
+            fn_constructor_kwargs={"models": tuple(m.SerializeToString() for m in models),
+                                   "provider": provider, "prep": prep,
+                                   "batch_size": batch_size, "data": data, "step": job.step,
+                                   "sessions": job.sessions},
+            max_restarts=options.retries, max_task_retries=options.retries)
+    rows: Iterator[Mapping[str, Any]] = mapped.iter_rows()
+    return rows
+
+
+def _collect(rows: Iterable[Mapping[str, Any]], units: Sequence[tuple[int, int]], job: Job[T],
+             total: int, progress: ProgressFn | None) -> RayRun[T]:
+    """Fold finished ranges in DATA order; a range seen twice (a retried task) counts once."""
+    order = [start for start, _ in units]
+    # (value, images, skipped, next range, providers) replaced in one store per range: a
+    # Ctrl-C never leaves a range half folded
+    state: tuple[T, int, tuple[tuple[str, str], ...], int, tuple[tuple[str, ...], ...]] = (
+        job.initial, 0, (), 0, ())
+    pending: dict[int, _UnitResult] = {}
+    seen: set[int] = set()
+    done, partial = 0, False
+    try:
+        for row in rows:
+            start = int(row["start"])
+            if start in seen:
+                log.info("range starting at input %d arrived twice (retried); kept once", start)
+                continue
+            seen.add(start)
+            pending[start] = pickle.loads(bytes(row["result"]))
+            done += pending[start].done
+            while state[3] < len(order) and order[state[3]] in pending:
+                state = _fold_unit(state, pending.pop(order[state[3]]), job)
+            if progress is not None:
+                progress(Progress(done, total, "image"))
+    except KeyboardInterrupt:
+        if state[1] == 0:
+            raise
+        partial = True
+        log.warning("interrupted: the result covers the first %d inputs only", state[1])
+    value, images, skipped, _, providers = state
+    return RayRun(value, images, skipped, partial, providers)
+
+
+def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
+                            tuple[tuple[str, ...], ...]],
+               unit: _UnitResult, job: Job[T]
+               ) -> tuple[T, int, tuple[tuple[str, str], ...], int, tuple[tuple[str, ...], ...]]:
+    value, images, skipped, index, providers = state
+    for rows, part in unit.parts:
+        value = job.fold(value, part)
+        images += rows
+    return (value, images, skipped + unit.skipped, index + 1,
+            providers or (unit.providers if unit.parts else ()))
+
+
+class _Worker:
+    """A Ray Data actor: the models' inspectors, kept for the actor's life; ranges in, partials
+    out (one row per range)."""
+
+    def __init__(self, *, models: tuple[bytes, ...], provider: str,
+                 prep: inspection.PrepOptions | None, batch_size: int, data: str, step: Step,
+                 sessions: Sessions) -> None:
+        self._inspectors = [inspection.Inspector(m, provider, prep=prep, max_batch=batch_size)
+                            for m in models]
+        self._batch_size, self._data = batch_size, data
+        self._step, self._sessions = step, sessions
+
+    def __call__(self, units: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """Stream each range of ``units`` (columns ``start``, ``stop``) through the step."""
+        results = []
+        for start, stop in zip(units["start"], units["stop"], strict=True):
+            stream = api_data.open_data(self._inspectors[0], self._data,
+                                        batch_size=self._batch_size,
+                                        rows=(int(start), int(stop)))
+            parts = tuple((len(part.batch), self._step(self._inspectors, part.batch))
+                          for part in stream)
+            providers = self._sessions(self._inspectors) if parts else ()
+            results.append(pickle.dumps(_UnitResult(parts, tuple(stream.skipped), stream.done,
+                                                    providers)))
+        return {"start": np.asarray(units["start"], np.int64),
+                "result": np.array(results, dtype=object)}
