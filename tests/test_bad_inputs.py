@@ -310,6 +310,8 @@ CASES: list[tuple[str, tuple[str, ...], int]] = [
                                "nope", *PAB), 1),
     # stats
     ("stats-json-is-model", ("stats", "{m_onnx}", "{img_png}", "--json", "{m_onnx}", *P), 2),
+    ("stats-json-file-is-model", ("stats", "{m_onnx}", "{img_png}", "--json-file", "{m_onnx}",
+                                  *P), 2),
     ("stats-json-is-data", ("stats", "{m_onnx}", "{data_npy}", "--json", "{data_npy}", *P), 2),
     ("stats-plot-in-data-folder", ("stats", "{m_onnx}", "{mixed}", "--plot",
                                    "{mixed}/img.png", *P), 2),

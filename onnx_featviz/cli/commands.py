@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,9 @@ from onnx_featviz.cli.options import (
     FiniteRange,
     GuardedGroup,
     HeldNotices,
+    emit_json,
     emit_written,
+    json_file_option,
     notice_nonfinite,
     out_dir_option,
     parse_channels,
@@ -89,6 +90,7 @@ class _OncePerMessage(logging.Filter):
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
@@ -103,7 +105,8 @@ def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> No
     from onnx_featviz import api
     with api.Inspector(model, provider, prep=prep) as inspector:
         summary = api.describe(inspector)
-    click.echo(json.dumps(summary, indent=2) if as_json else api.format_summary(summary))
+    if not emit_json(summary, as_json):
+        click.echo(api.format_summary(summary))
 
 
 @main.command(context_settings=CONTEXT)
@@ -113,6 +116,7 @@ def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> No
               help="Class names, one per line (default: the model's metadata).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
@@ -132,8 +136,8 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
         results = inspector.predict(readable_images(inspector, images), top_k)
     notice_nonfinite([c.score for r in results for c in r.top], "scores")
-    click.echo(json.dumps(api.predictions_to_json(results), indent=2) if as_json
-               else api.format_predictions(results))
+    if not emit_json(api.predictions_to_json(results), as_json):
+        click.echo(api.format_predictions(results))
 
 
 @main.command(context_settings=CONTEXT)
@@ -150,6 +154,7 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the float32 (O, I, kH, kW) filters, keyed by layer name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@json_file_option
 @prep_options
 @reports_errors
 def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cmap: str,
@@ -198,6 +203,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the tensors (float32, exactly as computed), keyed by tensor name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
@@ -295,6 +301,7 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w), target (N,) and image (N,).")
 @click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
+@json_file_option
 @target_options
 @provider_option
 @prep_options

@@ -311,11 +311,92 @@ class HeldNotices(logging.Filter):
 
 def emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None
                   ) -> None:
+    """Print the paths written, or (``--json``) a JSON record of them and ``extra``; with
+    ``--json-file`` the record is also written to that file."""
+    record = {"written": [str(p) for p in paths], **(extra or {})}
+    if _json_to_file(record):
+        paths = [*paths, click.get_current_context().meta[_JSON_FILE]]
+        record["written"].append(str(paths[-1]))
     if as_json:
-        click.echo(json.dumps({"written": [str(p) for p in paths], **(extra or {})}, indent=2))
+        click.echo(json.dumps(record, indent=2))
         return
     for path in paths:
         click.echo(str(path))
+
+
+def emit_json(record: Any, as_json: bool) -> bool:
+    """Print ``record`` as JSON when ``as_json``; write it to ``--json-file`` when given.
+
+    Returns:
+        Whether it was printed (the caller prints its text form otherwise).
+    """
+    _json_to_file(record)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    return as_json
+
+
+_JSON_FILE = "featviz.json_file"
+
+
+def _json_to_file(record: Any) -> bool:
+    path = click.get_current_context().meta.get(_JSON_FILE)
+    if path is None:
+        return False
+    from onnx_featviz.io.files import save_json
+
+    save_json(record, path)
+    return True
+
+
+def json_file_option(fn: F) -> F:
+    """Add ``--json-file FILE``: the JSON ``--json`` prints, written to FILE (atomically).
+
+    FILE is checked before any work: it may not be one of the command's input paths.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_file: Path | None, **kwargs: Any) -> Any:
+        if json_file is not None:
+            context = click.get_current_context()
+            inputs = [value for param in context.command.params
+                      if isinstance(param, click.Argument)
+                      for value in _as_paths(kwargs.get(param.name or ""))]
+            refuse_overwrite(inputs, [json_file])
+            context.meta[_JSON_FILE] = json_file
+        return fn(*args, **kwargs)
+
+    return click.option("--json-file", "json_file", metavar="FILE",
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        help="Also write the JSON record to FILE.")(wrapper)  # type: ignore
+
+
+def _as_paths(value: Any) -> list[Path]:
+    if isinstance(value, Path):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, Path)]
+    return []
+
+
+def json_destination(json_target: str | None, json_file: Path | None) -> tuple[bool, Path | None]:
+    """(print to stdout, file) for ``--json [FILE]`` and ``--json-file FILE``.
+
+    ``--json`` alone (or ``--json -``) prints; the old ``--json FILE`` still writes FILE, with
+    a notice that ``--json-file FILE`` is its new spelling.
+    """
+    if json_target is None or json_target == "-":
+        return json_target == "-", json_file
+    logging.getLogger("onnx_featviz.cli").warning(
+        "--json FILE is deprecated; use --json-file %s (--json alone prints JSON)", json_target,
+        extra={"after_success": True})
+    return False, json_file or Path(json_target)
+
+
+def json_target_option(help_text: str) -> Callable[[F], F]:
+    """``--json`` that prints JSON (no value), or the deprecated ``--json FILE``."""
+    return click.option("--json", "json_target", is_flag=False, flag_value="-", default=None,
+                        metavar="[FILE]", help=help_text)
 
 
 

@@ -15,6 +15,7 @@ from onnx_featviz.cli.options import (
     FiniteRange,
     check_limit,
     emit_written,
+    json_file_option,
     notice_nonfinite,
     out_dir_option,
     prep_options,
@@ -66,6 +67,7 @@ def _check_counts(pictures: int, tile: int | None) -> None:
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save images, model inputs and objectives to this .npz file.")
 @click.option("--json", "as_json", is_flag=True, help="Print paths and objectives as JSON.")
+@json_file_option
 @out_dir_option
 @provider_option
 @prep_options
@@ -119,6 +121,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the reconstructions and losses to this .npz file.")
 @click.option("--json", "as_json", is_flag=True, help="Print paths and scores as JSON.")
+@json_file_option
 @out_dir_option
 @provider_option
 @prep_options
