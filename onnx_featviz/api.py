@@ -13,8 +13,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 import onnx_featviz.attribution.run as attribution_run
+import onnx_featviz.attribution.target_run as target_run
 import onnx_featviz.audit.stats as audit_stats
 import onnx_featviz.inspector as inspection
+from onnx_featviz.attribution.detection import FORMATS as DETECTION_FORMATS
+from onnx_featviz.attribution.detection import DetectionOptions
 from onnx_featviz.attribution.output import cam_to_json, render_backprop, render_cam
 from onnx_featviz.attribution.run import (
     BACKPROP_METHODS,
@@ -22,6 +25,7 @@ from onnx_featviz.attribution.run import (
     CamReport,
     OcclusionOptions,
 )
+from onnx_featviz.attribution.seeds import TargetSpec
 from onnx_featviz.audit.compare import CompareOptions, CompareResult, compare_models
 from onnx_featviz.audit.output import (
     compare_to_json,
@@ -80,13 +84,14 @@ class Inspector(inspection.Inspector):
 
     def cam(self, images: Images, options: CamOptions, *,
             progress: ProgressFn | None = auto_progress) -> CamReport:
-        """Return class-activation maps (``attribution.run.cam``)."""
-        return attribution_run.cam(self, images, options, progress=progress)
+        """Return class-activation maps for any target (``attribution.target_run.cam``)."""
+        return target_run.cam(self, images, options, progress=progress)
 
     def backprop(self, images: Images, method: str, target: int | str | None = None, *,
-                 score: str | int | None = None) -> NDArray[np.float32]:
-        """Return input-space gradient views (``attribution.run.backprop``)."""
-        return attribution_run.backprop(self, images, method, target, score=score)
+                 score: str | int | None = None,
+                 goal: TargetSpec | None = None) -> NDArray[np.float32]:
+        """Return input-space gradient views (``attribution.target_run.backprop``)."""
+        return target_run.backprop(self, images, method, target, score=score, goal=goal)
 
     def cam_layer(self, layer: str | int | None = None) -> str:
         """Return the tensor a CAM uses (``attribution.run.cam_layer``)."""
@@ -108,6 +113,7 @@ __all__ = [
     "dataset_stats", "format_compare", "format_stats", "invert", "maximize", "open_data",
     "render_compare_plot", "render_inversions", "render_maximized", "render_stats_plot",
     "save_compare", "save_stats", "stats_to_json",
+    "DETECTION_FORMATS", "DetectionOptions", "TargetSpec",
     "BACKPROP_METHODS", "STAGES", "Batch", "CamOptions", "CamReport", "FilterRenderOptions",
     "ImageSource", "Images", "Inspector", "MapRenderOptions", "ModelSource", "OcclusionOptions",
     "Picture", "PrepOptions", "Rendered", "build_conv", "cam_to_json", "compute_activations",

@@ -364,7 +364,10 @@ def test_non_classifier_score_explains_how_to_pick_one() -> None:
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)  # output y is (1, 1, 2, 2)
     with api.Inspector(model, "cpu") as inspector:
         with pytest.raises(InputError, match=r"not one score per class.*score="):
-            inspector.cam(x, api.CamOptions("grad_cam", layer=0))
+            inspector.cam(x, api.CamOptions("grad_cam", layer=0,
+                                            goal=api.TargetSpec(kind="class")))
+        # by default a 4-D output is a segmentation target (tests/test_target_run.py)
+        assert inspector.cam(x, api.CamOptions("grad_cam", layer=0)).kind == "segmentation"
     net, cnn = _torch_net()
     with api.Inspector(cnn, "cpu") as inspector:
         # pick the logits explicitly: same maps as the default

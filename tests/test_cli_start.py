@@ -38,6 +38,9 @@ def test_choices_equal_the_library() -> None:
     from onnx_featviz.synthesis import optim, run
 
     assert choices.BACKPROP_METHODS == attribution_run.BACKPROP_METHODS
+    from onnx_featviz.attribution import detection, seeds
+    assert choices.DETECTION_FORMATS == detection.FORMATS
+    assert choices.TARGET_KINDS == seeds.KINDS
     assert choices.METRICS == compare.METRICS
     assert choices.ENGINES == compare.ENGINES
     assert choices.RECIPES == run.RECIPES

@@ -94,8 +94,10 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     (M - min) / (max - min + 1e-8)) masks the input: x * M_k; s_k is its target score;
     w = softmax_k(s) (as pytorch-grad-cam ``score_cam.py``; the paper's softmax of the score
     increase over a baseline is the same, softmax being shift-invariant); map = ReLU(sum w_k A_k).
-    Runs N * K forward rows in chunks of ``batch_size``; with T targets per image the same rows
-    serve all of them.
+    Runs one forward row per (image, channel) whose map is not constant, in chunks of
+    ``batch_size``, plus one all-zero row shared by every constant channel (its min-max mask is
+    0, so its masked input is all zeros: the same exact score); with T targets per image the
+    same rows serve all of them.
 
     Args:
         activations: (N, K, h, w) layer activations.
@@ -103,7 +105,7 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
         targets: (N,) target class per image, or (N, T) several per image.
         forward: (B, C, H, W) -> (B, classes) scores.
         batch_size: rows per forward call.
-        progress: ``progress(done_rows, N * K)`` after each call.
+        progress: ``progress(done_rows, rows)`` after each call (rows: non-constant maps).
         forward_masked: when given, rows are fed as (layer map, image index) and masked where
             the model runs (no (rows, C, H, W) masks on the host); same scores.
 
@@ -115,9 +117,12 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     n, k = acts.shape[:2]
     cls = _row_targets(targets, n, k)
     acts32 = acts.astype(np.float32)  # masks are built in float32: this loop is the hot path
+    flat = acts32.reshape(n * k, -1)
+    constant = flat.max(axis=1) == flat.min(axis=1)  # mask 0: the all-zero input, run once
+    live = np.flatnonzero(~constant)
 
     def masked(i: int, j: int) -> FloatArray:
-        img, ch = np.divmod(np.arange(i, j), k)
+        img, ch = np.divmod(live[i:j], k)
         up = _resize(acts32[img, ch], x.shape[2:])
         lo = up.min(axis=(1, 2), keepdims=True)
         up -= lo
@@ -129,22 +134,28 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
         return out
 
     def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
-        return _score_rows(forward(batch), j - i, cls[i:j], "forward")
+        return _score_rows(forward(batch), j - i, cls[live[i:j]], "forward")
 
     def maps(i: int, j: int) -> FloatArray:
-        img, ch = np.divmod(np.arange(i, j), k)
+        img, ch = np.divmod(live[i:j], k)
         return acts32[img, ch]
 
     def call_masked(rows: FloatArray, i: int, j: int) -> NDArray[np.float64]:
         assert forward_masked is not None
-        index = (np.arange(i, j) // k).astype(np.intp)
-        return _score_rows(forward_masked(rows, index), j - i, cls[i:j], "forward_masked")
+        index = (live[i:j] // k).astype(np.intp)
+        return _score_rows(forward_masked(rows, index), j - i, cls[live[i:j]], "forward_masked")
 
+    scores = np.empty((n * k, cls.shape[1]), np.float64)
     if forward_masked is not None:
-        scores = _run_batched(n * k, batch_size, maps, call_masked, progress).reshape(n, k, -1)
-        return _relu_sum_targets(_softmax(scores, axis=1), acts)
-    scores = _run_batched(n * k, batch_size, masked, call, progress).reshape(n, k, -1)
-    return _relu_sum_targets(_softmax(scores, axis=1), acts)
+        scores[live] = _run_batched(live.size, batch_size, maps, call_masked, progress)
+    else:
+        scores[live] = _run_batched(live.size, batch_size, masked, call, progress)
+    if constant.any():  # every constant channel masks the input to zeros: one shared row
+        zero = np.asarray(forward(np.zeros((1, *x.shape[1:]), np.float32)), np.float64)
+        shared = int(constant.sum())
+        scores[constant] = _score_rows(np.repeat(zero.reshape(1, -1), shared, axis=0), shared,
+                                       cls[constant], "forward")
+    return _relu_sum_targets(_softmax(scores.reshape(n, k, -1), axis=1), acts)
 
 
 def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integer],

@@ -20,6 +20,9 @@ import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.runtime as runtime
 from onnx_featviz.attribution import maps as cam_maps
 from onnx_featviz.attribution import perturbation as cam_perturbation
+from onnx_featviz.attribution.detection import Detection
+from onnx_featviz.attribution.seeds import TargetSpec
+from onnx_featviz.attribution.tokens import TokenTransform
 from onnx_featviz.errors import InputError
 from onnx_featviz.graph import masking
 from onnx_featviz.inspector import (
@@ -69,7 +72,11 @@ class CamOptions:
     ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only); ``occlusion``: the
     occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults);
     ``whole_image``: draw the overlays on each whole picture (the part the model did not see
-    darkened) instead of on the resized and centre-cropped model input.
+    darkened) instead of on the resized and centre-cropped model input;
+    ``layers``: several layers (overrides ``layer``): one map per layer plus the fused map
+    (each layer's [0, 1] heatmap averaged, then rescaled: LayerCAM across scales);
+    ``goal``: a target beyond a class logit (segmentation region, detection, tensor element,
+    extra model inputs; ``seeds.TargetSpec``), served by ``target_run.cam``.
     """
 
     method: str = "grad_cam"
@@ -84,6 +91,8 @@ class CamOptions:
     overlays: bool = True
     occlusion: cam_perturbation.OcclusionOptions | None = None
     whole_image: bool = False
+    layers: tuple[str | int, ...] = ()
+    goal: TargetSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,11 @@ class CamReport:
         whole_image: the overlays cover each whole picture rather than the model input.
         module: the module path of ``layer`` (None when the exporter recorded none); layout:
             ``layer``'s layout (``NCHW``, ``NHWC`` or None).
+        kind: the target kind (``seeds.KINDS``; ``"none"`` for Eigen-CAM without target).
+        layers: every layer mapped (several with ``CamOptions.layers``; ``cam`` is then the
+            fused map); layer_heatmaps: per layer, (R, H, W) in [0, 1] (empty for one layer);
+        transforms: per layer, how it was viewed as (N, C, h, w) (token grids, channels-last);
+        detections: per row, the detection explained (detection kind only).
     """
 
     method: str
@@ -123,6 +137,11 @@ class CamReport:
     whole_image: bool = False
     module: str | None = None
     layout: str | None = None
+    kind: str = "class"
+    layers: tuple[str, ...] = ()
+    layer_heatmaps: tuple[NDArray[np.float32], ...] = ()
+    transforms: tuple[TokenTransform, ...] = ()
+    detections: tuple[Detection, ...] = ()
 
     def __repr__(self) -> str:
         return (f"CamReport({self.method!r}, layer={self.layer!r}, {len(self.cam)} maps of "
@@ -148,7 +167,6 @@ def _row_progress(progress: ProgressFn | None) -> cam_perturbation.ProgressFn | 
         return None
     report = progress
     return lambda done, total: report(Progress(done, total, "row"))
-
 
 
 # -- class-activation maps -----------------------------------------------------------

@@ -11,3 +11,6 @@ RECIPES = ("fourier", "pyramid")  # synthesis.run
 OBJECTIVES = ("channel", "neuron", "layer")  # synthesis.maths
 PROVIDERS = ("auto", "cuda", "cpu")  # runtime.PROVIDERS
 ENGINES = ("local", "ray")  # audit.compare
+DETECTION_FORMATS = ("yolov8", "yolov8-t", "yolov5", "boxes-scores", "nms", "end2end")
+# attribution.detection.FORMATS
+TARGET_KINDS = ("auto", "class", "segmentation", "detection", "element")  # attribution.seeds

@@ -30,6 +30,7 @@ from onnx_featviz.cli.options import (
     refuse_overwrite,
     reports_errors,
     save_or_mark_partial,
+    target_options,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
@@ -269,17 +270,20 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
               "score_cam, ablation_cam or occlusion.")
-@click.option("--layer", help="Target layer (name, tensor, index or module path such as "
-              "layer4); default: the last block the head's global pooling reads.")
-@click.option("--target", help="Class index or label name (with --labels); default: top-1.")
+@click.option("--layer", "layers", multiple=True, help="Target layer (name, tensor, index or "
+              "module path such as layer4; token (N, T, C) and channels-last layers too); repeat "
+              "for one map per layer plus the fused map. Default: the last block the head's "
+              "global pooling reads.")
+@click.option("--target", help="Class index or label name (with --labels), default top-1; "
+              "with --score: an element index, a multi-index 3,4,5 or 'all' (the sum).")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Class names, one per line (default: the model's metadata).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Top classes listed per image in --json.")
 @click.option("--explain-top", type=click.IntRange(min=1), default=1, show_default=True,
               help="One CAM for each of every image's K best classes (not with --target).")
-@click.option("--score", help="Tensor or layer with one score per class (default: the "
-              "logits before a final Softmax, else the first output).")
+@click.option("--score", help="Tensor or layer scored (default: the logits before a final "
+              "Softmax, else the first output); any tensor with an element --target.")
 @click.option("--alpha", type=FiniteRange(0.0, 1.0), default=0.5, show_default=True,
               help="Heatmap opacity in the overlay.")
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
@@ -299,16 +303,21 @@ def _target(value: str | None) -> int | str | None:
               help="Also save cam (N,H,W), layer_cam (N,h,w), target (N,) and image (N,).")
 @click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
 @json_file_option
+@target_options
 @provider_option
 @prep_options
 @reports_errors
-def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
+def cam(model: Path, images: tuple[Path, ...], method: str, layers: tuple[str, ...],
         target: str | None, labels: Path | None, top_k: int, explain_top: int,
         score: str | None, alpha: float, cmap: str, whole_image: bool, batch_size: int,
         window: tuple[int, int] | None, stride: tuple[int, int] | None, fill: float | str,
         out: Path, save_npz: Path | None, as_json: bool, provider: str,
-        prep: api.PrepOptions) -> None:
+        prep: api.PrepOptions, goal: api.TargetSpec) -> None:
     """Draw class-activation maps of MODEL for each IMAGE (overlay and heatmap PNGs).
+
+    Classifiers, segmentation (the class summed over its pixels, --region or --box),
+    detectors (--detection, --target CLASS, --box, --detections K; boxes drawn) and any
+    tensor element (--score T --target 3|all).
 
     \b
     Examples:
@@ -317,11 +326,15 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
       featviz cam model.onnx cat.png --explain-top 3 --whole-image
       featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
+      featviz cam unet.onnx street.png --target 2 --box 8,4,40,30
+      featviz cam yolo.onnx street.png --detections 5 --layer p3 --layer p4
     """
     from onnx_featviz import api
     refuse_overwrite([model, *images, labels], [out, save_npz])
     names = api.read_labels(labels) if labels else None
-    options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
+    options = api.CamOptions(method, layer=layers[0] if layers else None,
+                             layers=layers if len(layers) > 1 else (),
+                             target=_target(target), top_k=top_k, goal=goal,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
                              batch_size=batch_size, whole_image=whole_image,
                              occlusion=api.OcclusionOptions(window, stride, fill))
@@ -341,27 +354,31 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(list(choices.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
-@click.option("--target", help="Class index or label name; default: top-1.")
-@click.option("--score", help="Tensor or layer with one score per class (default: the "
-              "logits before a final Softmax, else the first output).")
+@click.option("--target", help="Class index or label name, default top-1; with --score: an "
+              "element index, a multi-index 3,4,5 or 'all'.")
+@click.option("--score", help="Tensor or layer scored (default: the logits before a final "
+              "Softmax, else the first output).")
 @out_dir_option
+@target_options
 @provider_option
 @prep_options
 @reports_errors
 def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None,
-             score: str | None, out: Path, provider: str, prep: api.PrepOptions) -> None:
+             score: str | None, out: Path, provider: str, prep: api.PrepOptions,
+             goal: api.TargetSpec) -> None:
     """Draw input-gradient views of MODEL for each IMAGE (saliency, guided backprop).
 
     \b
     Examples:
       featviz backprop models/mnist_cnn.onnx models/samples/digit_9.png
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
+      featviz backprop yolo.onnx street.png --detection 0
     """
     from onnx_featviz import api
     refuse_overwrite([model, *images], [out])
     with api.Inspector(model, provider, prep=prep) as inspector:
         result = api.render_backprop(inspector, readable_images(inspector, images), method,
-                                     _target(target), score=score)
+                                     _target(target), score=score, goal=goal)
     emit_written(api.save_pictures(result.pictures, out), False)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
-from onnx_featviz.cli.choices import PRESET_NAMES
+from onnx_featviz.cli.choices import DETECTION_FORMATS, PRESET_NAMES, TARGET_KINDS
 from onnx_featviz.errors import FeatvizError, LayerNotFoundError
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
@@ -174,6 +174,89 @@ def prep_options(fn: F) -> F:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def parse_box(ctx: click.Context, param: click.Parameter, value: str | None
+              ) -> tuple[float, float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(p) for p in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a box; use x0,y0,x1,y1 in input pixels, "
+                                 "e.g. 8,4,40,30") from None
+    if not (x0 < x1 and y0 < y1):
+        raise click.BadParameter(f"box {value!r} needs x0 < x1 and y0 < y1")
+    return (x0, y0, x1, y1)
+
+
+def target_options(fn: F) -> F:
+    """Add the target options (segmentation, detection, element, extra inputs) as ``goal``.
+
+    ``--target all`` or a multi-index ``--target 3,4,5`` becomes an element target of the
+    ``--score`` tensor; the command then gets ``target=None``.
+    """
+    options = [
+        click.option("--kind", type=click.Choice(TARGET_KINDS), default="auto",
+                     show_default=True, help="Target kind; auto: detection options -> "
+                     "detection, a 4-D output -> segmentation, (N, classes) -> class."),
+        click.option("--region", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                     help="Segmentation: mask image (nonzero = inside), any size."),
+        click.option("--box", callback=parse_box, help="x0,y0,x1,y1 input pixels: the "
+                     "segmentation region, or the detection with the best IoU."),
+        click.option("--detection", type=click.IntRange(min=0),
+                     help="Detection rank in each image (0 = best)."),
+        click.option("--detections", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Explain each image's K best detections (one session call)."),
+        click.option("--detect-format", type=click.Choice(DETECTION_FORMATS),
+                     help="Detector output format (default: read from the output shapes)."),
+        click.option("--conf", type=click.FloatRange(0.0, 1.0), default=0.25,
+                     show_default=True, help="Detection confidence threshold."),
+        click.option("--inputs", "extra_inputs", type=click.Path(path_type=Path, exists=True),
+                     help=".npz with the model's other inputs, name -> (N, ...) array."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, kind: str, region: Path | None, box: Any, detection: int | None,
+                detections: int, detect_format: str | None, conf: float,
+                extra_inputs: Path | None, **kwargs: Any) -> Any:
+        from onnx_featviz.attribution.detection import DetectionOptions
+        from onnx_featviz.attribution.seeds import TargetSpec
+        from onnx_featviz.attribution.targets import parse_element_target
+
+        element = None
+        text = kwargs.get("target")
+        if text is not None and (text.strip().lower() == "all" or "," in text):
+            element, kwargs["target"] = parse_element_target(text), None
+        kwargs["goal"] = TargetSpec(
+            kind=kind, region=_read_mask(region), box=box, detection=detection,
+            detections=detections, detect_format=detect_format,
+            decode=DetectionOptions(conf=conf), element=element,
+            inputs=_read_inputs(extra_inputs))
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def _read_mask(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def _read_inputs(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
 
 
 def reports_errors(fn: F) -> F:
