@@ -100,7 +100,7 @@ def test_module_paths_in_info_and_suggestions(zoo_export: ZooExport, dynamo: boo
     path = zoo_export("resnet", dynamo=dynamo)
     result = run("info", path, "--json")
     assert result.exit_code == 0, result.output
-    records = json.loads(result.output)["layers"]
+    records = json.loads(result.stdout)["layers"]
     assert {"layer4.1.relu", "layer1.0.relu", "fc"} <= {r["module"] for r in records}
     assert all(r["layout"] in ("NCHW", None) for r in records)
     assert any(r["layout"] == "NCHW" for r in records)
@@ -286,11 +286,11 @@ def test_long_names_write_files_mapped_in_the_manifest(tmp_path: Path) -> None:
                "--out", tmp_path / "maps", "--json", "--provider", "cpu")
     for result in (filters, maps):
         assert result.exit_code == 0, result.output
-    mapped = {entry["name"]: Path(entry["file"]) for entry in json.loads(maps.output)["files"]}
+    mapped = {entry["name"]: Path(entry["file"]) for entry in json.loads(maps.stdout)["files"]}
     assert set(names) <= set(mapped)
     assert len({mapped[n] for n in names}) == 2
     assert all(p.is_file() and len(p.name) < 128 for p in mapped.values())
-    filter_files = json.loads(filters.output)["files"]
+    filter_files = json.loads(filters.stdout)["files"]
     assert [e["name"] for e in filter_files] == [names[0]]
     assert Path(filter_files[0]["file"]).is_file()
 

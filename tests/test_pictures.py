@@ -91,7 +91,7 @@ def test_cam_overlay_has_title_band_colour_bar_and_manifest(tmp_path: Path) -> N
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     target = int(np.argmax(logits))
     assert target == 9
-    assert entry["title"] == f"class 9 (p={probs[9]:.3f}) | grad_cam at relu2"
+    assert entry["title"] == f"class 9 (p={probs[9]:.3f}) | grad_cam at pool2"
     assert "digit_9/cam_grad_cam_heatmap.png" in entries
     picture = np.asarray(Image.open(tmp_path / "out" / "digit_9" / "cam_grad_cam.png"), int)
     with api.Inspector(MNIST, "cpu") as inspector:

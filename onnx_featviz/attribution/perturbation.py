@@ -152,6 +152,7 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
         scores[live] = _run_batched(live.size, batch_size, masked, call, progress)
     if constant.any():  # every constant channel masks the input to zeros: one shared row
         zero = np.asarray(forward(np.zeros((1, *x.shape[1:]), np.float32)), np.float64)
+        _score_rows(zero, 1, cls[constant][:1], "forward")  # (batch, classes), as for the rest
         shared = int(constant.sum())
         scores[constant] = _score_rows(np.repeat(zero.reshape(1, -1), shared, axis=0), shared,
                                        cls[constant], "forward")

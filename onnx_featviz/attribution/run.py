@@ -23,7 +23,7 @@ from onnx_featviz.attribution import perturbation as cam_perturbation
 from onnx_featviz.attribution.detection import Detection
 from onnx_featviz.attribution.seeds import TargetSpec
 from onnx_featviz.attribution.tokens import TokenTransform
-from onnx_featviz.errors import InputError
+from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import masking
 from onnx_featviz.inspector import (
     Batch,
@@ -537,7 +537,7 @@ def _layer_forward_fn(inspector: Inspector, layer: str, score: str, batch: NDArr
         if not step:  # a graph that reshapes to its fixed export batch (dynamo's view(1, -1))
             try:      # takes only that many rows: learn it on the first call
                 return run_rows(fed, index)
-            except InputError:
+            except (InputError, ModelError):  # a fixed-batch Reshape fails at run time
                 if not fixed or len(fed) <= fixed:
                     raise
                 step.append(fixed)

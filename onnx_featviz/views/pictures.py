@@ -158,7 +158,7 @@ def _input_pictures(inspector: Inspector, tensors: Sequence[str],
     grids = {t: _map_picture(inspector, t, arrays[t][index], opts) for t in tensors
              if arrays[t].ndim >= 2}
     pictures = [Picture(f"{folder}/{file_stem(t)}{_map_suffix(opts, g.bars)}.png", g.image,
-                        g.title, f"{g.shows} of {t} for input {index} ({folder})")
+                        g.title, f"{g.shows} of {t} for input {index} ({folder})", source=t)
                 for t, g in grids.items()]
     if opts.stage == "both":
         pictures += _before_after(inspector, {t: g.image for t, g in grids.items()}, folder)
@@ -266,6 +266,6 @@ def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
                 [f"before {layer.activation_op or 'activation'}: {layer.output}",
                  f"after: {act}"])
             pairs.append(Picture(f"{folder}/{file_stem(layer.name)}_before_after.png", image,
-                                 layer.name))
+                                 layer.name, source=layer.name))
     return pairs
 
