@@ -144,6 +144,38 @@ def test_stats_photo_folder_equals_local(ray_session: Any, photos: Path) -> None
     assert_same_json(stats_json(local), stats_json(ray))
 
 
+def test_stats_photo_folder_by_uri_and_pyarrow_filesystem(ray_session: Any, photos: Path
+                                                          ) -> None:
+    """A ``file://`` URI and a path on a pyarrow ``SubTreeFileSystem`` go through Ray's file
+    reader and give the local result; sources are named as the filesystem names them."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    model = shared_path("models", "cifar10_cnn_pytorch.onnx")
+    local = stats_json(audit_stats.dataset_stats(
+        model, photos, audit_stats.StatsOptions(provider="cpu", batch_size=8)))
+    by_uri = audit_stats.dataset_stats(model, photos.as_uri(), audit_stats.StatsOptions(
+        batch_size=8, engine="ray", ray=RAY))
+    assert by_uri.images == PHOTOS and by_uri.skipped[0][0] == str(photos / "photo_032_broken.png")
+    assert_same_json(local, stats_json(by_uri))
+    subtree = pafs.SubTreeFileSystem(str(photos.parent), pafs.LocalFileSystem())
+    on_fs = audit_stats.dataset_stats(model, photos.name, audit_stats.StatsOptions(
+        batch_size=8, engine="ray", ray=audit_compare.RayOptions(workers=2,
+                                                                 filesystem=subtree)))
+    found = stats_json(on_fs)
+    assert [s["source"] for s in found["skipped"]] == ["photos/photo_032_broken.png"]
+    assert str(photos) not in found["skipped"][0]["reason"]
+    found["skipped"] = local["skipped"]  # the same file, named on the sub-tree filesystem
+    assert_same_json(local, found)
+
+
+def test_arrays_by_remote_uri_are_refused(mnist: Path) -> None:
+    pafs = pytest.importorskip("pyarrow.fs")
+    subtree = pafs.SubTreeFileSystem(str(mnist.parent), pafs.LocalFileSystem())
+    options = audit_stats.StatsOptions(engine="ray", ray=audit_compare.RayOptions(
+        filesystem=subtree))
+    with pytest.raises(InputError, match="reads arrays and IDX files by ranges of rows"):
+        audit_stats.dataset_stats(MNIST_MODEL, mnist.name, options)
+
+
 @pytest.fixture(scope="module")
 def int8_model(work: Path) -> Path:
     model = onnx.load(MNIST_MODEL)
