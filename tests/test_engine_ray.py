@@ -263,6 +263,15 @@ def test_missing_ray_is_one_line_error(mnist: Path, monkeypatch: pytest.MonkeyPa
     assert len(lines) == 1 and 'pip install "onnx-featviz[ray]"' in lines[0]
 
 
+@pytest.mark.parametrize("args", [("stats", MNIST_MODEL, "--provider", "cuda"),
+                                  ("compare", MNIST_MODEL, MNIST_MODEL, "--provider-b", "cpu")])
+def test_provider_options_are_refused_with_ray(mnist: Path, args: tuple[Any, ...]) -> None:
+    result = run(*args[:-2], mnist, *args[-2:], "--engine", "ray")
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"{args[-2]} is not used with --engine ray" in last and "--gpus-per-worker" in last
+
+
 def test_gpu_workers_without_gpus_are_refused(ray_session: Any, mnist: Path) -> None:
     options = audit_stats.StatsOptions(
         engine="ray", ray=audit_compare.RayOptions(gpus_per_worker=1000.0))

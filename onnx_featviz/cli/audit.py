@@ -48,6 +48,8 @@ def engine_options(fn: F) -> F:
                 gpus_per_worker: float, **kwargs: Any) -> Any:
         from onnx_featviz.audit.compare import RayOptions
 
+        if engine == "ray":
+            _refuse_providers()
         kwargs["engine"] = engine
         kwargs["ray"] = RayOptions(address=ray_address, workers=workers,
                                    gpus_per_worker=gpus_per_worker)
@@ -56,6 +58,18 @@ def engine_options(fn: F) -> F:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def _refuse_providers() -> None:
+    """Refuse --provider / --provider-a / --provider-b given with --engine ray (not used there)."""
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("provider", "provider_a", "provider_b")
+             if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                   click.core.ParameterSource.ENVIRONMENT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} is not used with --engine ray (each Ray "
+                               "worker runs its sessions on CUDA when --gpus-per-worker > 0, "
+                               "else on CPU); drop it and use --gpus-per-worker")
 
 
 # == compare (owner: compare helper; keep other code outside this section) =====================
