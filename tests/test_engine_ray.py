@@ -167,6 +167,17 @@ def test_stats_photo_folder_by_uri_and_pyarrow_filesystem(ray_session: Any, phot
     assert_same_json(local, found)
 
 
+def test_cli_takes_a_file_uri(ray_session: Any, photos: Path, tmp_path: Path) -> None:
+    model = shared_path("models", "cifar10_cnn_pytorch.onnx")
+    out = tmp_path / "stats.json"
+    result = run("stats", model, photos.as_uri(), "--engine", "ray", "--batch", "8",
+                 "--json", out)
+    assert result.exit_code == 0, result.output
+    written = strict_json(out.read_text())
+    assert written["images"] == PHOTOS
+    assert written["skipped"][0]["source"] == str(photos / "photo_032_broken.png")
+
+
 def test_arrays_by_remote_uri_are_refused(mnist: Path) -> None:
     pafs = pytest.importorskip("pyarrow.fs")
     subtree = pafs.SubTreeFileSystem(str(mnist.parent), pafs.LocalFileSystem())

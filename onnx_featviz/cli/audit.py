@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -50,6 +51,7 @@ def engine_options(fn: F) -> F:
 
         if engine == "ray":
             _refuse_providers()
+            kwargs["data"] = _restore_uri(kwargs["data"])
         kwargs["engine"] = engine
         kwargs["ray"] = RayOptions(address=ray_address, workers=workers,
                                    gpus_per_worker=gpus_per_worker)
@@ -58,6 +60,15 @@ def engine_options(fn: F) -> F:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def _restore_uri(data: Path) -> Path | str:
+    """DATA as typed when it was a URI (``s3://b/val``): ``Path`` joined its ``//`` into ``/``."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)$", str(data))
+    if match is None or data.exists():
+        return data
+    scheme, rest = match.groups()
+    return f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
 
 
 def _refuse_providers() -> None:
