@@ -10,7 +10,8 @@ machine hits both alike; 2 workers of the ray engine):
   the call to the result, so Ray Data's actor pool (each actor importing onnx / onnxruntime
   and building its sessions) is included, and the seconds until the first work unit came back
   are printed per run:
-  - ``stats`` over the first 10 000 MNIST test images (IDX) with the bundled MNIST CNN, batch 64;
+  - ``stats`` over the first 10 000 MNIST test images (IDX) with the bundled MNIST CNN, batch 64,
+    and over the 60 000 training images (one run each: the fixed cost of Ray against more work);
   - ``stats`` over 512 photos (the shared images, cropped and resized to 160-400 px, PNG) with
     SqueezeNet 1.1 (Caffe2, float16, ``../shared/data/models``), batch 32, read by Ray's file
     reader;
@@ -48,6 +49,7 @@ from tools.bench.bench_audit_stats import MNIST_MODEL, mnist_idx, peak_rss  # no
 
 SQUEEZENET = REPO.parent / "shared" / "data" / "models" / "squeezenet1.1_caffe2_fp16.onnx"
 IMAGES = REPO.parent / "shared" / "data" / "images"
+MNIST_TRAIN = REPO.parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
 Row = tuple[str, str, float, float, float, str, bool | str]
 
 
@@ -177,6 +179,8 @@ def main() -> None:
     steps: list[Callable[[Path], list[Row]]] = [
         lambda f: compare_rows("MNIST CNN b64", MNIST_MODEL, mnist_idx(f, 10000), 64,
                                args.reps, cold=True),
+        lambda f: compare_rows("MNIST CNN b64", MNIST_MODEL, MNIST_TRAIN, 64, 1)
+        if MNIST_TRAIN.exists() else [],
         lambda f: compare_rows("SqueezeNet fp16 b32", SQUEEZENET,
                                photo_folder(f, args.photos), 32, args.reps),
     ]
