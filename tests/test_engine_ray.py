@@ -178,13 +178,18 @@ def test_cli_takes_a_file_uri(ray_session: Any, photos: Path, tmp_path: Path) ->
     assert written["skipped"][0]["source"] == str(photos / "photo_032_broken.png")
 
 
-def test_arrays_by_remote_uri_are_refused(mnist: Path) -> None:
+def test_idx_on_a_pyarrow_filesystem_equals_local(ray_session: Any, mnist: Path) -> None:
+    """An IDX file on a pyarrow filesystem is read in ranges of rows by the actors."""
     pafs = pytest.importorskip("pyarrow.fs")
     subtree = pafs.SubTreeFileSystem(str(mnist.parent), pafs.LocalFileSystem())
     options = audit_stats.StatsOptions(engine="ray", ray=audit_compare.RayOptions(
         filesystem=subtree))
-    with pytest.raises(InputError, match="reads arrays and IDX files by ranges of rows"):
-        audit_stats.dataset_stats(MNIST_MODEL, mnist.name, options)
+    local = audit_stats.dataset_stats(MNIST_MODEL, mnist, audit_stats.StatsOptions(provider="cpu"))
+    ray = audit_stats.dataset_stats(MNIST_MODEL, mnist.name, options)
+    assert ray.images == MNIST_IMAGES
+    assert_same_json(stats_json(local), stats_json(ray))
+    with pytest.raises(InputError, match="missing.npz does not exist"):
+        audit_stats.dataset_stats(MNIST_MODEL, "missing.npz", options)
 
 
 @pytest.fixture(scope="module")

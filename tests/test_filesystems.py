@@ -4,7 +4,10 @@ the same files, and the files as written."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,3 +86,31 @@ def test_image_stream_equals_the_local_folder_stream(folder: Path) -> None:
     source, reason = stream.skipped[0]
     assert source == str(folder / "c" / "broken.png") and "BytesIO" not in reason
     assert stream.done == local.done == 3
+
+
+def test_arrays_open_through_a_pyarrow_file_as_locally(tmp_path: Path) -> None:
+    """``open_data(opener=)`` reads a .npz (rows across two arrays) and a gzip IDX file on a
+    pyarrow filesystem as the local path reads them, and as written."""
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 256, (n, 28, 28), np.uint8) for n in (5, 4))
+    np.savez(tmp_path / "two.npz", first=first, second=second)
+    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as fh:
+        fh.write(struct.pack(">IIII", 2051, 5, 28, 28) + first.tobytes())
+    subtree = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    both = np.concatenate([first, second]).astype(np.float32) / np.float32(255.0)
+    cases = (("two.npz", (3, 8), 9, both[3:8]), ("x-idx3-ubyte.gz", (2, 5), 5, both[2:5]))
+    with Inspector(MODELS / "mnist_cnn.onnx", "cpu") as model_input:
+        for name, rows, total, written in cases:
+            def opener(name: str = name) -> Any:
+                return subtree.open_input_file(name)
+
+            local = list(api_data.open_data(model_input, tmp_path / name, batch_size=2,
+                                            rows=rows))
+            remote = list(api_data.open_data(model_input, name, batch_size=2, rows=rows,
+                                             opener=opener))
+            assert [len(b.batch) for b in remote] == [len(b.batch) for b in local]
+            for mine, theirs in zip(remote, local, strict=True):
+                np.testing.assert_array_equal(mine.batch, theirs.batch)
+            got = np.concatenate([b.batch for b in remote])[:, 0]
+            np.testing.assert_allclose(got, written, rtol=0, atol=1e-6)
+            assert api_data.data_size(model_input, name, opener=opener) == total

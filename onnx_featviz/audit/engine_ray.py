@@ -9,8 +9,9 @@ The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this 
   batches (``work_units``) and makes the Dataset: image files (a local file or folder, a URI
   such as ``s3://bucket/val``, or a path on a pyarrow filesystem) through Ray's file reader
   (``ray.data.read_binary_files``, kept in order and cut into blocks of one unit each);
-  ``.npy``/``.npz`` and MNIST IDX files as ranges of rows (``ray.data.from_items``), which
-  the actors read in chunks;
+  ``.npy``/``.npz`` and MNIST IDX files (a local path, a URI or a path on a pyarrow
+  filesystem) as ranges of rows (``ray.data.from_items``), which the actors read in chunks
+  with the local engine's reader;
 - ``Dataset.map_batches`` with a callable class runs ``workers`` actors, each holding one
   ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU otherwise); an actor decodes
   its unit's files with the local engine's decoder (``io.filesystems.image_stream``) or streams
@@ -25,11 +26,11 @@ The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import pickle
-import urllib.parse
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -141,8 +142,8 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
 
     Args:
         models: the models every actor loads (model A first); sent once through Ray.
-        data: DATA as for ``io.data.open_data``; an image file or folder may also be a URI
-            (``file:///val``, ``s3://bucket/val``) or a path on ``options.filesystem``.
+        data: DATA as for ``io.data.open_data``, or a URI (``file:///val``,
+            ``s3://bucket/val``), or a path on ``options.filesystem``.
         job: per-batch step, providers, and the driver's fold.
         options: cluster address, workers, GPUs per worker, retries, filesystem.
         batch_size: inputs per batch (the local engine's batches).
@@ -153,11 +154,10 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         ``RayRun`` with the folded value, inputs, skipped inputs and providers.
 
     Raises:
-        InputError: Ray missing, DATA missing or with no readable input, an array or IDX
-            file given by URI; ProviderError: GPUs asked for and the cluster has none (or too
-            few for one worker); an error of the package raised in an actor (ModelError,
-            ProviderError...), unwrapped from Ray's; KeyboardInterrupt: Ctrl-C before any
-            range finished.
+        InputError: Ray missing, DATA missing or with no readable input; ProviderError: GPUs
+            asked for and the cluster has none (or too few for one worker); an error of the
+            package raised in an actor (ModelError, ProviderError...), unwrapped from Ray's;
+            KeyboardInterrupt: Ctrl-C before any unit finished.
     """
     ray = import_ray()
     source = _plan_data(models[0], data, prep, batch_size, options.filesystem)
@@ -187,12 +187,20 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
 
 @dataclass(frozen=True, slots=True)
 class _Source:
-    """DATA as the driver planned it: ``files`` (read by Ray's file reader) or, when None, a
-    local ``path`` streamed by ranges of rows (arrays, IDX); ``total`` inputs."""
+    """DATA as the driver planned it: ``files`` (read by Ray's file reader) or, when None, an
+    array or IDX file at ``path`` (on ``filesystem``, or local when None) streamed by ranges of
+    rows; ``total`` inputs."""
 
     total: int
     path: str
     files: filesystems.ImageFiles | None
+    filesystem: Any = None
+
+    def opener(self) -> api_data.Opener | None:
+        """Open ``path`` on ``filesystem`` (None: a local path, opened by ``open_data``)."""
+        if self.filesystem is None:
+            return None
+        return functools.partial(self.filesystem.open_input_file, self.path)
 
 
 def _plan_data(model: onnx.ModelProto, data: Path | str, prep: inspection.PrepOptions | None,
@@ -201,18 +209,16 @@ def _plan_data(model: onnx.ModelProto, data: Path | str, prep: inspection.PrepOp
     files = filesystems.list_image_files(data, filesystem)
     if files is not None and files.filesystem is not None:
         return _Source(len(files.paths), str(data), files)
-    local = Path(str(data))
+    source = _Source(0, str(data), files)
     if files is None and (filesystem is not None or filesystems.is_uri(data)):
-        if not str(data).startswith("file://"):
-            raise InputError(f"DATA {data} is not an image file or a folder of images; the ray "
-                             "engine reads arrays and IDX files by ranges of rows from a path "
-                             "every worker can read: copy it to a shared path and give that")
-        local = Path(urllib.parse.unquote(urllib.parse.urlparse(str(data)).path))
+        path, on = filesystems.resolve_file(data, filesystem)
+        source = _Source(0, path, None, on)
     with inspection.Inspector(model, "cpu", prep=prep, max_batch=batch_size) as driver:
-        total = api_data.data_size(driver, local)  # checks the model takes DATA, as locally
-    if files is not None:  # the local listing, resolved so that every worker finds the files
-        files = filesystems.ImageFiles(None, files.paths)
-    return _Source(total, str(local), files)
+        # checks that the model takes DATA, as locally; headers only
+        total = api_data.data_size(driver, source.path, opener=source.opener())
+    # a local path absolute, so that workers (in other folders) find it; links kept
+    path = source.path if source.filesystem is not None else os.path.abspath(source.path)
+    return _Source(total, path, files, source.filesystem)
 
 
 def _check_gpus(ray: Any, options: RayOptions) -> None:
@@ -250,7 +256,7 @@ def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
         "models": tuple(m.SerializeToString() for m in models),
         "provider": "cuda" if options.gpus_per_worker > 0 else "cpu", "prep": prep,
         "batch_size": batch_size, "data": source.path, "step": job.step,
-        "sessions": job.sessions, "file_units": None}
+        "sessions": job.sessions, "file_units": None, "filesystem": source.filesystem}
     preserve = context.execution_options.preserve_order
     try:  # a Dataset copies the context it is made in: restored once it is made
         if source.files is None:
@@ -365,12 +371,13 @@ class _Worker:
 
     def __init__(self, *, models: tuple[bytes, ...], provider: str,
                  prep: inspection.PrepOptions | None, batch_size: int, data: str, step: Step,
-                 sessions: Sessions, file_units: _FileUnits | None) -> None:
+                 sessions: Sessions, file_units: _FileUnits | None, filesystem: Any) -> None:
         self._inspectors = [inspection.Inspector(m, provider, prep=prep, max_batch=batch_size)
                             for m in models]
         self._batch_size, self._data = batch_size, data
         self._step, self._sessions = step, sessions
         self._files = file_units
+        self._opener = _Source(0, data, None, filesystem).opener()
 
     def __call__(self, units: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         """Stream each range of ``units`` (columns ``start``, ``stop``; or ``path``, ``bytes``
@@ -383,7 +390,7 @@ class _Worker:
         for start, stop in zip(units["start"], units["stop"], strict=True):
             results.append(self._unit(api_data.open_data(
                 self._inspectors[0], self._data, batch_size=self._batch_size,
-                rows=(int(start), int(stop)))))
+                rows=(int(start), int(stop)), opener=self._opener)))
         return {"start": np.asarray(units["start"], np.int64),
                 "result": np.array(results, dtype=object)}
 

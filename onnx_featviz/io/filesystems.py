@@ -66,7 +66,8 @@ def list_image_files(data: Path | str, filesystem: Any = None) -> ImageFiles | N
             root = str(data)
         info = filesystem.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
-            raise InputError(f"DATA {data} does not exist; give an image file or a folder")
+            raise InputError(f"DATA {data} does not exist; give an image file, a folder of "
+                             "images, a .npy/.npz or an MNIST IDX images file")
         if info.type != pafs.FileType.Directory:
             suffix = PurePosixPath(root).suffix.lower()
             return ImageFiles(filesystem, (root,)) if suffix in fileio.IMAGE_EXTENSIONS else None
@@ -80,6 +81,29 @@ def list_image_files(data: Path | str, filesystem: Any = None) -> ImageFiles | N
         raise InputError(f"folder {data} holds no images; add files ending in "
                          f"{', '.join(fileio.IMAGE_EXTENSIONS)}")
     return ImageFiles(filesystem, tuple(paths))
+
+
+def resolve_file(data: Path | str, filesystem: Any = None) -> tuple[str, Any]:
+    """Return ``(path, filesystem)`` of a file given by URI or as a path on ``filesystem``.
+
+    Raises:
+        InputError: the URI names no filesystem pyarrow knows, or no file.
+    """
+    from pyarrow import fs as pafs
+
+    try:
+        if filesystem is None:
+            filesystem, path = pafs.FileSystem.from_uri(str(data))
+        else:
+            path = str(data)
+        found = filesystem.get_file_info(path).type == pafs.FileType.File
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot open DATA {data} ({type(err).__name__}: {err}); check the "
+                         "URI and the filesystem's credentials") from err
+    if not found:
+        raise InputError(f"DATA {data} is not a file; give an image folder, an image, a "
+                         ".npy/.npz or an MNIST IDX images file")
+    return path, filesystem
 
 
 def _is_image(info: Any, root: str, file_type: Any) -> bool:
@@ -129,4 +153,4 @@ def image_stream(inspector: ModelInput, files: Sequence[tuple[str, bytes]], *,
                       first=first)
 
 
-__all__ = ["ImageFiles", "image_stream", "is_uri", "list_image_files"]
+__all__ = ["ImageFiles", "image_stream", "is_uri", "list_image_files", "resolve_file"]
