@@ -26,6 +26,7 @@ _LAZY = {
     "MaximizeOptions": "synthesis.run", "MaximizeResult": "synthesis.run",
     "maximize": "synthesis.run", "InvertOptions": "synthesis.run",
     "InvertResult": "synthesis.run", "invert": "synthesis.run",
+    "ReportOptions": "reporting", "build_report": "reporting", "save_report": "reporting",
 }
 
 
@@ -45,8 +46,9 @@ def __dir__() -> list[str]:
 __all__ = [
     "CamOptions", "CamReport", "CompareOptions", "CompareResult", "FeatvizError", "InputError",
     "Inspector", "InvertOptions", "InvertResult", "LayerNotFoundError", "MaximizeOptions",
-    "MaximizeResult", "ModelError", "PrepOptions", "ProviderError", "StatsOptions", "StatsResult",
+    "MaximizeResult", "ModelError", "PrepOptions", "ProviderError", "ReportOptions",
+    "StatsOptions", "StatsResult",
     "__version__", "compare_models", "compute_activations", "dataset_stats", "inspect_model",
     "invert", "load_model", "maximize", "open_data", "predict", "read_model_filters",
-    "render_backprop", "render_cam",
+    "render_backprop", "render_cam", "build_report", "save_report",
 ]

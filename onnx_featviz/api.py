@@ -48,7 +48,8 @@ from onnx_featviz.inspector import (
 from onnx_featviz.io.data import open_data
 from onnx_featviz.io.outputs import Picture, Rendered, save_pictures
 from onnx_featviz.render.text import format_predictions, format_summary, predictions_to_json
-from onnx_featviz.structs import ChannelStats, ProgressFn
+from onnx_featviz.reporting import ReportOptions, build_report, save_report
+from onnx_featviz.structs import ChannelStats, ProgressFn, auto_progress
 from onnx_featviz.synthesis.pictures import render_inversions, render_maximized
 from onnx_featviz.synthesis.run import (
     InvertOptions,
@@ -78,7 +79,7 @@ class Inspector(inspection.Inspector):
     """``inspector.Inspector`` plus the capability verbs (see the module docstring)."""
 
     def cam(self, images: Images, options: CamOptions, *,
-            progress: ProgressFn | None = None) -> CamReport:
+            progress: ProgressFn | None = auto_progress) -> CamReport:
         """Return class-activation maps (``attribution.run.cam``)."""
         return attribution_run.cam(self, images, options, progress=progress)
 
@@ -114,4 +115,5 @@ __all__ = [
     "load_model", "plan_groups", "predict", "predictions_to_json", "read_labels",
     "read_model_filters", "render_backprop", "render_cam", "render_feature_maps",
     "render_model_filters", "save_pictures",
+    "ReportOptions", "build_report", "save_report",
 ]

@@ -25,6 +25,7 @@ import onnx_featviz.io.preprocess as preprocess
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import reductions
+from onnx_featviz.render import notebook
 from onnx_featviz.structs import (
     META_LABELS,
     ClassScore,
@@ -63,6 +64,7 @@ class PrepOptions:
     channel_order: str | None = None
     size: tuple[int, int] | None = None
     resize: str | None = None
+    crop_fraction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,11 @@ class Batch:
     array: NDArray[np.generic]
     sources: tuple[str, ...]
     images: tuple[Image.Image, ...] = ()
+    originals: tuple[Image.Image, ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"Batch({self.array.dtype} {'x'.join(map(str, self.array.shape))}, "
+                f"{len(self.sources)} sources, {len(self.images)} pictures)")
 
 
 def load_model(model: ModelSource) -> onnx.ModelProto:
@@ -89,9 +96,11 @@ class Inspector:
         provider: ``"auto"``, ``"cuda"`` or ``"cpu"``.
         prep: preprocessing overrides (default: the model's metadata, else a per-input default).
         max_batch: largest batch sent to onnxruntime in one call.
-        labels: class names (default: the model's ``featviz.labels`` metadata when present).
+        labels: class names, or the path of a text file with one per line (default: the
+            model's ``featviz.labels`` metadata when present).
         transfer: ``"float32"``, or ``"float16"`` to move exposed float32 tensors off the
             device as float16 (half the bytes; returned as float32, exact to float16 rounding).
+        name: how onnxruntime errors name the model (default: its file name).
 
     Raises:
         ModelError: unreadable model; ProviderError: provider not usable.
@@ -99,23 +108,41 @@ class Inspector:
 
     def __init__(self, model: ModelSource, provider: str = "auto", *,
                  prep: PrepOptions | None = None, max_batch: int | None = 32,
-                 labels: Sequence[str] | None = None, transfer: str = "float32") -> None:
+                 labels: Sequence[str] | str | Path | None = None,
+                 transfer: str = "float32", name: str | None = None) -> None:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model = load_model(model)
+        self.name = name or (f"model {Path(model).name}" if isinstance(model, str | Path)
+                             else "the model")
         self.transfer = transfer
         self.provider = provider
         self.max_batch = max_batch
         self.spec: InputSpec = preprocess.infer_input_spec(self.model)
         self.preprocessing: Preprocessing = _resolve_prep(self.model, self.spec, prep)
         self.labels: tuple[str, ...] | None = (
-            tuple(labels) if labels is not None else _model_labels(self.model))
+            read_labels(Path(labels)) if isinstance(labels, str | Path)
+            else tuple(labels) if labels is not None else _model_labels(self.model))
+        self.prep_source = _prep_source(self.model, prep)
+        self._assumed = self.prep_source.startswith("assumed")  # said once, on the first image
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
 
     def __enter__(self: _I) -> _I:
         return self
+
+    def __repr__(self) -> str:
+        spec, prep = self.spec, self.preprocessing
+        return (f"{type(self).__name__}({self.model.graph.name or 'model'!r}, input "
+                f"{spec.name} {spec.layout} {'x'.join(map(str, spec.shape))}, "
+                f"{len(self.model.graph.node)} nodes, preset {prep.preset} "
+                f"({self.prep_source}), provider {self.provider!r})")
+
+    def _repr_html_(self) -> str:
+        return notebook.model_card_html(
+            self.info, self.spec, self.preprocessing, source=self.prep_source,
+            labels=self.labels, provider=self.provider)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -193,14 +220,21 @@ class Inspector:
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         if not items:
             raise InputError("no images were given; pass at least one image path or array")
-        arrays, pics = [], []
+        arrays, pics, originals = [], [], []
         sources: list[str] = []
         for item in items:
             for source, array, pic in _load_item(item, self.spec, self.preprocessing):
                 arrays.append(array)
                 sources.extend(row_sources(source, len(array)))
-                pics.extend([pic] if pic is not None else [])
-        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics))
+                pics.extend([pic[0]] if pic is not None else [])
+                originals.extend([pic[1]] if pic is not None else [])
+        if pics and self._assumed:
+            self._assumed = False  # say it once per inspector
+            log.warning("model input %r has no preprocessing metadata and none was given: "
+                        "assuming preset %r; if the model was trained with another recipe, "
+                        "choose a preset (%s)", self.spec.name, self.preprocessing.preset,
+                        ", ".join(preprocess.PRESETS), extra={"after_success": True})
+        return Batch(np.concatenate(arrays), tuple(sources), tuple(pics), tuple(originals))
 
     def display(self, image: Image.Image) -> Image.Image:
         """Return the image resized and cropped as the model sees it, un-normalized (RGB)."""
@@ -221,7 +255,7 @@ class Inspector:
             elif key[1]:
                 model = rewrite.expose_tensors(self.model, list(key[1]),
                                                float16=self.transfer == "float16")
-            self._sessions[key] = runtime.Session(model, self.provider)
+            self._sessions[key] = runtime.Session(model, self.provider, name=self.name)
         session: runtime.Session = self._sessions[key]
         return session
 
@@ -332,7 +366,8 @@ class Inspector:
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
         for group, chunks in plan_groups(plan):
-            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider) as s:
+            with runtime.Session(rewrite.expose_tensors(self.model, group), self.provider,
+                                 name=self.name) as s:
                 wanted = [exposed_name(s, t) for t in group]
                 for rows in chunks:
                     values = s.run({self.spec.name: batch[rows]}, wanted)
@@ -364,11 +399,12 @@ class Inspector:
 
 
 def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
-               ) -> Iterator[tuple[str, NDArray[np.generic], Image.Image | None]]:
-    """Yield (source, model-ready rows, display picture or None) for one image source."""
+               ) -> Iterator[tuple[str, NDArray[np.generic],
+                                   tuple[Image.Image, Image.Image] | None]]:
+    """Yield (source, model-ready rows, (display picture, original) or None) per image."""
     if isinstance(item, Image.Image):
         yield ("image", preprocess.images_to_batch([item], spec, prep),
-               preprocess.display_image(item, spec, prep))
+               (preprocess.display_image(item, spec, prep), item))
         return
     path = Path(item)
     if path.is_dir():  # every image below it, as the command line takes folders
@@ -381,7 +417,7 @@ def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
         return
     image = fileio.load_image(path)
     yield (str(path), preprocess.images_to_batch([image], spec, prep),
-           preprocess.display_image(image, spec, prep))
+           (preprocess.display_image(image, spec, prep), image))
 
 
 def prediction(labels: Sequence[str] | None, source: str, output: str,
@@ -422,7 +458,16 @@ def _resolve_prep(model: onnx.ModelProto, spec: InputSpec,
     return preprocess.resolve_preprocessing(
         spec, preset=opts.preset, base=preprocess.read_preprocessing(model), mean=opts.mean,
         std=opts.std, scale=opts.scale, channel_order=opts.channel_order, size=opts.size,
-        resize=opts.resize)
+        resize=opts.resize, crop_fraction=opts.crop_fraction)
+
+
+def _prep_source(model: onnx.ModelProto, prep: PrepOptions | None) -> str:
+    """Say where the preprocessing came from: options, the model's metadata, or a default."""
+    if prep is not None and prep != PrepOptions():
+        return "from options"
+    if preprocess.read_preprocessing(model) is not None:
+        return "from the model's metadata"
+    return "assumed: no metadata or options"
 
 
 def _model_labels(model: onnx.ModelProto) -> tuple[str, ...] | None:

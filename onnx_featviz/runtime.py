@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,27 @@ def _quiet_session(
     try:
         return ort.InferenceSession(source, sess_options=options, providers=providers)
     finally:
-        ort.set_default_logger_severity(2)
+        ort.set_default_logger_severity(4)  # errors reach the user as exceptions, one line
+
+
+_CXX_NOISE = re.compile(
+    r"(\[ONNXRuntimeError\] : \d+ : \w+ : )"  # the status prefix
+    r"|(\s*\S+\.(cc|cpp|h|hpp|cu):\d+\S*)"  # a source location
+    r"|(\s*(\w+::)+~?\w+(<[^>]*>)?(::~?\w+)*(\([^)]*\))?( const)?)"  # a C++ signature
+    r"|(\s*\[?\S+\.so(\.\d+)*\]?)")  # a shared library
+
+
+def ort_message(err: BaseException) -> str:
+    """Return onnxruntime's error as one short line: no status prefix, C++ signatures,
+    source locations or library paths."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = _CXX_NOISE.sub(" ", text)
+    text = " ".join(text.split()).strip(" :;,")
+    return (text[:297] + "...") if len(text) > 300 else text or type(err).__name__
+
+
+def _is_ort_error(err: BaseException) -> bool:
+    return type(err).__module__.startswith("onnxruntime")
 
 
 def cpu_has_vnni() -> bool | None:
@@ -128,10 +149,12 @@ class Session:
     """
 
     def __init__(self, model: onnx.ModelProto, provider: str = "auto", *,
-                 threads: int | None = None, spinning: bool = True) -> None:
+                 threads: int | None = None, spinning: bool = True,
+                 name: str = "the model") -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.name = name
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # errors reach the user as exceptions, one line each
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:
@@ -142,9 +165,8 @@ class Session:
             self._session = _quiet_session(source, requested, options)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises several unrelated types
             self.close()
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ModelError(
-                f"onnxruntime cannot load the model: {first}; check the model with "
+                f"onnxruntime cannot load {name}: {ort_message(err)}; check the model with "
                 "onnx.checker.check_model or re-export it with a supported opset"
             ) from err
         self.providers: tuple[str, ...] = tuple(self._session.get_providers())
@@ -248,12 +270,16 @@ class Session:
             if self.on_cuda:
                 return self._run_bound(feeds, names)
             values = self._session.run(names, dict(feeds))
-        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                ort.capi.onnxruntime_pybind11_state.Fail) as err:
-            raise InputError(
-                f"onnxruntime rejected the input: {str(err).splitlines()[0]}; "
-                f"the model expects {self._describe_inputs()}"
-            ) from err
+        except Exception as err:
+            if not _is_ort_error(err):
+                raise
+            if isinstance(err, ort.capi.onnxruntime_pybind11_state.InvalidArgument):
+                raise InputError(
+                    f"onnxruntime rejected the input of {self.name}: {ort_message(err)}; "
+                    f"{self.name} expects {self._describe_inputs()}") from err
+            raise ModelError(
+                f"onnxruntime failed running {self.name}: {ort_message(err)}; check the input "
+                "size and the model (onnx.checker.check_model), or try provider 'cpu'") from err
         return dict(zip(names, values, strict=True))
 
     def _run_bound(self, feeds: Mapping[str, NDArray[np.generic]],

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+import html
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,11 +126,41 @@ class ModelInfo:
             "all names are in ModelInfo.layers (node name, output tensor or index)"
         )
 
+    def __repr__(self) -> str:
+        return (f"ModelInfo({len(self.inputs)} inputs, {len(self.outputs)} outputs, "
+                f"{len(self.layers)} layers, opset {self.opset}, IR {self.ir_version}, "
+                f"producer {self.producer!r})")
+
+    def _repr_html_(self) -> str:
+        return html_table(LAYER_HEADER, layer_rows(self.layers))
+
     def _by_name(self, name: str) -> list[Layer]:
         by_node = [lay for lay in self.layers if lay.name == name]
         if by_node:
             return by_node
         return [lay for lay in self.layers if name in lay.outputs or name == lay.raw_output]
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Return a plain HTML table (for notebooks); every cell's text is escaped."""
+    cell = 'style="padding:1px 8px;border-bottom:1px solid #ddd;text-align:left"'
+    head = "".join(f"<th {cell}>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td {cell}>{html.escape(str(c))}</td>" for c in row)
+                   + "</tr>" for row in rows)
+    return (f'<table style="border-collapse:collapse;font:12px monospace">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+LAYER_HEADER = ("#", "layer", "op", "output", "shape", "params", "activation")
+
+
+def layer_rows(layers: Sequence[Layer]) -> list[tuple[object, ...]]:
+    """One row per layer: index, name, op, output tensor, shape, params, activation op."""
+    def shape(lay: Layer) -> str:
+        dims = lay.shape
+        return "?" if dims is None else "x".join("?" if d is None else str(d) for d in dims)
+    return [(lay.index, lay.name, lay.op_type, lay.output, shape(lay), lay.params,
+             lay.activation_op or "") for lay in layers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +263,10 @@ class Progress:
 
 ProgressFn = Callable[[Progress], None]
 """Callback the api calls as work advances (the CLI draws a bar; the library never prints)."""
+
+
+def auto_progress(progress: Progress) -> None:
+    """Default ``progress=`` of long runs: replaced by a tqdm bar in notebooks and terminals.
+
+    Pass ``None`` for no progress at all, or any ``ProgressFn`` to receive the updates.
+    """

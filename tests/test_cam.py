@@ -419,14 +419,34 @@ def test_select_targets() -> None:
     assert cam.select_targets(scores).dtype == np.int64
 
 
+def test_a_unique_close_label_is_taken_with_a_notice(caplog: pytest.LogCaptureFixture) -> None:
+    """ImageNet's classes.txt says "tabby"; users type "tabby cat". One close match is taken."""
+    labels = ["tench", "tabby", "tiger cat", "golden retriever", "Egyptian cat",
+              "Labrador retriever"]
+    scores = np.zeros((1, 6))
+    with caplog.at_level("WARNING"):
+        assert cam.select_targets(scores, "tabby cat", labels=labels).tolist() == [1]
+        assert cam.select_targets(scores, "Golden Retreiver", labels=labels).tolist() == [3]
+        assert cam.select_targets(scores, "labrador", labels=labels).tolist() == [5]
+    notices = [r.getMessage() for r in caplog.records]
+    assert notices == ["label 'tabby cat' is not a class name; taking its one close match, "
+                       "class 1 'tabby'",
+                       "label 'Golden Retreiver' is not a class name; taking its one close "
+                       "match, class 3 'golden retriever'",
+                       "label 'labrador' is not a class name; taking its one close match, "
+                       "class 5 'Labrador retriever'"]
+    with pytest.raises(InputError, match="not found among 6 labels"):
+        cam.select_targets(scores, "cat", labels=labels)  # tiger cat or Egyptian cat: no guess
+
+
 def test_select_targets_errors() -> None:
     scores = np.zeros((1, 1000))
     msg = r"^target 1000 is out of range for 1000 classes \(0\.\.999\)$"
     with pytest.raises(InputError, match=msg):
         cam.select_targets(scores, 1000)
     labels = ["tabby cat", "tiger cat", "golden retriever"]
-    with pytest.raises(InputError, match="close matches: 'golden retriever'"):
-        cam.select_targets(np.zeros((1, 3)), "golden retreiver", labels=labels)
+    with pytest.raises(InputError, match="close matches: 'tabby cat', 'tiger cat'"):
+        cam.select_targets(np.zeros((1, 3)), "tabbi cot", labels=labels)  # two close matches
     with pytest.raises(InputError, match="no labels were given"):
         cam.select_targets(np.zeros((1, 3)), "cat")
     with pytest.raises(InputError, match="both given"):

@@ -229,8 +229,8 @@ def test_cli_cam_bad_targets(tmp_path: Path) -> None:
     assert out.exit_code == 1 and "out of range" in out.output
     assert len([ln for ln in out.output.splitlines() if ln.startswith("Error")]) == 1
     out = runner.invoke(main, ["cam", str(MNIST), str(DIGIT), "--labels", str(labels),
-                               "--target", "sevn", "--out", str(tmp_path), "--provider", "cpu"])
-    assert out.exit_code == 1 and "close matches" in out.output and "seven" in out.output
+                               "--target", "fine", "--out", str(tmp_path), "--provider", "cpu"])
+    assert out.exit_code == 1 and "close matches" in out.output and "five" in out.output
 
 
 def test_cli_backprop(tmp_path: Path) -> None:
@@ -307,7 +307,8 @@ def test_explain_top_gives_one_cam_per_best_class(tmp_path: Path) -> None:
     names = [p.name for p in rendered.pictures]
     first = names[0].split("/")[0]
     assert f"{first}/cam_grad_cam_top2_class{int(order[0, 1])}.png" in names
-    assert len(names) == 18 and rendered.arrays["image"].tolist() == report.image_index.tolist()
+    assert len(names) == 18 + 1 and rendered.arrays["image"].tolist() == report.image_index.tolist()
+    assert "cam_grad_cam_top3.png" in names  # one sheet: a row per rank, a column per input
     rows = api.cam_to_json(report)
     assert [r["rank"] for r in rows[:3]] == [1, 2, 3]  # as in the _top<rank> names
 
@@ -323,6 +324,7 @@ def test_cli_cam_explain_top(tmp_path: Path) -> None:
     assert data["target"][0] == 9  # the sample is a nine
     written = sorted(p.name for p in (tmp_path / "out" / "digit_9").iterdir())
     assert "cam_grad_cam_top1_class9.png" in written and len(written) == 4
+    assert (tmp_path / "out" / "cam_grad_cam_top2.png").is_file()  # a row per class rank
 
 
 @pytest.mark.slow
@@ -379,9 +381,10 @@ def test_label_target_through_the_api() -> None:
     with api.Inspector(MNIST, "cpu", labels=names) as inspector:
         report = inspector.cam([DIGIT], api.CamOptions("grad_cam", target="seven"))
         by_index = inspector.cam([DIGIT], api.CamOptions("grad_cam", target=7))
-        with pytest.raises(InputError, match="close matches.*seven"):
-            inspector.cam([DIGIT], api.CamOptions("grad_cam", target="sevn"))
-    assert report.targets.tolist() == [7]
+        typo = inspector.cam([DIGIT], api.CamOptions("grad_cam", target="sevn"))  # one match
+        with pytest.raises(InputError, match="close matches.*(five|nine)"):
+            inspector.cam([DIGIT], api.CamOptions("grad_cam", target="fine"))  # five or nine
+    assert report.targets.tolist() == [7] == typo.targets.tolist()
     np.testing.assert_array_equal(report.layer_cam, by_index.layer_cam)
     assert api.cam_to_json(report)[0]["rank"] is None  # a given target has no rank
 

@@ -48,7 +48,9 @@ def sha(path: Path) -> str:
 
 
 def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """Every file below ``folder`` but the run's ``manifest.json``."""
+    found = folder.rglob("*") if folder.exists() else []
+    return sorted(p for p in found if p.is_file() and p.name != "manifest.json")
 
 
 def weight_initializer(model: onnx.ModelProto, node_name: str) -> np.ndarray:
@@ -203,10 +205,11 @@ def test_api_grid_channel_range_and_layer_normalization() -> None:
         opts = api.MapRenderOptions(stage="act", channels=slice(4, 12))
         rendered = api.render_feature_maps(inspector, [DIGIT9], ["conv1"], opts)
     (picture,) = rendered.pictures
-    assert picture.name == "digit_9/relu1.png"
+    assert picture.name == "digit_9/relu1_ch4-12.png"  # the channel range is in the name
+    assert picture.title == "relu1  channels 4..11 of 16"
     maps = np.asarray(rendered.arrays["relu1"][0, 4:12])
     layout = render.grid_layout(8, 28, 28, render.GridOptions(
-        title="relu1", colorbar=True, shape=(16, 28, 28), label_start=4))
+        title=picture.title, colorbar=True, shape=(16, 28, 28), label_start=4))
     assert layout.count == 8
     assert picture.image.size == (layout.width, layout.height)
     check_tiles(picture.image, layout, maps)
@@ -256,9 +259,8 @@ def test_build_conv_edges_preset(tmp_path: Path) -> None:
     with np.load(tmp_path / "f.npz") as saved:
         np.testing.assert_array_equal(saved["conv"], expected)
     image = Image.open(tmp_path / "f.png")
-    layouts = [render.grid_layout(4, 4, 4, render.GridOptions(
-        scale=s, min_tile=48, title="conv  weight 4x1x4x4", colorbar=True,
-        shape=(4, 1, 4, 4))) for s in range(36, 120)]
+    layouts = [render.grid_layout(4, 4, 4, filter_grid(s, "conv  weight 4x1x4x4", (4, 1, 4, 4)))
+               for s in range(36, 120)]
     (layout,) = [lay for lay in layouts if lay.height == image.height]
     check_annotated(image, expected, layout)  # +-1 cells are all dark: white text everywhere
 
@@ -287,6 +289,17 @@ def test_build_conv_needs_exactly_one_source(tmp_path: Path, args: list[str]) ->
     assert result.exit_code == 2
     assert "FILTERS or --preset" in result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+def filter_grid(scale: int, title: str | None, shape: tuple[int, ...]) -> render.GridOptions:
+    """The grid of a one-input filter bank: ceil(sqrt(O)) columns, row headers give the first
+    filter of each row, column headers the offset ``+c``; no per-tile captions."""
+    columns = int(np.ceil(np.sqrt(shape[0])))
+    rows = int(np.ceil(shape[0] / columns))
+    return render.GridOptions(
+        columns=columns, scale=scale, min_tile=48, title=title, colorbar=True, shape=shape,
+        labels=False, row_labels=tuple(str(r * columns) for r in range(rows)),
+        column_labels=tuple(f"+{c}" for c in range(columns)))
 
 
 def cell_boxes(layout: render.GridLayout, k_h: int, k_w: int
@@ -344,9 +357,8 @@ def test_filters_annotate_cli_values_and_ink(tmp_path: Path) -> None:
     image = Image.open(tmp_path / "f.png")
     # the scale of the annotated cells is chosen from the text width: find the one whose
     # grid_layout gives this picture's height
-    layouts = [render.grid_layout(2, 4, 4, render.GridOptions(
-        scale=s, min_tile=48, title="conv  weight 2x1x4x4", colorbar=True,
-        shape=(2, 1, 4, 4))) for s in range(36, 120)]
+    layouts = [render.grid_layout(2, 4, 4, filter_grid(s, "conv  weight 2x1x4x4", (2, 1, 4, 4)))
+               for s in range(36, 120)]
     matching = [lay for lay in layouts if lay.height == image.height]
     assert len(matching) == 1
     check_annotated(image, weight, matching[0])
@@ -356,8 +368,7 @@ def test_render_filters_annotated_text_matches_values() -> None:
     weight = np.array([[[[-2.0, 0.0], [1.25, 2.0]]], [[[0.5, -0.75], [0.0, -2.0]]]], np.float32)
     options = render.FilterOptions(annotate=True, cell=48, title=None)
     image = compose.render_filters(weight, options)
-    layout = render.grid_layout(2, 2, 2, render.GridOptions(
-        scale=48, min_tile=48, colorbar=True, shape=weight.shape))
+    layout = render.grid_layout(2, 2, 2, filter_grid(48, None, weight.shape))
     assert image.size == (layout.width, layout.height)
     check_annotated(image, weight, layout)
     # each cell's ink is the value's text: compare with the text drawn alone on that cell
@@ -391,7 +402,8 @@ def test_maps_before_after_relu_on_edges(tmp_path: Path) -> None:
     folder = tmp_path / "out" / "square"
     assert sorted(manifest["written"]) == sorted(
         str(p) for p in [folder / "conv.png", folder / "relu.png",
-                         folder / "conv_before_after.png", tmp_path / "e.npz"])
+                         folder / "conv_before_after.png", tmp_path / "e.npz",
+                         tmp_path / "out" / "manifest.json"])
     x = (pixels.astype(np.float32) / 255.0)[None, None]
     with np.load(tmp_path / "e.npz") as saved:
         conv, relu = saved["conv"], saved["relu"]
@@ -414,8 +426,8 @@ def test_maps_before_after_relu_on_edges(tmp_path: Path) -> None:
 def test_maps_reduce_one_image_per_tensor(tmp_path: Path, how: str) -> None:
     ok("maps", MNIST, DIGIT9, "--reduce", how, "--out", tmp_path / "out", "--provider", "cpu")
     names = [p.name for p in files_under(tmp_path / "out" / "digit_9")]
-    assert names == ["relu1.png", "relu2.png"]
-    image = Image.open(tmp_path / "out" / "digit_9" / "relu1.png")
+    assert names == [f"relu1_{how}.png", f"relu2_{how}.png"]  # the reduction is in the name
+    image = Image.open(tmp_path / "out" / "digit_9" / f"relu1_{how}.png")
     with api.Inspector(MNIST, "cpu") as inspector:
         rendered = api.render_feature_maps(inspector, [DIGIT9], ["conv1"],
                                            api.MapRenderOptions(reduce=how))
@@ -628,7 +640,7 @@ def test_npy_batch_gives_one_result_per_row(tmp_path: Path, edges_model: Path) -
         relu = saved["relu"]
     np.testing.assert_allclose(
         relu, np.maximum(reference.conv2d(batch, construction.edge_filters()), 0), atol=1e-5)
-    folders = sorted(p.name for p in (tmp_path / "out").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
     assert len(folders) == 2
     layout = render.grid_layout(4, 13, 13, render.GridOptions(
         title="relu", colorbar=True, shape=(4, 13, 13)))
@@ -639,3 +651,24 @@ def test_npy_batch_gives_one_result_per_row(tmp_path: Path, edges_model: Path) -
     entries = json.loads(ok("predict", edges_model, tmp_path / "two.npy", "--json",
                             "--provider", "cpu").stdout)
     assert [e["image"] for e in entries] == [f"{tmp_path / 'two.npy'}:two[{i}]" for i in (0, 1)]
+
+
+def test_assumed_preprocessing_is_said_once_after_a_successful_run(tmp_path: Path,
+                                                                    edges_model: Path) -> None:
+    """A model without preprocessing metadata, run without options: one notice, after the
+    paths written; none with --preset, none when the command fails (its error stays one line)."""
+    image = tmp_path / "square.png"
+    square_image(image)
+    result = run("maps", edges_model, image, image, "--out", tmp_path / "out",
+                 "--provider", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    notices = [line for line in lines if "no preprocessing metadata" in line]
+    assert len(notices) == 1 and lines[-1] == notices[0]
+    assert "assuming preset 'mnist'" in notices[0] and "choose a preset (imagenet" in notices[0]
+    given = run("maps", edges_model, image, "--out", tmp_path / "out2", "--provider", "cpu",
+                "--preset", "mnist")
+    assert given.exit_code == 0 and "no preprocessing metadata" not in given.output
+    cropped = run("maps", edges_model, image, "--out", tmp_path / "out3", "--provider", "cpu",
+                  "--crop-fraction", "0.5")
+    assert cropped.exit_code == 0 and "no preprocessing metadata" not in cropped.output

@@ -21,7 +21,7 @@ PROBE = ("import sys, runpy; sys.argv = ['featviz', *sys.argv[1:]]\n"
 
 
 @pytest.mark.parametrize("verb", ["", "info", "filters", "maps", "cam", "backprop", "compare",
-                                  "stats", "maximize", "invert", "predict", "build-conv"])
+                                  "stats", "maximize", "invert", "predict", "build-conv", "report"])
 def test_help_imports_no_heavy_module(verb: str) -> None:
     args = [verb, "--help"] if verb else ["--help"]
     done = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True,

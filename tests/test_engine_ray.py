@@ -171,7 +171,7 @@ def test_cli_takes_a_file_uri(ray_session: Any, photos: Path, tmp_path: Path) ->
     model = shared_path("models", "cifar10_cnn_pytorch.onnx")
     out = tmp_path / "stats.json"
     result = run("stats", model, photos.as_uri(), "--engine", "ray", "--batch", "8",
-                 "--json", out)
+                 "--json-file", out)
     assert result.exit_code == 0, result.output
     written = strict_json(out.read_text())
     assert written["images"] == PHOTOS

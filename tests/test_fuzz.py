@@ -1,10 +1,10 @@
 """Fuzz the model and image loaders: every input succeeds or raises FeatvizError (one line).
 
-The hypothesis tests draw the mutators of ``tools/fuzz_cases.py`` (shared with
-``tools/fuzz.py``) through ``st.data()``, derandomized; each case runs under a 30 s alarm and an
-address-space cap of 2 GiB above the current size, so a regression fails instead of hanging the
-suite or eating the machine. The regression tests below each hold the minimal reproducer of one
-bug the fuzzers found.
+The hypothesis tests draw the mutators of ``tools/fuzz_cases.py`` and ``fuzz_images.py``
+(shared with ``tools/fuzz.py``) through ``st.data()``, derandomized; each case runs under a 30 s
+alarm and an address-space cap of 2 GiB above the current size, so a regression fails instead of
+hanging the suite or eating the machine. The regression tests below each hold the minimal
+reproducer of one bug the fuzzers found.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from onnx_featviz.errors import FeatvizError, InputError, ModelError
 from onnx_featviz.io import files as fileio
 from tests.conftest import run
 from tools import fuzz_cases as fc
+from tools import fuzz_images as fi
 
 _GIB = 2**30
 _FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -91,7 +92,7 @@ def test_model_byte_mutations(data: st.DataObject) -> None:
 def test_image_and_array_mutations(data: st.DataObject) -> None:
     """PNG/JPEG/BMP/GIF/TIFF/WebP, .npy/.npz and labels files: bytes, chunks, headers, bombs."""
     with tempfile.TemporaryDirectory(prefix="featviz-fuzz-") as name:
-        path, label = fc.write_image_case(Path(name), _chooser(data))
+        path, label = fi.write_image_case(Path(name), _chooser(data))
         data.draw(st.just(label), label="case")
         _check(fc.image_steps(path))
 
@@ -312,7 +313,7 @@ def test_png_declaring_a_huge_size_is_an_input_error(width: int, height: int,
                                                      case_dir: Path) -> None:
     """A 100-byte PNG declaring 3.6 gigapixels is refused before decoding."""
     path = case_dir / "bomb.png"
-    path.write_bytes(fc.png_bomb(width, height))
+    path.write_bytes(fi.png_bomb(width, height))
     assert struct.unpack(">II", path.read_bytes()[16:24]) == (width, height)
     with fc.guarded(30, _GIB), pytest.raises(InputError, match="too large to decode"):
         fileio.load_image(path)
@@ -323,7 +324,7 @@ def test_png_declaring_a_long_strip_loads_or_is_an_input_error(width: int, heigh
                                                                 case_dir: Path) -> None:
     """80000x1 is under the pixel limit: Pillow decodes what the short data holds."""
     path = case_dir / "strip.png"
-    path.write_bytes(fc.png_bomb(width, height))
+    path.write_bytes(fi.png_bomb(width, height))
     with fc.guarded(30, _GIB):
         try:
             image = fileio.load_image(path)

@@ -409,3 +409,20 @@ def test_cifar_recipe_predicts_cat() -> None:
                                    providers=["CPUExecutionProvider"])
     logits = session.run(None, {spec.name: batch})[0]
     assert int(logits.argmax()) == 3  # cat
+
+
+def test_crop_fraction_option_crops_the_centre() -> None:
+    """crop_fraction=0.5 on an 8x8 target: the short side goes to 16, the centre 8x8 is kept.
+    A 16x16 image whose centre 8x8 is white gives an all-white input (hand-computed)."""
+    spec = _spec(channels=1, height=8, width=8)
+    prep = preprocess.resolve_preprocessing(spec, preset="unit", crop_fraction=0.5)
+    assert prep.crop_fraction == 0.5 and prep.resize == "crop"
+    pixels = np.zeros((16, 16), np.uint8)
+    pixels[4:12, 4:12] = 255
+    row = preprocess.image_to_array(Image.fromarray(pixels), spec, prep)
+    np.testing.assert_array_equal(row, np.ones((1, 8, 8), np.float32))
+    whole = preprocess.image_to_array(Image.fromarray(pixels), spec,
+                                      preprocess.resolve_preprocessing(spec, preset="unit"))
+    assert whole.min() == 0.0  # without it the black border is kept
+    with pytest.raises(InputError, match="crop_fraction"):
+        preprocess.resolve_preprocessing(spec, crop_fraction=1.5)

@@ -130,9 +130,12 @@ def test_grid_geometry_with_labels_title_colorbar() -> None:
     assert (right - left, bottom - top) == (16, 16)
 
 
-def test_auto_scale_reaches_about_min_tile() -> None:
-    assert render.grid_layout(4, 7, 7).tile_width == 63
+def test_auto_scale_reaches_min_tile() -> None:
+    # the smallest integer factor giving tiles of at least 64 px: ceil(64 / 7) = 10
+    assert render.grid_layout(4, 7, 7).tile_width == 70
     assert render.grid_layout(4, 14, 14).tile_width == 70
+    assert render.grid_layout(4, 13, 13).tile_width == 65
+    assert render.grid_layout(4, 40, 40).tile_width == 80
     assert render.grid_layout(4, 112, 112).scale == 1
     capped = render.grid_layout(2048, 7, 7, render.GridOptions(max_pixels=1 << 20))
     assert capped.width * capped.height <= 1 << 20 or capped.scale == 1
@@ -242,8 +245,9 @@ def test_annotated_filter_text_colour_follows_cell_luminance() -> None:
     weight = np.array([[[[-1.0, 0.05], [0.1, 1.0]]]], np.float32)
     opts = render.FilterOptions(annotate=True, cell=40, colorbar=False)
     image = compose.render_filters(weight, opts)
-    grid = render.GridOptions(scale=40, min_tile=48, symmetric=True, cmap="RdBu_r",
-                              mode="layer", label_texts=("0",), colorbar=False)
+    grid = render.GridOptions(columns=1, scale=40, min_tile=48, symmetric=True, cmap="RdBu_r",
+                              mode="layer", labels=False, row_labels=("0",),
+                              column_labels=("+0",), colorbar=False)
     layout = render.grid_layout(1, 2, 2, grid)
     pixels = np.asarray(image).astype(int)
     left, top, _, _ = layout.box(0)
@@ -265,7 +269,11 @@ def test_filter_grid_rows_are_outputs_columns_inputs() -> None:
     weight = _rng().standard_normal((5, 4, 3, 3)).astype(np.float32)
     opts = render.FilterOptions(max_filters=3, max_inputs=2, colorbar=False, cell=10)
     image = compose.render_filters(weight, opts)
-    grid = render.GridOptions(columns=2, scale=10, label_texts=("",) * 6, min_tile=48)
+    # rows are outputs, columns inputs: headers "out 0", "1", "2" and "in 0", "1"
+    grid = render.GridOptions(columns=2, scale=10, min_tile=48, labels=False,
+                              row_labels=("out 0", "1", "2"), column_labels=("in 0", "1"),
+                              title="showing 3 of 5 filters, 2 of 4 inputs",
+                              shape=(5, 4, 3, 3))
     layout = render.grid_layout(6, 3, 3, grid)
     assert (layout.rows, layout.columns) == (3, 2)
     assert image.size == (layout.width, layout.height)
@@ -283,7 +291,9 @@ def test_rgb_filter_with_red_input_renders_reddish() -> None:
     weight[1, 2] = 1.0
     weight[1, 2, 0, 0] = 0.0
     image = compose.render_filters(weight, render.FilterOptions(cell=8))
-    layout = render.grid_layout(2, 5, 5, render.GridOptions(scale=8, colorbar=False))
+    layout = render.grid_layout(2, 5, 5, render.GridOptions(
+        columns=2, scale=8, colorbar=False, labels=False, row_labels=("0",),
+        column_labels=("+0", "+1")))
     red = _tile(image, layout, 0).reshape(-1, 3).astype(int).mean(axis=0)
     blue = _tile(image, layout, 1).reshape(-1, 3).astype(int).mean(axis=0)
     assert red[0] > 150 and red[1] < 20 and red[2] < 20

@@ -3,14 +3,15 @@
 Usage::
 
     python3 tools/fuzz.py --minutes 10 --target model --out fuzz-out [--seed 0]
-    python3 tools/fuzz.py --replay fuzz-out/failures/001   # re-run one saved reproducer
+    python3 tools/fuzz.py --replay fuzz-out/model/failures/001   # re-run one reproducer
 
-Cases come from ``tools/fuzz_cases.py`` (the mutators the tests use), generated from
-``random.Random(f"{seed}-{target}-{index}")``, so case ``i`` is the same on every run. They run in
-a child process per batch of cases, with an RLIMIT_AS cap above its start-up size and a per-case
-timeout: a case over time is a ``hang``, a child that dies is a ``crash``. Failures are
-deduplicated by (exception type, innermost frame); each distinct one is saved with its input
-files under ``--out/failures/NNN`` and listed in ``--out/report.md`` (and ``report.json``).
+Cases come from ``tools/fuzz_cases.py`` and ``tools/fuzz_images.py`` (the mutators the tests
+use), generated from ``random.Random(f"{seed}-{target}-{index}")``, so case ``i`` is the same on
+every run. They run in a child process per batch of cases, with an RLIMIT_AS cap of
+``--mem-gib`` above its start-up size and a per-case timeout: a case over time is a ``hang``, a
+child that dies is a ``crash``. Failures are deduplicated by (exception type, innermost frame);
+each distinct one is saved with its input files under ``OUT/TARGET/failures/NNN`` and listed in
+``OUT/TARGET/report.md`` (and ``report.json``).
 Torch is never imported.
 """
 
@@ -49,12 +50,12 @@ def chooser(seed: int, target: str, index: int) -> Any:
 
 def write_case(target: str, seed: int, index: int, folder: Path) -> tuple[Path, str]:
     """Write case ``index`` of ``target`` under ``folder``; return (entry path, label)."""
-    from tools import fuzz_cases
+    from tools import fuzz_cases, fuzz_images
 
     choose = chooser(seed, target, index)
     if target == "model":
         return fuzz_cases.write_model_case(folder, choose)
-    return fuzz_cases.write_image_case(folder, choose)
+    return fuzz_images.write_image_case(folder, choose)
 
 
 def run_entry(target: str, path: Path, on_step: Any = None) -> Any:

@@ -364,8 +364,34 @@ def _label_index(target: str, labels: Sequence[str] | None) -> int:
     if hits:
         listed = ", ".join(f"{i}: {labels[i]!r}" for i in hits[:5])
         raise InputError(f"label {target!r} matches several classes ({listed}); use a class index")
+    guess = _unique_close_label(key, labels)
+    if guess is not None:
+        log.warning("label %r is not a class name; taking its one close match, class %d %r",
+                    target, guess, labels[guess])
+        return guess
     near = difflib.get_close_matches(target, list(labels), n=5, cutoff=0.5)
     hint = f"close matches: {', '.join(repr(x) for x in near)}" if near else "no close matches"
     raise InputError(f"label {target!r} not found among {len(labels)} labels; {hint}; "
                      "use a class index or an exact label")
+
+
+def _unique_close_label(key: str, labels: Sequence[str]) -> int | None:
+    """The one class a lower-case ``key`` plausibly names, else None.
+
+    In order: a label (or comma-separated synonym) whose words all occur in ``key`` ("tabby
+    cat" names ImageNet's "tabby"), one holding all of ``key``'s words ("labrador" names
+    "Labrador retriever"), a spelling within difflib ratio 0.8 ("golden retreiver"); each counts
+    only when exactly one class matches.
+    """
+    names = [(i, part.strip().lower()) for i, lab in enumerate(labels) for part in
+             {lab, *lab.split(",")} if part.strip()]
+    words = set(key.split())
+    for inside in (True, False):
+        hits = {i for i, name in names
+                if (set(name.split()) <= words if inside else words <= set(name.split()))}
+        if len(hits) == 1:
+            return hits.pop()
+    spelled = {i for i, name in names
+               if difflib.SequenceMatcher(None, key, name).ratio() >= 0.8}
+    return spelled.pop() if len(spelled) == 1 else None
 

@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from onnx_featviz.attribution.maps import FloatArray, _as_layer, _check_size, _resize
 from onnx_featviz.errors import InputError
+from onnx_featviz.io import limits
 
 ForwardFn = Callable[[FloatArray], NDArray[np.floating]]
 
@@ -238,7 +239,14 @@ def _occlusion_grid(options: OcclusionOptions, size: tuple[int, int]
     if win[0] > size[0] or win[1] > size[1]:
         raise InputError(f"occlusion window {tuple(win)} is larger than the input {size}; use a "
                          "window no larger than the input")
+    if stride[0] > size[0] or stride[1] > size[1]:
+        raise InputError(f"occlusion stride {tuple(stride)} is larger than the input {size}; "
+                         "use a stride no larger than the input (and at most the window, so "
+                         "every pixel is covered)")
     wh, ww = int(win[0]), int(win[1])
+    count = ((size[0] - wh) // int(stride[0]) + 2) * ((size[1] - ww) // int(stride[1]) + 2)
+    limits.check_windows(count, f"occlusion windows per image (window {tuple(win)}, stride "
+                                f"{tuple(stride)}, input {size})")
     return _starts(size[0], wh, int(stride[0])), _starts(size[1], ww, int(stride[1])), (wh, ww)
 
 

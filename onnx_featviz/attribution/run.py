@@ -4,8 +4,9 @@ call into the pure maths of ``attribution.methods``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,17 @@ from onnx_featviz.inspector import (
     spatial_size,
     stage_tensors,
 )
-from onnx_featviz.render import compose
+from onnx_featviz.io import preprocess
+from onnx_featviz.render import compose, figures
+from onnx_featviz.render.progress import progress_for
 from onnx_featviz.structs import (
     ClassScore,
     Progress,
     ProgressFn,
+    auto_progress,
 )
+
+logger = logging.getLogger(__name__)
 
 BACKPROP_METHODS = ("saliency", "guided", "guided-gradcam")
 
@@ -58,7 +64,9 @@ class CamOptions:
     when the graph ends in Softmax, else output 0); ``alpha``/``cmap``: overlay blending;
     ``batch_size``: rows per forward pass of Score-CAM, Ablation-CAM and occlusion;
     ``overlays``: False skips drawing ``CamReport.overlays`` (arrays only); ``occlusion``: the
-    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults).
+    occlusion method's window, stride and fill (``cam.OcclusionOptions``; None: its defaults);
+    ``whole_image``: draw the overlays on each whole picture (the part the model did not see
+    darkened) instead of on the resized and centre-cropped model input.
     """
 
     method: str = "grad_cam"
@@ -72,6 +80,7 @@ class CamOptions:
     batch_size: int = 32
     overlays: bool = True
     occlusion: cam_perturbation.OcclusionOptions | None = None
+    whole_image: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,9 @@ class CamReport:
         overlays: one RGB heatmap overlay per row; sources: where each input came from;
         image_index: (R,) the input each row explains; rank: (R,) 0 for the input's best class,
             1 for the second... (-1 when the target was given).
+        titles: per row, the overlay's title (class, label, probability, method, layer);
+        probabilities: (R,) the probability of each row's target; cmap: the overlays' colormap;
+        whole_image: the overlays cover each whole picture rather than the model input.
     """
 
     method: str
@@ -100,6 +112,19 @@ class CamReport:
     sources: tuple[str, ...] = ()
     image_index: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     rank: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    titles: tuple[str, ...] = ()
+    probabilities: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    cmap: str = "jet"
+    whole_image: bool = False
+
+    def __repr__(self) -> str:
+        return (f"CamReport({self.method!r}, layer={self.layer!r}, {len(self.cam)} maps of "
+                f"{'x'.join(map(str, self.cam.shape[1:]))}, targets={self.targets.tolist()})")
+
+    def _repr_html_(self) -> str:
+        from onnx_featviz.attribution.output import render_cam  # output imports this module
+        from onnx_featviz.io.outputs import pictures_html
+        return pictures_html([p for p in render_cam(self).pictures if p.title])
 
 
 def _gray_picture(x: NDArray[np.float32]) -> Image.Image:
@@ -121,12 +146,13 @@ def _row_progress(progress: ProgressFn | None) -> cam_perturbation.ProgressFn | 
 
 # -- class-activation maps -----------------------------------------------------------
 def cam(inspector: Inspector, images: Images, options: CamOptions, *,
-        progress: ProgressFn | None = None) -> CamReport:
+        progress: ProgressFn | None = auto_progress) -> CamReport:
     """Return class-activation maps of ``options.method`` for each input.
 
     Gradients come from the model's own ONNX reverse graph (``autodiff``), run in the same
     kind of session as the forward pass. ``progress`` is called as the forward passes of
-    Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``).
+    Score-CAM, Ablation-CAM and occlusion advance (unit: ``row``); by default a progress bar
+    in notebooks and terminals, None for none.
 
     Returns:
         ``CamReport`` with ``cam`` (R, H, W) in [0, 1] at the input size, ``layer_cam``
@@ -153,19 +179,47 @@ def cam(inspector: Inspector, images: Images, options: CamOptions, *,
         forward_from_layer=(_layer_forward_fn(inspector, layer, score, batch)
                             if entry.needs_layer_forward else None),
         occlusion=options.occlusion or cam_perturbation.OcclusionOptions(),
-        batch_size=options.batch_size, progress=_row_progress(progress))
-    result = cams.compute(method, inputs)
+        batch_size=options.batch_size, progress=None)
+    with progress_for(progress, method) as report:
+        result = cams.compute(method, replace(inputs, progress=_row_progress(report)))
     probs, _ = as_probabilities(np.asarray(scores, np.float64))
     top = tuple(prediction(inspector.labels, src, score, row, options.top_k or 5, True).top
                 for src, row in zip(loaded.sources, probs, strict=True))
-    overlays: tuple[Image.Image, ...] = ()
-    if options.overlays:
-        pictures = _pictures(inspector, loaded, _as_nchw(inspector, loaded.array))
-        overlays = tuple(compose.overlay_heatmap(pictures[i], heat, alpha=options.alpha,
-                                                cmap=options.cmap)
-                         for i, heat in zip(index, result.cam, strict=True))
+    chosen = probs[index, result.targets]
+    titles = tuple(_cam_title(inspector, method, layer, int(t), float(p))
+                   for t, p in zip(result.targets, chosen, strict=True))
+    overlays = _overlays(inspector, loaded, result.cam, index, options)
     return CamReport(method, layer, score, result.targets, top, result.cam,
-                     result.layer_cam, overlays, loaded.sources, index, rank)
+                     result.layer_cam, overlays, loaded.sources, index, rank, titles, chosen,
+                     options.cmap, options.whole_image and len(loaded.originals) == len(probs))
+
+
+def _cam_title(inspector: Inspector, method: str, layer: str, target: int,
+               probability: float) -> str:
+    """Return ``"class 281: tabby (p=0.873)"`` and, on a second line, method and layer."""
+    labels = inspector.labels
+    label = labels[target] if labels and 0 <= target < len(labels) else str(target)
+    name = f": {label}" if label != str(target) else ""  # MNIST's "9" adds nothing
+    return f"class {target}{name} (p={probability:.3f})\n{method} at {layer}"
+
+
+def _overlays(inspector: Inspector, loaded: Batch, heat: NDArray[np.float32],
+              index: NDArray[np.int64], options: CamOptions) -> tuple[Image.Image, ...]:
+    """Blend each row's heatmap over its input: the model's view, or the whole picture."""
+    if not options.overlays:
+        return ()
+    whole = options.whole_image and len(loaded.originals) == len(loaded.array)
+    if options.whole_image and not whole:
+        logger.warning("whole-image overlays need image files or PIL images; arrays are "
+                       "drawn as the model input")
+    if whole:
+        return tuple(figures.overlay_whole(
+            loaded.originals[i], h, preprocess.input_geometry(
+                loaded.originals[i].size, inspector.spec, inspector.preprocessing),
+            alpha=options.alpha, cmap=options.cmap) for i, h in zip(index, heat, strict=True))
+    pictures = _pictures(inspector, loaded, _as_nchw(inspector, loaded.array))
+    return tuple(compose.overlay_heatmap(pictures[i], h, alpha=options.alpha, cmap=options.cmap)
+                 for i, h in zip(index, heat, strict=True))
 
 
 def _cam_pass(inspector: Inspector, batch: NDArray[np.generic], layer: str, entry: cams.CamMethod,

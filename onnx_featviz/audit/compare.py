@@ -21,9 +21,10 @@ import onnx_featviz.graph.matching as matching
 import onnx_featviz.graph.rewrite as rewrite
 import onnx_featviz.inspector as inspection
 import onnx_featviz.runtime as runtime
-from onnx_featviz.errors import InputError, LayerNotFoundError
+from onnx_featviz.errors import FeatvizError, InputError, LayerNotFoundError
 from onnx_featviz.io import data as api_data
-from onnx_featviz.structs import ModelInfo, Progress, ProgressFn
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import ModelInfo, Progress, ProgressFn, auto_progress
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,9 @@ class CompareResult:
 
     @property
     def passed(self) -> bool:
-        """True when every compared tensor is within the thresholds."""
-        return self.first_divergent is None
+        """True when at least one tensor was compared and all are within the thresholds
+        (zero compared tensors fail: a CI gate must not pass on nothing)."""
+        return self.first_divergent is None and bool(self.layers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,7 @@ class _Totals:
 
 def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSource,
                    data: Path | str, options: CompareOptions | None = None, *,
-                   progress: ProgressFn | None = None) -> CompareResult:
+                   progress: ProgressFn | None = auto_progress) -> CompareResult:
     """Run two models on the same data and measure, layer by layer, how far B drifts from A.
 
     Tensors are paired by ``matching.match_models`` (by name, then by structure for QDQ,
@@ -228,7 +230,8 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
         data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
             (``api_data.open_data``).
         options: layers, providers, thresholds, batch size, preprocessing.
-        progress: called after each batch (unit ``image``).
+        progress: called after each batch (unit ``image``); default: a progress bar in
+            notebooks and terminals; None: no progress.
 
     Returns:
         ``CompareResult`` (``first_divergent`` names the first tensor over the thresholds).
@@ -241,23 +244,33 @@ def compare_models(model_a: inspection.ModelSource, model_b: inspection.ModelSou
     opts = options or CompareOptions()
     _check_options(opts)
     local = opts.engine == "local"  # the ray engine's driver only plans: its sessions are CPU
-    with inspection.Inspector(model_a, opts.provider_a if local else "cpu", prep=opts.prep,
-                              max_batch=opts.batch_size) as ins_a, \
-            inspection.Inspector(model_b, opts.provider_b if local else "cpu", prep=opts.prep,
-                                 max_batch=opts.batch_size) as ins_b:
+    with _open_side("A", model_a, opts.provider_a if local else "cpu", opts) as ins_a, \
+            _open_side("B", model_b, opts.provider_b if local else "cpu", opts) as ins_b, \
+            progress_for(progress, "compare") as report:
         check_same_inputs(ins_a, ins_b)
         plan = _plan(ins_a, ins_b, opts.layers)
         thresholds = _thresholds(ins_a.model, ins_b.model, opts)
         if local:
             stream = api_data.open_data(ins_a, data, batch_size=opts.batch_size)
-            totals, providers = _accumulate(ins_a, ins_b, plan, stream, progress), None
+            totals, providers = _accumulate(ins_a, ins_b, plan, stream, report), None
         else:
-            totals, providers = _accumulate_ray(ins_a, ins_b, plan, data, opts, progress)
+            totals, providers = _accumulate_ray(ins_a, ins_b, plan, data, opts, report)
         sides = (_model_side(model_a, ins_a, plan.tensors_a, "model A", providers, 0),
                  _model_side(model_b, ins_b, plan.tensors_b, "model B", providers, 1))
         notes = tuple(note for tag, ins, side in (("A", ins_a, sides[0]), ("B", ins_b, sides[1]))
                       if (note := int8_kernel_note(tag, ins.model, side)))
     return _result(plan, totals, sides, thresholds, notes)
+
+
+def _open_side(tag: str, model: inspection.ModelSource, provider: str, opts: CompareOptions
+               ) -> inspection.Inspector:
+    """Open model ``tag`` (A or B); its errors say which model failed."""
+    where = f"model {tag} ({Path(model).name})" if isinstance(model, str | Path) else f"model {tag}"
+    try:
+        return inspection.Inspector(model, provider, prep=opts.prep, max_batch=opts.batch_size,
+                                    name=where)
+    except FeatvizError as err:
+        raise (err if where in str(err) else type(err)(f"{where}: {err}")) from err
 
 
 def int8_kernel_note(tag: str, model: onnx.ModelProto, side: ModelSide) -> str | None:

@@ -184,6 +184,10 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def _verdict(result: CompareResult) -> str:
+    if not result.layers:
+        return (f"FAIL: no tensors were compared ({len(result.unmatched)} of model A's tensors "
+                "have no match in model B); name matching tensors with --layers, or compare "
+                "two forms of the same network")
     if result.passed:
         return (f"PASS: all {len(result.layers)} compared tensors are within the thresholds"
                 + (" (partial run)" if result.partial else ""))

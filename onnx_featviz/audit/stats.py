@@ -22,7 +22,8 @@ from onnx_featviz.errors import InputError
 from onnx_featviz.graph import reductions
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io import data as api_data
-from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import ChannelStats, ModelInfo, Progress, ProgressFn, auto_progress
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class StatsResult:
 
 def dataset_stats(model: inspection.ModelSource, data: Path | str,
                   options: StatsOptions | None = None, *,
-                  progress: ProgressFn | None = None) -> StatsResult:
+                  progress: ProgressFn | None = auto_progress) -> StatsResult:
     """Measure per-channel statistics of a model's layers over a whole dataset.
 
     Each batch runs once through the model with on-device reductions
@@ -120,7 +121,8 @@ def dataset_stats(model: inspection.ModelSource, data: Path | str,
         data: an image, a folder, a ``.npy``/``.npz`` file or an MNIST IDX file
             (``api_data.open_data``).
         options: layers, provider, batch size, preprocessing, saturation share.
-        progress: called after each batch (unit ``image``).
+        progress: called after each batch (unit ``image``); default: a progress bar in
+            notebooks and terminals; None: no progress.
 
     Returns:
         ``StatsResult`` with per-layer statistics, dead / saturated channels and the first
@@ -135,16 +137,17 @@ def dataset_stats(model: inspection.ModelSource, data: Path | str,
     _check_stats_options(opts)
     local = opts.engine == "local"  # the ray engine's driver only plans: its session is CPU
     with inspection.Inspector(model, opts.provider if local else "cpu", prep=opts.prep,
-                       max_batch=opts.batch_size) as inspector:
+                       max_batch=opts.batch_size) as inspector, \
+            progress_for(progress, "stats") as report:
         tensors = _stats_tensors(inspector.info, opts.layers)
         if local:
             stream = api_data.open_data(inspector, data, batch_size=opts.batch_size)
-            merged, images, partial = _stream_stats(inspector, tensors, stream, progress)
+            merged, images, partial = _stream_stats(inspector, tensors, stream, report)
             skipped = tuple(stream.skipped)
             providers = tuple(inspector.session(tensors, stats=True).providers)
         else:
             merged, images, partial, skipped, providers = _ray_stats(
-                inspector, tensors, data, opts, progress)
+                inspector, tensors, data, opts, report)
         layers = _layers_stats(inspector, tensors, merged, opts.saturation)
     name = Path(model).name if isinstance(model, str | Path) else (
         inspector.model.graph.name or "model")

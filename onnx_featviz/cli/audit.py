@@ -14,10 +14,14 @@ import click
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    FiniteRange,
     emit_written,
+    json_destination,
+    json_target_option,
     prep_options,
     progress_bar,
     provider_option,
+    refuse_overwrite,
     reports_errors,
 )
 
@@ -40,7 +44,7 @@ def engine_options(fn: F) -> F:
                           "'ray start --head'; default: start a local one)."),
         click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
                      help="Ray actors, each with its own onnxruntime session(s)."),
-        click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=0.0,
+        click.option("--gpus-per-worker", type=FiniteRange(min=0.0), default=0.0,
                      show_default=True, help="GPUs per Ray actor; above 0 runs on CUDA."),
     ]
 
@@ -49,12 +53,13 @@ def engine_options(fn: F) -> F:
                 gpus_per_worker: float, **kwargs: Any) -> Any:
         from onnx_featviz.audit.compare import RayOptions
 
+        filesystem = None
         if engine == "ray":
             _refuse_providers()
-            kwargs["data"] = _restore_uri(kwargs["data"])
+            kwargs["data"], filesystem = _uri_filesystem(kwargs["data"])
         kwargs["engine"] = engine
         kwargs["ray"] = RayOptions(address=ray_address, workers=workers,
-                                   gpus_per_worker=gpus_per_worker)
+                                   gpus_per_worker=gpus_per_worker, filesystem=filesystem)
         return fn(*args, **kwargs)
 
     for option in reversed(options):
@@ -62,13 +67,25 @@ def engine_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _restore_uri(data: Path) -> Path | str:
-    """DATA as typed when it was a URI (``s3://b/val``): ``Path`` joined its ``//`` into ``/``."""
+def _uri_filesystem(data: Path) -> tuple[Path, Any]:
+    """DATA typed as a URI (``s3://b/val``, which ``Path`` turned into ``s3:/b/val``) as a path
+    on its pyarrow filesystem; any other DATA as it is, with no filesystem."""
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)$", str(data))
     if match is None or data.exists():
-        return data
+        return data, None
     scheme, rest = match.groups()
-    return f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+    uri = f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:  # no Ray either: the engine names the install command
+        return data, None
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"cannot open {uri} ({err}); give a local path or a URI of a "
+                                 "filesystem pyarrow knows (file://, s3://, gs://, hdfs://)",
+                                 param_hint="DATA") from err
+    return Path(path), filesystem
 
 
 def _refuse_providers() -> None:
@@ -107,19 +124,22 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
               show_default=True, help="Execution provider of MODEL_A.")
 @click.option("--provider-b", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
               show_default=True, help="Execution provider of MODEL_B.")
-@click.option("--layers", multiple=True, callback=_split_layers, metavar="convs|all|L...",
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_split_layers,
+              metavar="convs|all|L...",
               help="convs: one tensor per conv layer (default); all: every activation; or "
                    "node / tensor names of MODEL_A (repeat or comma-separate).")
 @click.option("--metric", type=click.Choice(list(choices.METRICS)), default="snr",
               show_default=True, help="Metric drawn by --plot.")
-@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
+@click.option("--min-cosine", type=FiniteRange(-1.0, 1.0), metavar="X",
               help="Fail below this cosine (default per precision: fp32 0.9999, fp16 0.999, "
                    "int8 0.98).")
-@click.option("--min-snr", type=float, metavar="DB",
+@click.option("--min-snr", type=FiniteRange(), metavar="DB",
               help="Fail below this SNR in dB (default per precision: fp32 40, fp16 30, "
                    "int8 15).")
-@click.option("--json", "json_file", type=click.Path(path_type=Path, allow_dash=True),
-              metavar="FILE", help="Write everything as JSON ('-': to stdout, no table).")
+@json_target_option("Print everything as JSON on stdout, no table (the old '--json FILE' "
+                    "still writes FILE).")
+@click.option("--json-file", "json_file", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="FILE", help="Write everything as JSON to FILE.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Write a PNG of --metric by layer depth.")
 @click.option("--out", type=click.Path(path_type=Path), metavar="DIR",
@@ -131,7 +151,8 @@ def _split_layers(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 @reports_errors
 def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_b: str,
             layers: tuple[str, ...], metric: str, min_cosine: float | None,
-            min_snr: float | None, json_file: Path | None, plot_file: Path | None,
+            min_snr: float | None, json_target: str | None, json_file: Path | None,
+            plot_file: Path | None,
             out: Path | None, batch: int, prep: api.PrepOptions, engine: str,
             ray: audit_compare.RayOptions) -> None:
     """Measure layer by layer how far MODEL_B drifts from MODEL_A over DATA.
@@ -145,14 +166,15 @@ def compare(model_a: Path, model_b: Path, data: Path, provider_a: str, provider_
     Examples:
       featviz compare model.onnx model_int8.onnx images/ --plot drift.png
       featviz compare model.onnx model.onnx images/ --provider-a cpu --provider-b cuda
-      featviz compare model.onnx model_fp16.onnx t10k-images-idx3-ubyte.gz --json -
+      featviz compare model.onnx model_fp16.onnx t10k-images-idx3-ubyte.gz --json
       featviz compare model.onnx model_int8.onnx val/ --engine ray --ray-address auto
     """
     from onnx_featviz.audit import compare as audit_compare
     from onnx_featviz.audit import output as audit_output
-    to_stdout = json_file is not None and str(json_file) == "-"
-    json_path = None if to_stdout else json_file or (out / "compare.json" if out else None)
+    to_stdout, json_file = json_destination(json_target, json_file)
+    json_path = json_file or (out / "compare.json" if out else None)
     plot_path = plot_file or (out / f"compare_{metric}.png" if out else None)
+    refuse_overwrite([model_a, model_b, data], [json_path, plot_path])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_path] if plot_path else [])
     options = audit_compare.CompareOptions(
@@ -192,27 +214,31 @@ def _split_findings(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--layers", multiple=True, callback=_split_layers, metavar="convs|all|L...",
+@click.option("--layer", "--layers", "layers", multiple=True, callback=_split_layers,
+              metavar="convs|all|L...",
               help="convs: each conv layer's activation output (default); all: every "
                    "activation; or node / tensor names (repeat or comma-separate).")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Inputs per run.")
-@click.option("--json", "json_file", type=click.Path(path_type=Path, allow_dash=True),
-              metavar="FILE", help="Write everything as JSON ('-': to stdout, no table).")
+@json_target_option("Print everything as JSON on stdout, no table (the old '--json FILE' "
+                    "still writes FILE).")
+@click.option("--json-file", "json_file", type=click.Path(path_type=Path, dir_okay=False),
+              metavar="FILE", help="Write everything as JSON to FILE.")
 @click.option("--plot", "plot_file", type=click.Path(path_type=Path), metavar="FILE",
               help="Write a PNG summary, one panel per layer.")
 @click.option("--fail-on", callback=_split_findings, metavar="dead,saturated,nonfinite",
               help="Exit with code 1 when any of these findings occurs (CI gate).")
-@click.option("--saturation", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+@click.option("--saturation", type=FiniteRange(0.0, 1.0, min_open=True), default=0.5,
               show_default=True, help="Share of values at a Clip bound that makes a channel "
                                       "saturated.")
 @provider_option
 @engine_options
 @prep_options
 @reports_errors
-def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_file: Path | None,
-          plot_file: Path | None, fail_on: tuple[str, ...], saturation: float, provider: str,
-          prep: api.PrepOptions, engine: str, ray: audit_compare.RayOptions) -> None:
+def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int,
+          json_target: str | None, json_file: Path | None, plot_file: Path | None,
+          fail_on: tuple[str, ...], saturation: float, provider: str, prep: api.PrepOptions,
+          engine: str, ray: audit_compare.RayOptions) -> None:
     """Measure per-channel statistics of MODEL's layers over DATA, on the device.
 
     Per channel: mean, std, min, max, fraction of zeros and NaN/Inf count, merged over every
@@ -225,13 +251,13 @@ def stats(model: Path, data: Path, layers: tuple[str, ...], batch: int, json_fil
     \b
     Examples:
       featviz stats models/mnist_cnn.onnx t10k-images-idx3-ubyte.gz --plot stats.png
-      featviz stats model.onnx images/ --layers all --json stats.json --fail-on dead,nonfinite
+      featviz stats model.onnx images/ --layer all --json-file stats.json --fail-on dead,nonfinite
       featviz stats model.onnx val/ --engine ray --ray-address auto --workers 8
     """
     from onnx_featviz.audit import output as audit_output
     from onnx_featviz.audit import stats as audit_stats
-    to_stdout = json_file is not None and str(json_file) == "-"
-    json_path = None if to_stdout else json_file
+    to_stdout, json_path = json_destination(json_target, json_file)
+    refuse_overwrite([model, data], [json_path, plot_file])
     audit_output.check_outputs([json_path] if json_path else [],
                             images=[plot_file] if plot_file else [])
     options = audit_stats.StatsOptions(layers=layers, provider=provider, batch_size=batch,

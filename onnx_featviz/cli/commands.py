@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,13 @@ from onnx_featviz import __version__
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    FiniteRange,
+    GuardedGroup,
+    HeldNotices,
+    emit_json,
     emit_written,
+    json_file_option,
+    notice_nonfinite,
     out_dir_option,
     parse_channels,
     parse_fill,
@@ -21,7 +26,10 @@ from onnx_featviz.cli.options import (
     prep_options,
     progress_bar,
     provider_option,
+    readable_images,
+    refuse_overwrite,
     reports_errors,
+    save_or_mark_partial,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
@@ -29,10 +37,12 @@ if TYPE_CHECKING:  # annotations only: the library loads inside each command
 
 
 # -- commands -------------------------------------------------------------------------------
-@click.group(context_settings=CONTEXT)
+@click.group(cls=GuardedGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="featviz")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logging.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error "
+              "(also FEATVIZ_DEBUG=1).")
+def main(verbose: bool, debug: bool) -> None:
     """See inside any CNN exported to ONNX: layers, filters, feature maps.
 
     \b
@@ -41,13 +51,24 @@ def main(verbose: bool) -> None:
       featviz predict models/mnist_cnn.onnx models/samples/digit_9.png
       featviz filters models/mnist_cnn.onnx --out out/
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png --out out/
+
+    
+    Limits (checked before any work; raise them with these environment variables):
+      FEATVIZ_MAX_PIXELS  pixels of one picture after resizing (default 89478485)
+      FEATVIZ_MAX_IMAGES  images made in one run (default 4096)
+      FEATVIZ_MAX_WINDOWS occlusion windows per image (default 1000000)
+      FEATVIZ_MAX_BYTES   one array planned from model dims (default: free memory)
     """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("featviz: %(message)s"))
     handler.addFilter(_OncePerMessage())
+    held = HeldNotices()
+    handler.addFilter(held)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    context = click.get_current_context()
+    context.call_on_close(lambda: held.release(handler, context))
 
 
 class _OncePerMessage(logging.Filter):
@@ -68,6 +89,7 @@ class _OncePerMessage(logging.Filter):
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog as JSON.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
@@ -82,7 +104,8 @@ def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> No
     from onnx_featviz import api
     with api.Inspector(model, provider, prep=prep) as inspector:
         summary = api.describe(inspector)
-    click.echo(json.dumps(summary, indent=2) if as_json else api.format_summary(summary))
+    if not emit_json(summary, as_json):
+        click.echo(api.format_summary(summary))
 
 
 @main.command(context_settings=CONTEXT)
@@ -92,6 +115,7 @@ def info(model: Path, as_json: bool, provider: str, prep: api.PrepOptions) -> No
               help="Class names, one per line (default: the model's metadata).")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per image.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
@@ -109,9 +133,10 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
     from onnx_featviz import api
     names = api.read_labels(labels) if labels else None
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
-        results = inspector.predict(api.expand_images(images), top_k)
-    click.echo(json.dumps(api.predictions_to_json(results), indent=2) if as_json
-               else api.format_predictions(results))
+        results = inspector.predict(readable_images(inspector, images), top_k)
+    notice_nonfinite([c.score for r in results for c in r.top], "scores")
+    if not emit_json(api.predictions_to_json(results), as_json):
+        click.echo(api.format_predictions(results))
 
 
 @main.command(context_settings=CONTEXT)
@@ -122,15 +147,22 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
               show_default=True, help="Folder for the PNGs, or a .png file for one layer.")
 @click.option("--annotate", is_flag=True, help="Write each weight on its cell (small kernels).")
 @click.option("--cmap", default="RdBu_r", show_default=True, help="Matplotlib colormap name.")
+@click.option("--max-filters", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most filters (output channels) drawn per layer; a larger layer's title "
+              "says how many were drawn.")
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the float32 (O, I, kH, kW) filters, keyed by layer name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@json_file_option
+@prep_options
 @reports_errors
 def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cmap: str,
-            save_npz: Path | None, as_json: bool) -> None:
+            max_filters: int, save_npz: Path | None, as_json: bool,
+            prep: api.PrepOptions) -> None:
     """Draw the conv filters of MODEL (diverging colormap centred on zero).
 
-    First-layer RGB filters are drawn as colour patches.
+    First-layer RGB filters are drawn as colour patches, in the model's channel order (BGR
+    for --preset caffe, --bgr or BGR metadata).
 
     \b
     Examples:
@@ -138,9 +170,13 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
       featviz filters model.onnx --out filters/ --save-npz filters.npz
     """
     from onnx_featviz import api
-    opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap)
+    refuse_overwrite([model], [out, save_npz])
+    opts = api.FilterRenderOptions(annotate=annotate, cmap=cmap, max_filters=max_filters,
+                                   prep=prep)
     result = api.render_model_filters(model, layers or None, opts)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json)
 
 
@@ -160,16 +196,19 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
               show_default=True, help="Scale each channel to its own range, or one per layer.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="Draw only the K channels with the largest mean activation, largest first.")
 @out_dir_option
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the tensors (float32, exactly as computed), keyed by tensor name.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON manifest.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
 def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
          stage: str, reduce: str, channels: slice | None, cmap: str | None, normalize: str,
-         out: Path,
+         top: int | None, out: Path,
          save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
 
@@ -178,14 +217,18 @@ def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: 
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png
       featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
+      featviz maps model.onnx cat.png --layer conv2 --top 16
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images], [out, save_npz])
     opts = api.MapRenderOptions(stage=stage, reduce=reduce, channels=channels, cmap=cmap,
-                                every_layer=which == "all", normalize=normalize)
-    with api.Inspector(model, provider, prep=prep) as inspector:
-        result = api.render_feature_maps(inspector, api.expand_images(images),
-                                         layers or None, opts)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+                                every_layer=which == "all", normalize=normalize, top=top)
+    with api.Inspector(model, provider, prep=prep) as inspector:  # drawing is quick: no bar
+        result = api.render_feature_maps(inspector, readable_images(inspector, images),
+                                         layers or None, opts, progress=None)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json)
 
 
@@ -210,6 +253,7 @@ def build_conv(filters_file: Path | None, preset: str | None, out: Path,
     from onnx_featviz import api
     if (filters_file is None) == (preset is None):
         raise click.UsageError("give either FILTERS or --preset edges")
+    refuse_overwrite([filters_file], [out])
     written = api.build_conv(filters_file, preset=preset, out=out, activation=activation)
     emit_written([written], False)
 
@@ -236,9 +280,11 @@ def _target(value: str | None) -> int | str | None:
               help="One CAM for each of every image's K best classes (not with --target).")
 @click.option("--score", help="Tensor or layer with one score per class (default: the "
               "logits before a final Softmax, else the first output).")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+@click.option("--alpha", type=FiniteRange(0.0, 1.0), default=0.5, show_default=True,
               help="Heatmap opacity in the overlay.")
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colormap name.")
+@click.option("--whole-image", is_flag=True, help="Draw the overlay on the whole picture "
+              "(the part the model does not see darkened) instead of the centre crop.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=32,
               show_default=True, help="Rows per forward pass (Score-CAM, Ablation, occlusion).")
 @click.option("--window", callback=parse_size, help="occlusion: window in input pixels, 16 or "
@@ -252,12 +298,13 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save cam (N,H,W), layer_cam (N,h,w), target (N,) and image (N,).")
 @click.option("--json", "as_json", is_flag=True, help="Print targets, layer and top classes.")
+@json_file_option
 @provider_option
 @prep_options
 @reports_errors
 def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
         target: str | None, labels: Path | None, top_k: int, explain_top: int,
-        score: str | None, alpha: float, cmap: str, batch_size: int,
+        score: str | None, alpha: float, cmap: str, whole_image: bool, batch_size: int,
         window: tuple[int, int] | None, stride: tuple[int, int] | None, fill: float | str,
         out: Path, save_npz: Path | None, as_json: bool, provider: str,
         prep: api.PrepOptions) -> None:
@@ -268,20 +315,24 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layer: str | None,
       featviz cam models/mnist_cnn.onnx models/samples/digit_9.png
       featviz cam squeezenet.onnx cat.png --preset caffe --method score_cam --save-npz cam.npz
       featviz cam model.onnx cat.png --labels imagenet_classes.txt --target "tabby cat" --json
-      featviz cam model.onnx cat.png --explain-top 3
+      featviz cam model.onnx cat.png --explain-top 3 --whole-image
       featviz cam model.onnx cat.png --method occlusion --window 32 --stride 16 --fill mean
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images, labels], [out, save_npz])
     names = api.read_labels(labels) if labels else None
     options = api.CamOptions(method, layer=layer, target=_target(target), top_k=top_k,
                              explain_top=explain_top, score=score, alpha=alpha, cmap=cmap,
-                             batch_size=batch_size,
+                             batch_size=batch_size, whole_image=whole_image,
                              occlusion=api.OcclusionOptions(window, stride, fill))
     with api.Inspector(model, provider, prep=prep, labels=names) as inspector, \
             progress_bar(f"{method} passes") as progress:
-        report = inspector.cam(api.expand_images(images), options, progress=progress)
+        report = inspector.cam(readable_images(inspector, images), options,
+                               progress=progress)
     result = api.render_cam(report)
-    written = api.save_pictures(result.pictures, out, arrays=result.arrays, npz=save_npz)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
     emit_written(written, as_json, {"images": api.cam_to_json(report)})
 
 
@@ -307,8 +358,9 @@ def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | N
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
     """
     from onnx_featviz import api
+    refuse_overwrite([model, *images], [out])
     with api.Inspector(model, provider, prep=prep) as inspector:
-        result = api.render_backprop(inspector, api.expand_images(images), method,
+        result = api.render_backprop(inspector, readable_images(inspector, images), method,
                                      _target(target), score=score)
     emit_written(api.save_pictures(result.pictures, out), False)
 
@@ -322,3 +374,7 @@ from onnx_featviz.cli import synthesis as cli_synthesis  # noqa: E402
 
 main.add_command(cli_synthesis.maximize)
 main.add_command(cli_synthesis.invert)
+
+from onnx_featviz.cli import report as cli_report  # noqa: E402
+
+main.add_command(cli_report.report)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -22,6 +28,7 @@ if TYPE_CHECKING:  # annotations only: the library loads inside each command
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+EXIT_INTERRUPTED = 130
 
 
 # -- shared option parsing ------------------------------------------------------------------
@@ -30,10 +37,13 @@ def parse_floats(ctx: click.Context, param: click.Parameter, value: str | None
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+        numbers = tuple(float(v) for v in value.replace(" ", "").split(",") if v)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, "
-                                 "e.g. 0.485,0.456,0.406") from None
+        numbers = (math.nan,)
+    if not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of finite numbers, "
+                                 "e.g. 0.485,0.456,0.406")
+    return numbers
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str | None
@@ -46,18 +56,59 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str | None
     except ValueError:
         dims = []
     if len(dims) not in (1, 2) or min(dims) < 1:
-        raise click.BadParameter(f"{value!r} is not a size; use 224 or 224x224 (HxW)")
+        raise click.BadParameter(f"{value!r} is not a size (whole, finite pixels); use 224 or "
+                                 "224x224 (HxW)")
     return (dims[0], dims[-1])
+
+
+def parse_input_size(ctx: click.Context, param: click.Parameter, value: str | None
+                     ) -> tuple[int, int] | None:
+    """Parse ``--size`` and refuse one above ``FEATVIZ_MAX_PIXELS`` before any work."""
+    size = parse_size(ctx, param, value)
+    if size is not None:
+        check_limit(lambda: _limits().check_pixels(size[1], size[0], "--size"))
+    return size
+
+
+def _limits() -> Any:
+    from onnx_featviz.io import limits
+
+    return limits
+
+
+def check_limit(check: Callable[[], None]) -> None:
+    """Run a ``limits`` check, turning its InputError into a one-line usage error (exit 2)."""
+    try:
+        check()
+    except FeatvizError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+class FiniteRange(click.FloatRange):
+    """A ``FloatRange`` that also refuses nan and inf (which compare as in range)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def parse_fill(ctx: click.Context, param: click.Parameter, value: str) -> float | str:
     if value.strip().lower() == "mean":
         return "mean"
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a fill value; use a number such as 0 or "
-                                 "'mean'") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{value!r} is not a fill value; use a finite number such as "
+                                 "0, or 'mean'")
+    return number
 
 
 def parse_channels(ctx: click.Context, param: click.Parameter, value: str | None
@@ -97,22 +148,27 @@ def prep_options(fn: F) -> F:
                      help="Per-channel mean, e.g. 0.485,0.456,0.406."),
         click.option("--std", callback=parse_floats,
                      help="Per-channel std, e.g. 0.229,0.224,0.225."),
-        click.option("--scale", type=float, help="Pixel scale before mean/std (1/255 = 0.00392)."),
+        click.option("--scale", type=FiniteRange(),
+                     help="Pixel scale before mean/std (1/255 = 0.00392)."),
         click.option("--bgr", is_flag=True, default=None, help="Feed channels in BGR order."),
-        click.option("--size", callback=parse_size,
+        click.option("--size", callback=parse_input_size,
                      help="Input size for dynamic models: 224 or HxW."),
         click.option("--resize", type=click.Choice(["crop", "stretch", "letterbox"]),
                      help="Resize policy (default crop: short side then center crop)."),
+        click.option("--crop-fraction", type=click.FloatRange(0.0, 1.0, min_open=True),
+                     help="With crop: resize the short side to size / FRACTION, then crop the "
+                          "centre (0.875: the torchvision/Keras evaluation crop)."),
     ]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, preset: str | None, mean: Any, std: Any, scale: float | None,
-                bgr: bool | None, size: Any, resize: str | None, **kwargs: Any) -> Any:
+                bgr: bool | None, size: Any, resize: str | None, crop_fraction: float | None,
+                **kwargs: Any) -> Any:
         from onnx_featviz.inspector import PrepOptions
 
         kwargs["prep"] = PrepOptions(preset=preset, mean=mean, std=std, scale=scale,
                                      channel_order="BGR" if bgr else None, size=size,
-                                     resize=resize)
+                                     resize=resize, crop_fraction=crop_fraction)
         return fn(*args, **kwargs)
 
     for option in reversed(options):
@@ -128,21 +184,136 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LayerNotFoundError as err:
+            _mark_failed()
             raise click.ClickException(f"{err}; `featviz info MODEL` lists every layer and "
                                        "tensor") from None
         except FeatvizError as err:
+            _mark_failed()
             raise click.ClickException(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def _mark_failed() -> None:
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta["featviz.failed"] = True
+
+
+class HeldNotices(logging.Filter):
+    """Hold notices logged with ``extra={"after_success": True}`` until the command ends.
+
+    They describe a successful run (which preprocessing was assumed), so they are printed after
+    its output, and dropped when the command fails: its error stays one line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "after_success", False):
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self, handler: logging.Handler, context: click.Context) -> None:
+        """Print the held notices through ``handler`` unless the command failed."""
+        held, self.held = self.held, []
+        if not context.meta.get("featviz.failed"):
+            for record in held:
+                record.after_success = False
+                handler.emit(record)  # not handle(): the filters saw it already
+
+
 def emit_written(paths: Sequence[Path], as_json: bool, extra: dict[str, Any] | None = None
                   ) -> None:
+    """Print the paths written, or (``--json``) a JSON record of them and ``extra``; with
+    ``--json-file`` the record is also written to that file."""
+    record = {"written": [str(p) for p in paths], **(extra or {})}
+    if _json_to_file(record):
+        paths = [*paths, click.get_current_context().meta[_JSON_FILE]]
+        record["written"].append(str(paths[-1]))
     if as_json:
-        click.echo(json.dumps({"written": [str(p) for p in paths], **(extra or {})}, indent=2))
+        click.echo(json.dumps(record, indent=2))
         return
     for path in paths:
         click.echo(str(path))
+
+
+def emit_json(record: Any, as_json: bool) -> bool:
+    """Print ``record`` as JSON when ``as_json``; write it to ``--json-file`` when given.
+
+    Returns:
+        Whether it was printed (the caller prints its text form otherwise).
+    """
+    _json_to_file(record)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    return as_json
+
+
+_JSON_FILE = "featviz.json_file"
+
+
+def _json_to_file(record: Any) -> bool:
+    path = click.get_current_context().meta.get(_JSON_FILE)
+    if path is None:
+        return False
+    from onnx_featviz.io.files import save_json
+
+    save_json(record, path)
+    return True
+
+
+def json_file_option(fn: F) -> F:
+    """Add ``--json-file FILE``: the JSON ``--json`` prints, written to FILE (atomically).
+
+    FILE is checked before any work: it may not be one of the command's input paths.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_file: Path | None, **kwargs: Any) -> Any:
+        if json_file is not None:
+            context = click.get_current_context()
+            inputs = [value for param in context.command.params
+                      if isinstance(param, click.Argument)
+                      for value in _as_paths(kwargs.get(param.name or ""))]
+            refuse_overwrite(inputs, [json_file])
+            context.meta[_JSON_FILE] = json_file
+        return fn(*args, **kwargs)
+
+    return click.option("--json-file", "json_file", metavar="FILE",
+                        type=click.Path(path_type=Path, dir_okay=False),
+                        help="Also write the JSON record to FILE.")(wrapper)  # type: ignore
+
+
+def _as_paths(value: Any) -> list[Path]:
+    if isinstance(value, Path):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, Path)]
+    return []
+
+
+def json_destination(json_target: str | None, json_file: Path | None) -> tuple[bool, Path | None]:
+    """(print to stdout, file) for ``--json [FILE]`` and ``--json-file FILE``.
+
+    ``--json`` alone (or ``--json -``) prints; the old ``--json FILE`` still writes FILE, with
+    a notice that ``--json-file FILE`` is its new spelling.
+    """
+    if json_target is None or json_target == "-":
+        return json_target == "-", json_file
+    logging.getLogger("onnx_featviz.cli").warning(
+        "--json FILE is deprecated; use --json-file %s (--json alone prints JSON)", json_target,
+        extra={"after_success": True})
+    return False, json_file or Path(json_target)
+
+
+def json_target_option(help_text: str) -> Callable[[F], F]:
+    """``--json`` that prints JSON (no value), or the deprecated ``--json FILE``."""
+    return click.option("--json", "json_target", is_flag=False, flag_value="-", default=None,
+                        metavar="[FILE]", help=help_text)
 
 
 
@@ -214,3 +385,200 @@ def progress_bar(label: str, *, enabled: bool = True, interval: float = 5.0
         yield bar
     finally:
         bar.close()
+
+
+# -- guards: one line per failure, inputs never replaced ------------------------------------
+class _UsageLine(click.ClickException):
+    """A usage error shown as one ``Error:`` line (exit 2), the help hint appended."""
+
+    exit_code = 2
+
+
+def _debugging(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("FEATVIZ_DEBUG", "") not in ("", "0")
+
+
+def _bug_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())[:300] or "no message"
+    return (f"internal error ({type(err).__name__}: {text}); this is a bug in featviz, please "
+            "report it; rerun with --debug (or FEATVIZ_DEBUG=1) to see the traceback")
+
+
+@contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """While a command runs, let Ctrl-C raise KeyboardInterrupt (so partial work is saved),
+    replacing the exit-at-once handler ``__main__`` installs for the import phase."""
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if getattr(handler, "featviz_startup", False):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        else:
+            handler = None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+class GuardedGroup(click.Group):
+    """A command group whose commands end in one stderr line, never a traceback.
+
+    ``FeatvizError``: its message (exit 1); a usage error: one ``Error:`` line (exit 2);
+    Ctrl-C: ``featviz: interrupted`` (exit 130); any other exception: one line naming the bug
+    and the ``--debug`` / ``FEATVIZ_DEBUG=1`` hint (exit 1), the traceback only when debugging.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _interrupts_raise(), warnings.catch_warnings():
+            if not _debugging(ctx):  # non-finite results are reported as notices instead
+                warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                return self._invoke_marking_failure(ctx)
+            except (click.exceptions.Exit, click.Abort):
+                raise
+            except click.UsageError as err:
+                where = err.ctx.command_path if err.ctx is not None else ctx.command_path
+                raise _UsageLine(f"{err.format_message()} (see '{where} -h')") from None
+            except click.ClickException:
+                raise
+            except KeyboardInterrupt:
+                click.echo("featviz: interrupted; stopped before finishing", err=True)
+                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+            except FeatvizError as err:
+                raise click.ClickException(str(err)) from None
+            except MemoryError:
+                raise click.ClickException(
+                    "ran out of memory; use smaller inputs (--size, --batch), or lower the "
+                    "FEATVIZ_MAX_BYTES / FEATVIZ_MAX_PIXELS limits") from None
+            except Exception as err:
+                if _debugging(ctx):
+                    raise
+                raise click.ClickException(_bug_line(err)) from None
+
+
+    def _invoke_marking_failure(self, ctx: click.Context) -> Any:
+        """Run the command; any way out but success marks the run failed (``HeldNotices``)."""
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit as err:
+            if err.exit_code:
+                ctx.meta["featviz.failed"] = True
+            raise
+        except BaseException:
+            ctx.meta["featviz.failed"] = True
+            raise
+
+
+def _same_file(out: Path, source: Path) -> bool:
+    """Whether writing ``out`` would replace ``source`` (same path, same inode, or a file a
+    ``source`` folder lists as an input)."""
+    try:
+        if os.path.realpath(out) == os.path.realpath(source):
+            return True
+        if out.exists() and source.exists() and os.path.samefile(out, source):
+            return True
+        if source.is_dir() and out.is_file():
+            from onnx_featviz.io.data import ARRAY_EXTENSIONS, IMAGE_EXTENSIONS
+            inside = Path(os.path.realpath(out)).is_relative_to(os.path.realpath(source))
+            return inside and out.suffix.lower() in (*IMAGE_EXTENSIONS, *ARRAY_EXTENSIONS)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def refuse_overwrite(inputs: Iterable[Path | None], outputs: Iterable[Path | None]) -> None:
+    """Refuse, before any work, an output path that resolves to one of the inputs.
+
+    Raises:
+        click.UsageError: an output is an input file (same path or inode), or an input file
+            found in an input folder (exit 2).
+    """
+    sources = [p for p in inputs if p is not None and str(p) != "-"]
+    for out in outputs:
+        if out is None or str(out) == "-":
+            continue
+        for source in sources:
+            if _same_file(out, source):
+                raise click.UsageError(f"output {out} is the input {source}; writing it would "
+                                       "replace the input; choose another output path")
+
+
+def readable_images(inspector: Any, images: Sequence[Path]) -> list[Path]:
+    """Return the image files named by ``images`` (folders expanded) that load and fit the
+    model, skipping the others with one notice that counts them.
+
+    Raises:
+        InputError: no file was readable (the first reason is given).
+    """
+    from onnx_featviz.api import expand_images
+    from onnx_featviz.errors import InputError
+
+    files = expand_images(images)
+    good: list[Path] = []
+    reasons: list[str] = []
+    for path in files:
+        try:
+            inspector.load_batch(path)
+        except InputError as err:
+            if len(files) == 1:
+                raise
+            reasons.append(str(err))
+            continue
+        good.append(path)
+    if not good:
+        raise InputError(f"none of the {len(files)} input files could be used; first: "
+                         f"{reasons[0]}")
+    if reasons:
+        click.echo(f"featviz: skipped {len(reasons)} of {len(files)} input files that could "
+                   f"not be used (first: {reasons[0]})", err=True)
+    return good
+
+
+MANIFEST = "manifest.json"
+
+
+def save_or_mark_partial(save: Callable[[], list[Path]], out: Path, names: Sequence[str]
+                         ) -> list[Path]:
+    """Run ``save``; on Ctrl-C write ``out/manifest.json`` listing what was written, marked
+    ``"partial": true`` (only when something was written), then exit 130 with one line.
+
+    Args:
+        save: writes the pictures and returns their paths; out: the output folder;
+        names: the pictures' relative names under ``out``.
+    """
+    start = time.time_ns()
+    try:
+        return save()
+    except KeyboardInterrupt:
+        written = [str(out / n) for n in names if _written_since(out / n, start)]
+        if written and out.suffix.lower() != ".png":
+            from onnx_featviz.io.files import save_json
+
+            save_json({"partial": True, "written": written}, out / MANIFEST)
+            click.echo(f"featviz: interrupted after writing {len(written)} of {len(names)} "
+                       f"pictures; {out / MANIFEST} lists them (partial)", err=True)
+        else:
+            click.echo("featviz: interrupted; stopped before finishing", err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+
+
+def _written_since(path: Path, start_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= start_ns - 10**9  # coarse file-system clocks
+    except OSError:
+        return False
+
+
+def notice_nonfinite(values: Any, what: str) -> None:
+    """Print one notice when ``values`` (an array) holds NaN or Inf."""
+    import numpy as np
+
+    array = np.asarray(values)
+    if array.dtype.kind in "fc":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            click.echo(f"featviz: {bad} of {array.size} {what} are NaN or Inf: the model "
+                       "produced non-finite values for these inputs; check the inputs and "
+                       "the preprocessing (featviz stats finds the layer)", err=True)

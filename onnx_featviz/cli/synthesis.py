@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,17 +11,35 @@ import click
 from onnx_featviz.cli import choices
 from onnx_featviz.cli.options import (
     CONTEXT,
+    SEED,
+    FiniteRange,
+    check_limit,
     emit_written,
+    json_file_option,
+    notice_nonfinite,
     out_dir_option,
     prep_options,
     progress_bar,
     provider_option,
+    refuse_overwrite,
     reports_errors,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command
     from onnx_featviz import api
 
+
+
+def _check_counts(pictures: int, tile: int | None) -> None:
+    """Refuse, before any step, more images than FEATVIZ_MAX_IMAGES or a grid of ``tile``-px
+    tiles over FEATVIZ_MAX_PIXELS."""
+    from onnx_featviz.io import limits
+    check_limit(lambda: limits.check_images(pictures, "images to optimize (--images times "
+                                                      "channels)"))
+    if tile is not None:
+        check_limit(lambda: limits.check_pixels(tile * math.ceil(math.sqrt(pictures)), tile
+                                                * math.ceil(math.sqrt(pictures)),
+                                                f"a grid of {pictures} tiles of --tile {tile}"))
 
 
 @click.command(context_settings=CONTEXT)
@@ -36,18 +55,19 @@ if TYPE_CHECKING:  # annotations only: the library loads inside each command
               "transforms; pyramid: pixels grown from 56 px by 1.2 for 12 scales.")
 @click.option("--steps", type=click.IntRange(min=1),
               help="fourier: total steps (default 512); pyramid: steps per scale (default 20).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", type=FiniteRange(min=0, min_open=True),
               help="Adam learning rate (default 0.05 fourier, 0.03 pyramid).")
-@click.option("--diversity", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--diversity", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Weight of the diversity term over several images per channel.")
 @click.option("--images", type=click.IntRange(min=1),
               help="Images per channel (default 1, or 4 with --diversity).")
 @click.option("--blur", type=click.IntRange(min=2), help="pyramid: box blur between scales.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--tile", type=click.IntRange(min=16), help="Grid tile side in pixels.")
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save images, model inputs and objectives to this .npz file.")
 @click.option("--json", "as_json", is_flag=True, help="Print paths and objectives as JSON.")
+@json_file_option
 @out_dir_option
 @provider_option
 @prep_options
@@ -67,6 +87,8 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     from onnx_featviz import api
     from onnx_featviz.synthesis import pictures as synthesis_pictures
     from onnx_featviz.synthesis import run as synthesis
+    refuse_overwrite([model], [out, save_npz])
+    _check_counts((images or (4 if diversity else 1)) * (len(channels) or 16), tile)
     options = synthesis.MaximizeOptions(
         layer, channels=channels or None, objective=objective, recipe=recipe,
         steps=steps, seed=seed, lr=lr, diversity=diversity, images=images, blur=blur)
@@ -74,6 +96,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     with api.Inspector(model, provider, prep=prep) as inspector, \
             progress_bar("maximize", enabled=not as_json) as bar:
         result = synthesis.maximize(inspector, options, bar)
+    notice_nonfinite(result.final, "final objectives")
     rendered = synthesis_pictures.render_maximized(result, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {
@@ -89,15 +112,16 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
               help="Layer to invert at (repeat to compare depths).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Adam steps.")
-@click.option("--tv", type=click.FloatRange(min=0), default=0.05, show_default=True,
+@click.option("--tv", type=FiniteRange(min=0), default=0.05, show_default=True,
               help="Total-variation weight.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.02,
+@click.option("--lr", type=FiniteRange(min=0, min_open=True), default=0.02,
               show_default=True, help="Adam learning rate per [0, 1] pixel.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--tile", type=click.IntRange(min=16), help="Tile side in pixels.")
 @click.option("--save-npz", type=click.Path(path_type=Path),
               help="Also save the reconstructions and losses to this .npz file.")
 @click.option("--json", "as_json", is_flag=True, help="Print paths and scores as JSON.")
+@json_file_option
 @out_dir_option
 @provider_option
 @prep_options
@@ -115,6 +139,8 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
     from onnx_featviz import api
     from onnx_featviz.synthesis import pictures as synthesis_pictures
     from onnx_featviz.synthesis import run as synthesis
+    refuse_overwrite([model, image], [out, save_npz])
+    _check_counts(len(layers) + 1, tile)
     synthesis.check_outputs(out, save_npz, picture="invert.png")
     results = []
     with api.Inspector(model, provider, prep=prep) as inspector:
@@ -123,6 +149,7 @@ def invert(model: Path, image: Path, layers: tuple[str, ...], steps: int, tv: fl
             opts = synthesis.InvertOptions(layer, steps=steps, tv=tv, lr=lr, seed=seed)
             with progress_bar(f"invert {layer}", enabled=not as_json) as bar:
                 results.append(synthesis.invert(inspector, image, opts, bar))
+    notice_nonfinite([r.loss for r in results], "final losses")
     rendered = synthesis_pictures.render_inversions(results, tile=tile)
     written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
     emit_written(written, as_json, {"layers": [

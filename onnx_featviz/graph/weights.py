@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnx_featviz.errors import ModelError
-from onnx_featviz.structs import Layer
+from onnx_featviz.structs import Layer, html_table
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,20 @@ class Filters:
     layer: str
     nonfinite: int = 0
     stored_dtype: str = "float32"
+
+    def __repr__(self) -> str:
+        return (f"Filters({self.layer!r}, weight {'x'.join(map(str, self.weight.shape))} "
+                f"(stored {self.stored_dtype}), bias {'none' if self.bias is None else 'yes'}, "
+                f"groups {self.groups}{', transposed' if self.transposed else ''})")
+
+    def _repr_html_(self) -> str:
+        finite = self.weight[np.isfinite(self.weight)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        return html_table(("filters", ""), [
+            ("layer", self.layer), ("weight", "x".join(map(str, self.weight.shape))),
+            ("stored as", self.stored_dtype), ("groups", self.groups),
+            ("transposed", self.transposed), ("bias", self.bias is not None),
+            ("range", f"{low:.4g} .. {high:.4g}"), ("NaN/Inf", self.nonfinite)])
 
 
 @dataclass(frozen=True, slots=True)

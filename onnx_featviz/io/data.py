@@ -134,13 +134,16 @@ class DataStream:
             yielded += len(batch.batch)
             self.done += len(batch.batch)
             yield batch
+        first = f"; first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
+        if yielded and self.skipped:  # one notice for the run, not one per file
+            log.warning("skipped %d of %d inputs in %s that could not be read%s",
+                        len(self.skipped), self.done, self.path, first)
         if yielded == 0 and self._require_rows:
-            first = f"; first: {self.skipped[0][0]}: {self.skipped[0][1]}" if self.skipped else ""
             raise InputError(f"no input in {self.path} could be read ({len(self.skipped)} "
                              f"skipped{first}); give {DATA_KINDS}")
 
     def _skip(self, source: str, reason: str, count: int = 1) -> None:
-        log.warning("skipped %s: %s", source, reason)
+        log.debug("skipped %s: %s", source, reason)
         self.skipped.append((source, reason))
         self.done += count
         self._consumed += count
@@ -185,8 +188,8 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
     path = Path(data)
     if opener is None and path.is_dir():
         return _folder_stream(inspector, path, batch_size, span)
-    if opener is None and not path.is_file():
-        raise InputError(f"DATA {path} does not exist; give {DATA_KINDS}")
+    if opener is None:
+        fileio.require_file(path, "DATA", f"give {DATA_KINDS}")
     suffix = path.suffix.lower()
     if opener is not None and suffix in IMAGE_EXTENSIONS:
         raise InputError(f"DATA {path} is an image: open it as a local path (an opener is "

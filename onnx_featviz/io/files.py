@@ -621,6 +621,10 @@ def check_writable(paths: Sequence[Path]) -> None:
             would replace).
     """
     for path in paths:
+        long = [part for part in Path(path).parts if len(os.fsencode(part)) > 255]
+        if long:  # file systems refuse a name over 255 bytes only when writing
+            raise InputError(f"cannot write {path}: a name is {len(os.fsencode(long[0]))} "
+                             "bytes, over the 255-byte limit; choose a shorter name")
         if path.is_dir():
             raise InputError(f"cannot write {path}: it is a folder; choose a file path")
         _refuse_special(path)

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import limits
 from onnx_featviz.structs import META_PREPROCESS, InputSpec, Preprocessing, Shape
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ def resolve_preprocessing(
     channel_order: str | None = None,
     size: tuple[int, int] | int | None = None,
     resize: str | None = None,
+    crop_fraction: float | None = None,
 ) -> Preprocessing:
     """Combine the recipe sources: explicit args > preset > model metadata (``base``) > default.
 
@@ -267,7 +269,7 @@ def resolve_preprocessing(
     """
     start = _start_recipe(spec, preset, base)
     explicit = {"mean": mean, "std": std, "scale": scale, "channel_order": channel_order,
-                "size": size, "resize": resize}
+                "size": size, "resize": resize, "crop_fraction": crop_fraction}
     changes: dict[str, Any] = {}
     for key, value in explicit.items():
         if value is None:
@@ -402,18 +404,15 @@ def _fitted_image(image: Image.Image, spec: InputSpec, prep: Preprocessing) -> I
 
 def _check_pixels(size: tuple[int, int], target: tuple[int, int], spec: InputSpec,
                   prep: Preprocessing) -> None:
-    """Refuse a resize bigger than Pillow's decompression-bomb limit (a size such as 10**9)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    width, height = target
-    pixels = float(width) * float(height)
+    """Refuse a resize bigger than ``FEATVIZ_MAX_PIXELS`` (a size such as 10**9)."""
+    width, height = float(target[0]), float(target[1])
     if prep.resize == "crop":  # as _fit: cover size / crop_fraction, then crop
         ratio = max(height / prep.crop_fraction / size[1], width / prep.crop_fraction / size[0])
-        pixels = max(float(width), size[0] * ratio) * max(float(height), size[1] * ratio)
-    if limit is not None and not pixels <= limit:
-        raise InputError(f"model input {spec.name!r} needs the image resized to {width}x"
-                         f"{height} (resize {prep.resize}, crop fraction {prep.crop_fraction}), "
-                         f"more than {limit} pixels; check the input shape and the "
-                         "preprocessing size")
+        width, height = max(width, size[0] * ratio), max(height, size[1] * ratio)
+    what = (f"model input {spec.name!r} (resize {prep.resize}, crop fraction "
+            f"{prep.crop_fraction}): the resized image")
+    limits.check_pixels(width, height, what)
+    limits.check_allocation((4, int(height), int(width)), 4, what)  # RGBA float32 at most
 
 
 def _working_image(image: Image.Image, channels: int, order: str) -> Image.Image:
@@ -466,25 +465,51 @@ def _fit(image: Image.Image, target: tuple[int, int], prep: Preprocessing,
          fill: float | tuple[int, ...]) -> Image.Image:
     """Resize ``image`` to ``target`` ``(W, H)`` with the recipe's resize mode (bilinear)."""
     width, height = target
-    img_w, img_h = image.size
+    new_w, new_h, x, y = _fit_box(image.size, target, prep)
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if prep.resize == "stretch":
-        return image.resize((width, height), Image.Resampling.BILINEAR)
+        return resized
+    if prep.resize == "letterbox":
+        canvas = Image.new(image.mode, (width, height), fill)
+        canvas.paste(resized, (x, y))
+        return canvas
+    return resized.crop((-x, -y, -x + width, -y + height))
+
+
+def _fit_box(size: tuple[int, int], target: tuple[int, int], prep: Preprocessing
+             ) -> tuple[int, int, int, int]:
+    """Return ``(new_w, new_h, x, y)``: the resized image's size and its top-left corner on the
+    ``target`` canvas (negative for a centre crop)."""
+    (width, height), (img_w, img_h) = target, size
+    if prep.resize == "stretch":
+        return width, height, 0, 0
     if prep.resize == "letterbox":
         ratio = min(width / img_w, height / img_h)
         new_w = min(width, max(1, round(img_w * ratio)))
         new_h = min(height, max(1, round(img_h * ratio)))
-        canvas = Image.new(image.mode, (width, height), fill)
-        resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        canvas.paste(resized, ((width - new_w) // 2, (height - new_h) // 2))
-        return canvas
+        return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
     # crop: cover (H, W) / crop_fraction (the short side for a square target), center crop.
     ratio = max(round(height / prep.crop_fraction) / img_h,
                 round(width / prep.crop_fraction) / img_w)
     new_w = max(width, round(img_w * ratio))
     new_h = max(height, round(img_h * ratio))
-    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    return new_w, new_h, -((new_w - width) // 2), -((new_h - height) // 2)
+
+
+def input_geometry(size: tuple[int, int], spec: InputSpec, prep: Preprocessing
+                   ) -> tuple[float, float, float, float]:
+    """Return where an image of ``size`` ``(W, H)`` lands on the model input (as ``_fit``).
+
+    Returns:
+        ``(sx, sy, ox, oy)``: the original pixel position ``(x, y)`` (continuous, 0.5 = centre
+        of the first pixel) is at ``(x * sx + ox, y * sy + oy)`` on the model input.
+
+    Raises:
+        InputError: the model input does not take images.
+    """
+    _require_image_input(spec)
+    new_w, new_h, x, y = _fit_box(size, _target_size(size, spec, prep), prep)
+    return new_w / size[0], new_h / size[1], float(x), float(y)
 
 
 def _fill(mode: str, spec: InputSpec, prep: Preprocessing) -> float | tuple[int, ...]:

@@ -4,6 +4,7 @@ overlays.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,50 +52,77 @@ def render_filters(weight: NDArray[np.generic],
         options: see :class:`FilterOptions`.
 
     Returns:
-        RGB image. RGB mode: a grid of ``O'`` colour patches (input channels 0, 1, 2 as R, G, B),
-        each filter min..max scaled on its own. Otherwise a grid of ``O' * I'`` tiles labelled
-        ``"o,i"`` (``"o"`` when ``I == 1``), rows = outputs, columns = inputs, one symmetric
-        diverging scale with a colour bar; annotated cells carry :func:`format_cell_values`.
+        RGB image. RGB mode: a grid of ``O'`` colour patches (input channels as R, G, B in
+        ``channel_order``), each filter min..max scaled on its own. Otherwise a grid of
+        ``O' * I'`` tiles, rows = outputs and columns = inputs (row headers ``out o``, column
+        headers ``in i``); with ``I == 1`` a square-ish grid whose row header is the first
+        filter of the row and column header the offset ``+c``. One symmetric diverging scale
+        with a colour bar; annotated cells carry :func:`format_cell_values`. When ``O' < O`` or
+        ``I' < I`` the title ends in ``showing O' of O filters, I' of I inputs``.
 
     Raises:
-        InputError: bad shape, caps < 1, unknown colormap.
+        InputError: bad shape, caps < 1, unknown colormap or channel order.
     """
     opts = options or FilterOptions()
     data = _check_weight(weight)
     if opts.max_filters < 1 or opts.max_inputs < 1:
         raise InputError(f"max_filters and max_inputs must be >= 1, got {opts.max_filters}, "
                          f"{opts.max_inputs}")
-    out_c, in_c = data.shape[:2]
-    if out_c > opts.max_filters or in_c > opts.max_inputs and opts.rgb is not True:
-        logger.info("drawing %d of %d filters and %d of %d inputs", min(out_c, opts.max_filters),
-                    out_c, min(in_c, opts.max_inputs), in_c)
-    rgb = opts.rgb if opts.rgb is not None else (in_c == 3 and not opts.annotate)
+    if opts.channel_order not in ("RGB", "BGR"):
+        raise InputError(f"unknown channel order {opts.channel_order!r}; use RGB or BGR")
+    rgb = opts.rgb if opts.rgb is not None else (data.shape[1] == 3 and not opts.annotate)
+    title = filter_title(data.shape, opts)
     if rgb:
-        return _rgb_filters(data[: opts.max_filters], opts, data.shape)
+        return _rgb_filters(data[: opts.max_filters], opts, data.shape, title)
     part = data[: opts.max_filters, : opts.max_inputs]
-    grid = _filter_grid_options(part, opts, data.shape)
+    grid = _filter_grid_options(part, opts, data.shape, title)
     if not opts.annotate:
         return tile_grid(part.reshape(-1, *part.shape[2:]), grid)
     return _annotated(part, grid)
 
 
+def filter_title(shape: tuple[int, ...], opts: FilterOptions) -> str | None:
+    """Return the title :func:`render_filters` draws for a ``(O, I, kH, kW)`` weight: ``title``
+    followed by ``showing O' of O filters, I' of I inputs`` for what the caps leave out."""
+    out_c, in_c = shape[:2]
+    rgb = opts.rgb if opts.rgb is not None else (in_c == 3 and not opts.annotate)
+    parts = []
+    if out_c > opts.max_filters:
+        parts.append(f"{opts.max_filters} of {out_c} filters")
+    if in_c > opts.max_inputs and not rgb:
+        parts.append(f"{opts.max_inputs} of {in_c} inputs")
+    if not parts:
+        return opts.title
+    logger.info("drawing %s", ", ".join(parts))
+    note = "showing " + ", ".join(parts)
+    return f"{opts.title}  {note}" if opts.title else note
+
+
+def _headers(out_c: int, in_c: int) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    """Return (columns, row headers, column headers) of a filter grid."""
+    if in_c > 1:
+        return (in_c, ("out 0", *(str(o) for o in range(1, out_c))),
+                ("in 0", *(str(i) for i in range(1, in_c))))
+    columns = max(1, min(out_c, math.ceil(math.sqrt(out_c))))
+    rows = math.ceil(out_c / columns)
+    return (columns, tuple(str(r * columns) for r in range(rows)),
+            tuple(f"+{c}" for c in range(columns)))
+
+
 def _filter_grid_options(part: NDArray[np.float32], opts: FilterOptions,
-                         shape: tuple[int, ...]) -> GridOptions:
+                         shape: tuple[int, ...], title: str | None) -> GridOptions:
     out_c, in_c, k_h, k_w = part.shape
-    if in_c == 1:
-        texts = tuple(str(o) for o in range(out_c))
-    else:
-        texts = tuple(f"{o},{i}" for o in range(out_c) for i in range(in_c))
+    columns, rows, cols = _headers(out_c, in_c)
     scale = None
     if opts.annotate:
         widest = max(_text_width(_font(11), t) for t in format_cell_values(part))
         scale = opts.cell or max(36, widest + 8)
     elif opts.cell is not None:
         scale = opts.cell
-    return GridOptions(columns=in_c if in_c > 1 else None, scale=scale, min_tile=48,
-                       padding=opts.padding, cmap=opts.cmap, mode=opts.mode, symmetric=True,
-                       label_texts=texts, title=opts.title, colorbar=opts.colorbar,
-                       shape=shape)
+    return GridOptions(columns=columns, scale=scale, min_tile=48, padding=opts.padding,
+                       cmap=opts.cmap, mode=opts.mode, symmetric=True, labels=False,
+                       row_labels=rows, column_labels=cols, title=title,
+                       colorbar=opts.colorbar, shape=shape)
 
 
 def _annotated(part: NDArray[np.float32], grid: GridOptions) -> Image.Image:
@@ -119,16 +147,20 @@ def _annotated(part: NDArray[np.float32], grid: GridOptions) -> Image.Image:
 
 
 def _rgb_filters(part: NDArray[np.float32], opts: FilterOptions,
-                 shape: tuple[int, ...]) -> Image.Image:
+                 shape: tuple[int, ...], title: str | None) -> Image.Image:
     """One colour patch per filter; each filter scaled to its own min..max over R, G, B."""
     if part.shape[1] != 3:
         raise InputError(f"RGB filter patches need 3 input channels, got {part.shape[1]}; "
                          "draw them per input channel instead (rgb=False)")
+    if opts.channel_order == "BGR":  # input 0 feeds blue: reorder to R, G, B for display
+        part = part[:, ::-1]
     # (O, 3, kH * kW) in "channel" mode reduces over (3, kH * kW): one scale per filter
     norm = normalize(part.reshape(part.shape[0], 3, -1), mode="channel")
     patches = (np.moveaxis(norm.reshape(part.shape), 1, -1) * 255 + 0.5).astype(np.uint8)
-    grid = GridOptions(scale=opts.cell, min_tile=48, padding=opts.padding, title=opts.title,
-                       colorbar=False, shape=shape)
+    columns, rows, cols = _headers(part.shape[0], 1)
+    grid = GridOptions(columns=columns, scale=opts.cell, min_tile=48, padding=opts.padding,
+                       title=title, colorbar=False, shape=shape, labels=False,
+                       row_labels=rows, column_labels=cols)
     layout = grid_layout(patches.shape[0], patches.shape[1], patches.shape[2], grid)
     image = _rgb_image(patches, layout, grid.pad_color)
     _decorate(image, layout, grid, None, ("", "", ""))

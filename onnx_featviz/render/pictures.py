@@ -43,13 +43,16 @@ _BAR_MIN_WIDTH = 160
 class GridOptions:
     """How :func:`tile_grid` draws a stack of maps.
 
-    ``scale=None`` picks the integer factor that brings a tile's longer side closest to
-    ``min_tile`` pixels (at least 1), lowered while the picture would exceed ``max_pixels``.
+    ``scale=None`` picks the smallest integer factor that makes a tile's longer side at least
+    ``min_tile`` pixels, lowered while the picture would exceed ``max_pixels``.
     ``mode`` is ``"channel"`` (each map scaled to its own min..max) or ``"layer"`` (one scale
     for all);
     ``symmetric`` maps ``[-m, m]`` to the colormap so that 0 is its centre (use a diverging
-    colormap such as ``"RdBu_r"``). ``labels`` writes each tile's channel index
-    (``label_start + i``) or ``label_texts[i]`` above it; ``title`` is followed by ``shape``
+    colormap such as ``"RdBu_r"``); with ``mode="channel"`` the colour bar's ends give the
+    range of the channels' minima and maxima. ``labels`` writes each tile's channel index
+    (``label_start + i``) or ``label_texts[i]`` above it; ``row_labels`` / ``column_labels``
+    instead write one header per grid row (left) / column (above the grid), e.g. output and
+    input channels of a filter bank; ``title`` is followed by ``shape``
     (default: the stack's ``(C, H, W)``); ``colorbar`` adds a strip with the value at its ends
     and middle.
     """
@@ -70,6 +73,8 @@ class GridOptions:
     colorbar: bool = False
     font_size: int = 10
     shape: tuple[int, ...] | None = None
+    row_labels: tuple[str, ...] | None = None
+    column_labels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +82,12 @@ class FilterOptions:
     """How :func:`render_filters` draws a conv weight ``(O, I, kH, kW)``.
 
     ``rgb=None`` draws each filter as one colour patch when ``I == 3`` (and ``annotate`` is
-    off); otherwise one tile per (output, input) pair, rows = output channels, columns = input
-    channels (a square-ish grid of outputs when ``I == 1``), capped at ``max_filters`` outputs
-    and ``max_inputs`` inputs. ``annotate`` writes each value (2 decimals) on its cell of
-    ``cell`` pixels (``None``: wide enough for the text, at least 36). Values share one
-    symmetric scale (``mode="layer"``) unless ``mode="channel"``.
+    off), its inputs taken in ``channel_order`` (``"BGR"``: input 0 is blue); otherwise one
+    tile per (output, input) pair, rows = output channels, columns = input channels (a
+    square-ish grid of outputs when ``I == 1``), capped at ``max_filters`` outputs and
+    ``max_inputs`` inputs; a capped picture says so in its title. ``annotate`` writes each
+    value (2 decimals) on its cell of ``cell`` pixels (``None``: wide enough for the text, at
+    least 36). Values share one symmetric scale (``mode="layer"``) unless ``mode="channel"``.
     """
 
     rgb: bool | None = None
@@ -94,6 +100,7 @@ class FilterOptions:
     colorbar: bool = True
     cell: int | None = None
     padding: int = 2
+    channel_order: str = "RGB"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,8 @@ class GridLayout:
     grid_height: int
     width: int
     height: int
+    left: int = 0
+    header: int = 0
 
     @property
     def pitch(self) -> tuple[int, int]:
@@ -125,7 +134,7 @@ class GridLayout:
             raise InputError(f"tile index {index} out of range 0..{self.count - 1}")
         row, col = divmod(index, self.columns)
         top = self.top + self.padding + self.caption + row * self.pitch[0]
-        left = self.padding + col * self.pitch[1]
+        left = self.left + self.padding + col * self.pitch[1]
         return (left, top, left + self.tile_width, top + self.tile_height)
 
 
@@ -342,20 +351,25 @@ def grid_layout(count: int, height: int, width: int,
     rows = math.ceil(count / columns)
     caption = _text_height(_font(opts.font_size)) + 1 if opts.labels else 0
     top = _text_height(_font(opts.font_size + 2)) + 2 * _MARGIN if opts.title else 0
+    font = _font(opts.font_size)
+    header = _text_height(font) + _MARGIN if opts.column_labels else 0
+    left = (max(_text_width(font, t) for t in opts.row_labels) + 2 * _MARGIN
+            if opts.row_labels else 0)
     bottom = _BAR_HEIGHT + _text_height(_font(opts.font_size)) + 4 * _MARGIN if opts.colorbar else 0
     scale = opts.scale or _auto_scale(rows, columns, height, width, caption, opts)
     pad = opts.padding
     grid_w = columns * (width * scale + pad) + pad
     grid_h = rows * (height * scale + caption + pad) + pad
     title_w = _text_width(_font(opts.font_size + 2), _title(opts, count, height, width))
-    full_w = max(grid_w, _BAR_MIN_WIDTH if opts.colorbar else 0, title_w + 2 * _MARGIN)
+    full_w = max(left + grid_w, _BAR_MIN_WIDTH if opts.colorbar else 0, title_w + 2 * _MARGIN)
     return GridLayout(count, rows, columns, scale, height * scale, width * scale, pad, caption,
-                      top, grid_w, grid_h, full_w, top + grid_h + bottom)
+                      top + header, grid_w, grid_h, full_w, top + header + grid_h + bottom,
+                      left, header)
 
 
 def _auto_scale(rows: int, columns: int, height: int, width: int, caption: int,
                 opts: GridOptions) -> int:
-    scale = max(1, round(opts.min_tile / max(height, width)))
+    scale = max(1, math.ceil(opts.min_tile / max(height, width)))
     pad = opts.padding
     while scale > 1 and ((rows * (height * scale + caption + pad) + pad)
                          * (columns * (width * scale + pad) + pad)) > opts.max_pixels:
@@ -389,7 +403,7 @@ def _cells(canvas: NDArray[np.uint8], layout: GridLayout, shape: tuple[int, ...]
         h, s, w, _ = shape
         dims = (layout.rows, h, s, layout.columns, w, s)
         steps = (py * ry, s * ry, ry, px * rx, s * rx, rx)
-    base = canvas[y0:, layout.padding:]
+    base = canvas[y0:, layout.left + layout.padding:]
     return np.lib.stride_tricks.as_strided(
         base, dims + trail, steps + canvas.strides[2:], writeable=True)
 
@@ -414,11 +428,12 @@ def _paint_gaps(image: Image.Image, layout: GridLayout, color: Color) -> None:
     y_first = layout.top + layout.padding + layout.caption
     boxes = [(0, 0, layout.width, y_first), (0, layout.top + layout.grid_height,
                                               layout.width, layout.height),
-             (layout.grid_width, 0, layout.width, layout.height)]
+             (layout.left + layout.grid_width, 0, layout.width, layout.height),
+             (0, 0, layout.left, layout.height)]
     for row in range(layout.rows):
         y = y_first + row * py + layout.tile_height
         boxes.append((0, y, layout.width, y + layout.padding + layout.caption))
-    boxes += [(c * px, 0, c * px + layout.padding, layout.height)
+    boxes += [(layout.left + c * px, 0, layout.left + c * px + layout.padding, layout.height)
               for c in range(layout.columns + 1)]
     if layout.rows * layout.columns > layout.count:
         left, top, _, _ = layout.box(layout.count - 1)
@@ -479,7 +494,8 @@ def _draw_labels(image: Image.Image, layout: GridLayout, texts: list[str],
     ink = _ink(opts.pad_color)
     for row in range(layout.rows):
         y = layout.top + layout.padding + row * layout.pitch[0]
-        image.paste(ink, (0, y, layout.grid_width, y + height), Image.fromarray(bands[row]))
+        image.paste(ink, (layout.left, y, layout.left + layout.grid_width, y + height),
+                    Image.fromarray(bands[row]))
 
 
 def _draw_title(image: Image.Image, text: str, opts: GridOptions) -> None:
@@ -487,14 +503,35 @@ def _draw_title(image: Image.Image, text: str, opts: GridOptions) -> None:
     draw.text((_MARGIN, _MARGIN), text, fill=_ink(opts.pad_color), font=_font(opts.font_size + 2))
 
 
+def _draw_headers(image: Image.Image, layout: GridLayout, opts: GridOptions) -> None:
+    """Write ``row_labels`` left of each grid row and ``column_labels`` above each column."""
+    draw = ImageDraw.Draw(image)
+    font, ink = _font(opts.font_size), _ink(opts.pad_color)
+    for row, text in enumerate((opts.row_labels or ())[: layout.rows]):
+        _, top, _, bottom = layout.box(row * layout.columns)
+        draw.text((layout.left - _MARGIN, (top + bottom) // 2), text, fill=ink, font=font,
+                  anchor="rm")
+    for col, text in enumerate((opts.column_labels or ())[: layout.columns]):
+        left, _, right, _ = layout.box(col)
+        draw.text(((left + right) // 2, layout.top - layout.header), text, fill=ink,
+                  font=font, anchor="ma")
+
+
 def _tick_texts(lo: NDArray[np.float32], hi: NDArray[np.float32],
                 opts: GridOptions) -> tuple[str, str, str]:
     if opts.mode == "layer":
         low, high = float(lo.min()), float(hi.max())
         return (f"{low:.3g}", f"{(low + high) / 2:.3g}", f"{high:.3g}")
+    top = _span_text(hi)
     if opts.symmetric:
-        return ("-max", "0 (per channel)", "+max")
-    return ("min", "(scaled per channel)", "max")
+        return (f"-max {top}", "0, each channel scaled", f"+max {top}")
+    return (f"min {_span_text(lo)}", "each channel scaled", f"max {top}")
+
+
+def _span_text(values: NDArray[np.float32]) -> str:
+    """``"3.2"`` when every channel has this end value, else ``"1.5..3.2"`` (their range)."""
+    low, high = float(values.min()), float(values.max())
+    return f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}..{high:.3g}"
 
 
 def _draw_colorbar(image: Image.Image, layout: GridLayout, lut: NDArray[np.uint8],
@@ -561,6 +598,8 @@ def _decorate(image: Image.Image, layout: GridLayout, opts: GridOptions,
         _draw_labels(image, layout, _label_texts(opts, count), opts)
     if opts.title:
         _draw_title(image, _title(opts, count, height, width), opts)
+    if opts.row_labels or opts.column_labels:
+        _draw_headers(image, layout, opts)
     if opts.colorbar and lut is not None:
         _draw_colorbar(image, layout, lut, ticks, opts)
 

@@ -19,7 +19,9 @@ import onnx_featviz.inspector as inspection
 import onnx_featviz.io.files as fileio
 import onnx_featviz.synthesis.maths as syn
 from onnx_featviz.errors import InputError
-from onnx_featviz.structs import Progress, ProgressFn
+from onnx_featviz.io import limits
+from onnx_featviz.render.progress import progress_for
+from onnx_featviz.structs import Progress, ProgressFn, auto_progress
 from onnx_featviz.synthesis import optim as syn_optim
 from onnx_featviz.synthesis.heads import (
     POSITION_IN,
@@ -268,14 +270,16 @@ def _unit_feeds(head: _Head, units: Sequence[int], shape: Sequence[int]) -> dict
 
 # -- activation maximization ---------------------------------------------------------------------
 def maximize(source: ModelOrInspector, options: MaximizeOptions,
-             progress: ProgressFn | None = None, *, provider: str = "auto") -> MaximizeResult:
+             progress: ProgressFn | None = auto_progress, *,
+             provider: str = "auto") -> MaximizeResult:
     """Find images that maximize channels, centre neurons or a whole layer of a model.
 
     Args:
         source: an open ``Inspector`` (its provider and preprocessing are used) or a model
             (path, bytes or proto; opened with ``provider``).
         options: see ``MaximizeOptions``.
-        progress: called after every step with the mean objective in the status.
+        progress: called after every step with the mean objective in the status (default: a
+            progress bar in notebooks and terminals; None: no progress).
 
     Returns:
         ``MaximizeResult`` with the images, their model inputs and the objective before, during
@@ -291,7 +295,8 @@ def maximize(source: ModelOrInspector, options: MaximizeOptions,
     inspector = (source if isinstance(source, inspection.Inspector)
                  else inspection.Inspector(source, provider))
     try:
-        return _maximize(inspector, opts, progress)
+        with progress_for(progress, "maximize") as report:
+            return _maximize(inspector, opts, report)
     finally:
         if inspector is not source:
             inspector.close()
@@ -318,6 +323,10 @@ def _maximize(inspector: inspection.Inspector, opts: MaximizeOptions,
               progress: ProgressFn | None) -> MaximizeResult:
     imap = syn.input_map(inspector.spec, inspector.preprocessing)
     size = _image_size(inspector, opts.size)
+    limits.check_pixels(size[1], size[0], f"the image optimized for model input "
+                        f"{inspector.spec.name!r}")
+    limits.check_allocation((opts.images or 4, imap.image_channels, *size), 4,
+                            "one channel's images to optimize")
     tensor = _layer_tensor(inspector, opts.layer)
     shape = _layer_shape(inspector, imap, tensor, size)
     units = _units(opts, shape[0])
@@ -492,7 +501,8 @@ def _pyramid(grads: _GradientSession, shape: tuple[int, int, int, int], opts: Ma
 
 # -- feature inversion -------------------------------------------------------------------------
 def invert(source: ModelOrInspector, image: inspection.Images, options: InvertOptions,
-           progress: ProgressFn | None = None, *, provider: str = "auto") -> InvertResult:
+           progress: ProgressFn | None = auto_progress, *,
+           provider: str = "auto") -> InvertResult:
     """Reconstruct each input image from its features at one layer (Mahendran & Vedaldi).
 
     From noise near grey, Adam on the pixels minimizes ``||f(x) - f(x0)||^2 / ||f(x0)||^2 +
@@ -502,7 +512,8 @@ def invert(source: ModelOrInspector, image: inspection.Images, options: InvertOp
         source: an open ``Inspector`` or a model (opened with ``provider``).
         image: image paths, PIL images or a model-ready array (every row is inverted).
         options: see ``InvertOptions``.
-        progress: called after every step with the mean loss in the status.
+        progress: called after every step with the mean loss in the status (default: a
+            progress bar in notebooks and terminals; None: no progress).
 
     Returns:
         ``InvertResult`` with reconstructions, originals, final loss and correlation.
@@ -518,7 +529,8 @@ def invert(source: ModelOrInspector, image: inspection.Images, options: InvertOp
     inspector = (source if isinstance(source, inspection.Inspector)
                  else inspection.Inspector(source, provider))
     try:
-        return _invert(inspector, image, options, progress)
+        with progress_for(progress, "invert") as report:
+            return _invert(inspector, image, options, report)
     finally:
         if inspector is not source:
             inspector.close()
