@@ -144,6 +144,54 @@ def test_stats_photo_folder_equals_local(ray_session: Any, photos: Path) -> None
     assert_same_json(stats_json(local), stats_json(ray))
 
 
+def test_stats_photo_folder_by_uri_and_pyarrow_filesystem(ray_session: Any, photos: Path
+                                                          ) -> None:
+    """A ``file://`` URI and a path on a pyarrow ``SubTreeFileSystem`` go through Ray's file
+    reader and give the local result; sources are named as the filesystem names them."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    model = shared_path("models", "cifar10_cnn_pytorch.onnx")
+    local = stats_json(audit_stats.dataset_stats(
+        model, photos, audit_stats.StatsOptions(provider="cpu", batch_size=8)))
+    by_uri = audit_stats.dataset_stats(model, photos.as_uri(), audit_stats.StatsOptions(
+        batch_size=8, engine="ray", ray=RAY))
+    assert by_uri.images == PHOTOS and by_uri.skipped[0][0] == str(photos / "photo_032_broken.png")
+    assert_same_json(local, stats_json(by_uri))
+    subtree = pafs.SubTreeFileSystem(str(photos.parent), pafs.LocalFileSystem())
+    on_fs = audit_stats.dataset_stats(model, photos.name, audit_stats.StatsOptions(
+        batch_size=8, engine="ray", ray=audit_compare.RayOptions(workers=2,
+                                                                 filesystem=subtree)))
+    found = stats_json(on_fs)
+    assert [s["source"] for s in found["skipped"]] == ["photos/photo_032_broken.png"]
+    assert str(photos) not in found["skipped"][0]["reason"]
+    found["skipped"] = local["skipped"]  # the same file, named on the sub-tree filesystem
+    assert_same_json(local, found)
+
+
+def test_cli_takes_a_file_uri(ray_session: Any, photos: Path, tmp_path: Path) -> None:
+    model = shared_path("models", "cifar10_cnn_pytorch.onnx")
+    out = tmp_path / "stats.json"
+    result = run("stats", model, photos.as_uri(), "--engine", "ray", "--batch", "8",
+                 "--json-file", out)
+    assert result.exit_code == 0, result.output
+    written = strict_json(out.read_text())
+    assert written["images"] == PHOTOS
+    assert written["skipped"][0]["source"] == str(photos / "photo_032_broken.png")
+
+
+def test_idx_on_a_pyarrow_filesystem_equals_local(ray_session: Any, mnist: Path) -> None:
+    """An IDX file on a pyarrow filesystem is read in ranges of rows by the actors."""
+    pafs = pytest.importorskip("pyarrow.fs")
+    subtree = pafs.SubTreeFileSystem(str(mnist.parent), pafs.LocalFileSystem())
+    options = audit_stats.StatsOptions(engine="ray", ray=audit_compare.RayOptions(
+        filesystem=subtree))
+    local = audit_stats.dataset_stats(MNIST_MODEL, mnist, audit_stats.StatsOptions(provider="cpu"))
+    ray = audit_stats.dataset_stats(MNIST_MODEL, mnist.name, options)
+    assert ray.images == MNIST_IMAGES
+    assert_same_json(stats_json(local), stats_json(ray))
+    with pytest.raises(InputError, match="missing.npz does not exist"):
+        audit_stats.dataset_stats(MNIST_MODEL, "missing.npz", options)
+
+
 @pytest.fixture(scope="module")
 def int8_model(work: Path) -> Path:
     model = onnx.load(MNIST_MODEL)
@@ -229,6 +277,15 @@ def test_missing_ray_is_one_line_error(mnist: Path, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and 'pip install "onnx-featviz[ray]"' in lines[0]
+
+
+@pytest.mark.parametrize("args", [("stats", MNIST_MODEL, "--provider", "cuda"),
+                                  ("compare", MNIST_MODEL, MNIST_MODEL, "--provider-b", "cpu")])
+def test_provider_options_are_refused_with_ray(mnist: Path, args: tuple[Any, ...]) -> None:
+    result = run(*args[:-2], mnist, *args[-2:], "--engine", "ray")
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert f"{args[-2]} is not used with --engine ray" in last and "--gpus-per-worker" in last
 
 
 def test_gpu_workers_without_gpus_are_refused(ray_session: Any, mnist: Path) -> None:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,12 +51,15 @@ class RayOptions:
     its own onnxruntime session(s) and one CPU. ``gpus_per_worker``: GPUs per actor; above 0
     the sessions run on CUDA (Ray places the actors on GPU nodes), at 0 on CPU.
     ``retries``: restarts of an actor that died and retries of the range it was on.
+    ``filesystem``: a ``pyarrow.fs.FileSystem`` holding DATA (an image file or folder given
+    as a path on it); None: DATA is a local path or a URI (``file://``, ``s3://``).
     """
 
     address: str | None = None
     workers: int = 2
     gpus_per_worker: float = 0.0
     retries: int = 3
+    filesystem: Any = None
 
 
 def check_engine(engine: str, ray: RayOptions) -> None:

@@ -1,26 +1,35 @@
-"""The ``ray`` engine of ``stats`` and ``compare``: DATA as a Ray Dataset of row ranges, each
-streamed by an actor that holds the onnxruntime sessions, merged in a fixed order on the driver.
+"""The ``ray`` engine of ``stats`` and ``compare``: DATA as a Ray Dataset of work units (whole
+batches), each streamed by an actor that holds the onnxruntime sessions, merged in a fixed order
+on the driver.
 
 The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this module only when
 ``engine="ray"``. What runs where:
 
-- the driver lists DATA (headers and folder listing only), cuts its inputs into ranges of whole
-  batches (``work_units``) and makes them a Ray Dataset (``ray.data.from_items``);
+- the driver lists DATA (folder listing, or headers only), cuts its inputs into units of whole
+  batches (``work_units``) and makes the Dataset: image files (a local file or folder, a URI
+  such as ``s3://bucket/val``, or a path on a pyarrow filesystem) through Ray's file reader
+  (``ray.data.read_binary_files``, kept in order and cut into blocks of one unit each);
+  ``.npy``/``.npz`` and MNIST IDX files (a local path, a URI or a path on a pyarrow
+  filesystem) as ranges of rows (``ray.data.from_items``), which the actors read in chunks
+  with the local engine's reader;
 - ``Dataset.map_batches`` with a callable class runs ``workers`` actors, each holding one
-  ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU otherwise); an actor streams
-  its range with ``io.data.open_data(rows=...)`` (the same reading, skipping and preprocessing
-  as the local engine) and runs the engine's per-batch step on each batch (the same function
-  the local engine calls), returning the batch partials, the inputs it skipped and its
-  providers;
-- the driver takes the ranges as they finish, ignores a range it already has (a task retried
-  after its actor died), and folds the partials range by range in DATA order, so the result
-  does not depend on scheduling and the driver holds only the ranges that finished early.
+  ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU otherwise); an actor decodes
+  its unit's files with the local engine's decoder (``io.filesystems.image_stream``) or streams
+  its range with ``io.data.open_data(rows=...)`` (the same reading, skipping and
+  preprocessing as the local engine), and runs the engine's per-batch step on each batch (the
+  same function the local engine calls), returning the batch partials, the inputs it skipped
+  and its providers;
+- the driver takes the units as they finish, ignores a unit it already has (a task retried
+  after its actor died), and folds the partials unit by unit in DATA order, so the result
+  does not depend on scheduling and the driver holds only the units that finished early.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,6 +45,7 @@ import onnx_featviz.inspector as inspection
 from onnx_featviz.audit.compare import RayOptions
 from onnx_featviz.errors import FeatvizError, InputError, ProviderError
 from onnx_featviz.io import data as api_data
+from onnx_featviz.io import filesystems
 from onnx_featviz.structs import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -132,9 +142,10 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
 
     Args:
         models: the models every actor loads (model A first); sent once through Ray.
-        data: DATA as for ``io.data.open_data``, on a path every worker can read.
+        data: DATA as for ``io.data.open_data``, or a URI (``file:///val``,
+            ``s3://bucket/val``), or a path on ``options.filesystem``.
         job: per-batch step, providers, and the driver's fold.
-        options: cluster address, workers, GPUs per worker, retries.
+        options: cluster address, workers, GPUs per worker, retries, filesystem.
         batch_size: inputs per batch (the local engine's batches).
         prep: preprocessing overrides, as locally.
         progress: called as ranges finish (unit ``image``: inputs read or skipped).
@@ -146,21 +157,19 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         InputError: Ray missing, DATA missing or with no readable input; ProviderError: GPUs
             asked for and the cluster has none (or too few for one worker); an error of the
             package raised in an actor (ModelError, ProviderError...), unwrapped from Ray's;
-            KeyboardInterrupt: Ctrl-C before any range finished.
+            KeyboardInterrupt: Ctrl-C before any unit finished.
     """
     ray = import_ray()
-    with inspection.Inspector(models[0], "cpu", prep=prep, max_batch=batch_size) as driver:
-        total = api_data.data_size(driver, data)
-    units = work_units(total, batch_size, options.workers)
+    source = _plan_data(models[0], data, prep, batch_size, options.filesystem)
+    units = work_units(source.total, batch_size, options.workers)
     started = not ray.is_initialized()
     if started:
         ray.init(address=options.address, logging_level=logging.WARNING,
                  log_to_driver=False)
     try:
         _check_gpus(ray, options)
-        rows = _result_rows(ray, models, str(Path(data).resolve()), units, job, options,
-                            batch_size, prep)
-        run = _collect(rows, units, job, total, progress)
+        rows = _result_rows(ray, models, source, units, job, options, batch_size, prep)
+        run = _collect(rows, units, job, source.total, progress)
     except Exception as err:
         cause = _package_error(err)
         if cause is None:
@@ -174,6 +183,42 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         raise InputError(f"no input in {data} could be read ({len(run.skipped)} skipped{first});"
                          f" give {api_data.DATA_KINDS}")
     return run
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """DATA as the driver planned it: ``files`` (read by Ray's file reader) or, when None, an
+    array or IDX file at ``path`` (on ``filesystem``, or local when None) streamed by ranges of
+    rows; ``total`` inputs."""
+
+    total: int
+    path: str
+    files: filesystems.ImageFiles | None
+    filesystem: Any = None
+
+    def opener(self) -> api_data.Opener | None:
+        """Open ``path`` on ``filesystem`` (None: a local path, opened by ``open_data``)."""
+        if self.filesystem is None:
+            return None
+        return functools.partial(self.filesystem.open_input_file, self.path)
+
+
+def _plan_data(model: onnx.ModelProto, data: Path | str, prep: inspection.PrepOptions | None,
+               batch_size: int, filesystem: Any) -> _Source:
+    """List DATA's image files, or count its rows (headers only), on the driver."""
+    files = filesystems.list_image_files(data, filesystem)
+    if files is not None and files.filesystem is not None:
+        return _Source(len(files.paths), str(data), files)
+    source = _Source(0, str(data), files)
+    if files is None and (filesystem is not None or filesystems.is_uri(data)):
+        path, on = filesystems.resolve_file(data, filesystem)
+        source = _Source(0, path, None, on)
+    with inspection.Inspector(model, "cpu", prep=prep, max_batch=batch_size) as driver:
+        # checks that the model takes DATA, as locally; headers only
+        total = api_data.data_size(driver, source.path, opener=source.opener())
+    # a local path absolute, so that workers (in other folders) find it; links kept
+    path = source.path if source.filesystem is not None else os.path.abspath(source.path)
+    return _Source(total, path, files, source.filesystem)
 
 
 def _check_gpus(ray: Any, options: RayOptions) -> None:
@@ -199,30 +244,80 @@ def _package_error(err: BaseException) -> FeatvizError | None:
     return None
 
 
-def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], data: str,
+def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
                  units: Sequence[tuple[int, int]], job: Job[Any], options: RayOptions,
                  batch_size: int, prep: inspection.PrepOptions | None
                  ) -> Iterator[Mapping[str, Any]]:
-    """Build the Dataset of ranges, mapped by the actors; iterate its rows (streaming)."""
-    provider = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    """Build the Dataset (file rows or ranges), mapped by the actors; iterate its rows."""
     context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
     context.enable_progress_bars = context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    dataset = ray.data.from_items([{"start": a, "stop": b} for a, b in units],
-                                  override_num_blocks=len(units))
-    with warnings.catch_warnings():  # passing max_restarts as a remote arg is deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mapped = dataset.map_batches(
-            _Worker, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=options.workers),
-            num_cpus=1, num_gpus=options.gpus_per_worker,
-            fn_constructor_kwargs={"models": tuple(m.SerializeToString() for m in models),
-                                   "provider": provider, "prep": prep,
-                                   "batch_size": batch_size, "data": data, "step": job.step,
-                                   "sessions": job.sessions},
-            max_restarts=options.retries, max_task_retries=options.retries)
+    kwargs: dict[str, Any] = {
+        "models": tuple(m.SerializeToString() for m in models),
+        "provider": "cuda" if options.gpus_per_worker > 0 else "cpu", "prep": prep,
+        "batch_size": batch_size, "data": source.path, "step": job.step,
+        "sessions": job.sessions, "file_units": None, "filesystem": source.filesystem}
+    preserve = context.execution_options.preserve_order
+    try:  # a Dataset copies the context it is made in: restored once it is made
+        if source.files is None:
+            dataset = ray.data.from_items([{"start": a, "stop": b} for a, b in units],
+                                          override_num_blocks=len(units))
+            rows_per_call, cpus = 1, 1.0
+        else:
+            context.execution_options.preserve_order = True
+            dataset, kwargs["file_units"] = _file_rows(ray, source.files, units)
+            rows_per_call = units[0][1] - units[0][0]
+            cpus = _actor_cpus(ray, options.workers)
+        with warnings.catch_warnings():  # passing max_restarts as a remote arg is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mapped = dataset.map_batches(
+                _Worker, batch_size=rows_per_call, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=options.workers),
+                num_cpus=cpus, num_gpus=options.gpus_per_worker,
+                fn_constructor_kwargs=kwargs,
+                max_restarts=options.retries, max_task_retries=options.retries)
+    finally:
+        context.execution_options.preserve_order = preserve
     rows: Iterator[Mapping[str, Any]] = mapped.iter_rows()
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _FileUnits:
+    """How an actor numbers file rows: each unit by its first file's path, and the name the
+    local engine gives a file where it differs from the path read (a relative DATA)."""
+
+    units: Mapping[str, tuple[int, int]]
+    shown: Mapping[str, str]
+
+
+def _file_rows(ray: Any, files: filesystems.ImageFiles, units: Sequence[tuple[int, int]]
+               ) -> tuple[Any, _FileUnits]:
+    """Image files through Ray's file reader, in blocks of exactly one work unit each.
+
+    Returns the Dataset (columns ``bytes``, ``path``) and each unit by its first file's path.
+    Decoding happens in the actors (``filesystems.image_stream``) rather than with
+    ``ray.data.read_images``, so that an unreadable file is skipped and counted as locally
+    (Ray's reader fails the whole run) and pixels come from the same decoder (EXIF
+    orientation, modes, bomb checks) as the local engine's.
+    """
+    paths = list(files.paths)
+    if files.filesystem is None:  # absolute, so that every worker finds them (links kept)
+        paths = [os.path.abspath(p) for p in files.paths]
+    shown = {a: p for a, p in zip(paths, files.paths, strict=True) if a != p}
+    dataset = ray.data.read_binary_files(paths, include_paths=True, filesystem=files.filesystem,
+                                         override_num_blocks=len(units))
+    # in order (preserve_order), cut into blocks of one unit each: each actor call then
+    # gets the inputs [start, stop) of one unit, whole batches as in the local stream
+    size = units[0][1] - units[0][0]
+    dataset = dataset.repartition(target_num_rows_per_block=size, strict=True)
+    return dataset, _FileUnits({paths[a]: (a, b) for a, b in units}, shown)
+
+
+def _actor_cpus(ray: Any, workers: int) -> float:
+    """CPUs per actor that leave one CPU of the cluster to Ray's read tasks (at most 1)."""
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.25, min(1.0, (cpus - 1.0) / workers))
 
 
 def _collect(rows: Iterable[Mapping[str, Any]], units: Sequence[tuple[int, int]], job: Job[T],
@@ -271,28 +366,51 @@ def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
 
 
 class _Worker:
-    """A Ray Data actor: the models' inspectors, kept for the actor's life; ranges in, partials
-    out (one row per range)."""
+    """A Ray Data actor: the models' inspectors, kept for the actor's life; work units in
+    (ranges of rows, or the files of one unit), partials out (one row per unit)."""
 
     def __init__(self, *, models: tuple[bytes, ...], provider: str,
                  prep: inspection.PrepOptions | None, batch_size: int, data: str, step: Step,
-                 sessions: Sessions) -> None:
+                 sessions: Sessions, file_units: _FileUnits | None, filesystem: Any) -> None:
         self._inspectors = [inspection.Inspector(m, provider, prep=prep, max_batch=batch_size)
                             for m in models]
         self._batch_size, self._data = batch_size, data
         self._step, self._sessions = step, sessions
+        self._files = file_units
+        self._opener = _Source(0, data, None, filesystem).opener()
 
     def __call__(self, units: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        """Stream each range of ``units`` (columns ``start``, ``stop``) through the step."""
+        """Stream each range of ``units`` (columns ``start``, ``stop``; or ``path``, ``bytes``
+        of one unit's files) through the step."""
+        if "path" in units:
+            start, stream = self._file_stream(units)
+            return {"start": np.asarray([start], np.int64),
+                    "result": np.array([self._unit(stream)], dtype=object)}
         results = []
         for start, stop in zip(units["start"], units["stop"], strict=True):
-            stream = api_data.open_data(self._inspectors[0], self._data,
-                                        batch_size=self._batch_size,
-                                        rows=(int(start), int(stop)))
-            parts = tuple((len(part.batch), self._step(self._inspectors, part.batch))
-                          for part in stream)
-            providers = self._sessions(self._inspectors) if parts else ()
-            results.append(pickle.dumps(_UnitResult(parts, tuple(stream.skipped), stream.done,
-                                                    providers)))
+            results.append(self._unit(api_data.open_data(
+                self._inspectors[0], self._data, batch_size=self._batch_size,
+                rows=(int(start), int(stop)), opener=self._opener)))
         return {"start": np.asarray(units["start"], np.int64),
                 "result": np.array(results, dtype=object)}
+
+    def _file_stream(self, files: Mapping[str, NDArray[Any]]
+                     ) -> tuple[int, api_data.DataStream]:
+        """The stream of one unit's files, numbered from the unit's start."""
+        assert self._files is not None
+        paths = [str(p) for p in files["path"]]
+        start, stop = self._files.units.get(paths[0], (-1, -1))
+        if stop - start != len(paths):  # Ray Data broke the order or the unit blocks
+            raise RuntimeError(f"ray worker got {len(paths)} files from {paths[0]}, not one "
+                               f"work unit (inputs [{start}, {stop}))")
+        named = [(self._files.shown.get(p, p), bytes(b))
+                 for p, b in zip(paths, files["bytes"], strict=True)]
+        return start, filesystems.image_stream(self._inspectors[0], named,
+                                               batch_size=self._batch_size, first=start)
+
+    def _unit(self, stream: api_data.DataStream) -> bytes:
+        """Run the step on each batch of ``stream``; return the pickled ``_UnitResult``."""
+        parts = tuple((len(part.batch), self._step(self._inspectors, part.batch))
+                      for part in stream)
+        providers = self._sessions(self._inspectors) if parts else ()
+        return pickle.dumps(_UnitResult(parts, tuple(stream.skipped), stream.done, providers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -52,14 +53,51 @@ def engine_options(fn: F) -> F:
                 gpus_per_worker: float, **kwargs: Any) -> Any:
         from onnx_featviz.audit.compare import RayOptions
 
+        filesystem = None
+        if engine == "ray":
+            _refuse_providers()
+            kwargs["data"], filesystem = _uri_filesystem(kwargs["data"])
         kwargs["engine"] = engine
         kwargs["ray"] = RayOptions(address=ray_address, workers=workers,
-                                   gpus_per_worker=gpus_per_worker)
+                                   gpus_per_worker=gpus_per_worker, filesystem=filesystem)
         return fn(*args, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
+
+
+def _uri_filesystem(data: Path) -> tuple[Path, Any]:
+    """DATA typed as a URI (``s3://b/val``, which ``Path`` turned into ``s3:/b/val``) as a path
+    on its pyarrow filesystem; any other DATA as it is, with no filesystem."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)$", str(data))
+    if match is None or data.exists():
+        return data, None
+    scheme, rest = match.groups()
+    uri = f"{scheme}:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:  # no Ray either: the engine names the install command
+        return data, None
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"cannot open {uri} ({err}); give a local path or a URI of a "
+                                 "filesystem pyarrow knows (file://, s3://, gs://, hdfs://)",
+                                 param_hint="DATA") from err
+    return Path(path), filesystem
+
+
+def _refuse_providers() -> None:
+    """Refuse --provider / --provider-a / --provider-b given with --engine ray (not used there)."""
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("provider", "provider_a", "provider_b")
+             if ctx.get_parameter_source(name) in (click.core.ParameterSource.COMMANDLINE,
+                                                   click.core.ParameterSource.ENVIRONMENT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} is not used with --engine ray (each Ray "
+                               "worker runs its sessions on CUDA when --gpus-per-worker > 0, "
+                               "else on CPU); drop it and use --gpus-per-worker")
 
 
 # == compare (owner: compare helper; keep other code outside this section) =====================

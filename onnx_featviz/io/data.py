@@ -30,6 +30,7 @@ be mapped and the missing rows of a truncated file are skipped with a logged war
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import math
@@ -68,6 +69,8 @@ Chunk = tuple[tuple[str, ...], NDArray[np.generic]]
 """Model-ready rows ``(k, ...)`` and one source name per row."""
 SkipFn = Callable[[str, str, int], None]
 """Record ``count`` unreadable items under one source name with a reason."""
+Opener = Callable[[], IO[bytes]]
+"""Open DATA's file for binary reading (a local file, or a ``pyarrow`` filesystem's file)."""
 
 
 class ModelInput(Protocol):
@@ -153,7 +156,7 @@ class DataStream:
 
 
 def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
-              rows: tuple[int, int] | None = None) -> DataStream:
+              rows: tuple[int, int] | None = None, opener: Opener | None = None) -> DataStream:
     """Open DATA (see the module docstring for the kinds and the array mapping) for streaming.
 
     Nothing but headers and the folder listing is read here; rows are read while iterating.
@@ -166,6 +169,8 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
             them (files in sorted order, array rows across the arrays of a ``.npz`` in file
             order, IDX images), so that disjoint ranges streamed apart (one per worker) hold
             each input once; such a stream may be empty without error. None: all of DATA.
+        opener: opens a ``.npy``/``.npz`` or IDX file that is not a local path (``data``
+            then only names it), e.g. a file on a ``pyarrow`` filesystem; it must seek.
 
     Returns:
         A ``DataStream``; iterate it for ``DataBatch`` es.
@@ -181,10 +186,15 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
         raise InputError(f"rows must be a range (start, stop) with 0 <= start <= stop, got {rows}")
     span = rows or (0, _ALL)
     path = Path(data)
-    if path.is_dir():
+    if opener is None and path.is_dir():
         return _folder_stream(inspector, path, batch_size, span)
-    fileio.require_file(path, "DATA", f"give {DATA_KINDS}")
+    if opener is None:
+        fileio.require_file(path, "DATA", f"give {DATA_KINDS}")
     suffix = path.suffix.lower()
+    if opener is not None and suffix in IMAGE_EXTENSIONS:
+        raise InputError(f"DATA {path} is an image: open it as a local path (an opener is "
+                         "for array and IDX files)")
+    read: Opener = opener or (lambda: path.open("rb"))
     if suffix in IMAGE_EXTENSIONS:
         _require_images(inspector.spec)
         files = [path][span[0]:span[1]]
@@ -192,15 +202,15 @@ def open_data(inspector: ModelInput, data: Path | str, *, batch_size: int = 32,
                           lambda skip: _image_chunks(inspector, files, skip),
                           require_rows=rows is None, first=span[0])
     if suffix in ARRAY_EXTENSIONS:
-        return _array_stream(inspector, path, batch_size, span)
-    return _idx_stream(inspector, path, batch_size, span)
+        return _array_stream(inspector, path, batch_size, span, read)
+    return _idx_stream(inspector, path, batch_size, span, read)
 
 
 _ALL = 1 << 62
 """The stop of the whole stream's row range."""
 
 
-def data_size(inspector: ModelInput, data: Path | str) -> int:
+def data_size(inspector: ModelInput, data: Path | str, *, opener: Opener | None = None) -> int:
     """Return how many inputs DATA holds (files listed, array rows that fit, IDX images).
 
     Reads headers and the folder listing only; the numbering is the one ``open_data(rows=)``
@@ -209,7 +219,7 @@ def data_size(inspector: ModelInput, data: Path | str) -> int:
     Raises:
         InputError: as ``open_data``.
     """
-    total = open_data(inspector, data, batch_size=1).total
+    total = open_data(inspector, data, batch_size=1, opener=opener).total
     assert total is not None  # every kind knows its size from headers or the listing
     return total
 
@@ -288,9 +298,9 @@ class _ArrayHeader:
 
 
 def _array_stream(inspector: ModelInput, path: Path, batch_size: int,
-                  span: tuple[int, int]) -> DataStream:
+                  span: tuple[int, int], opener: Opener) -> DataStream:
     """Check every array's header now; stream the arrays that map onto the model input."""
-    headers = _read_headers(path)
+    headers = _read_headers(path, opener)
     plans: dict[str, Callable[[NDArray[np.generic]], NDArray[np.generic]]] = {}
     refused: list[tuple[str, str]] = []
     for key, header in headers.items():
@@ -317,7 +327,7 @@ def _array_stream(inspector: ModelInput, path: Path, batch_size: int,
         with ExitStack() as stack:
             for key, (low, high) in ranges.items():
                 name = _array_name(path, key, len(headers))
-                fh = _open_member(stack, path, key)
+                fh = _open_member(stack, path, key, opener)
                 for start, rows in _row_chunks(fh, name, batch_size, skip, (low, high)):
                     yield (tuple(f"{name}[{start + i}]" for i in range(len(rows))),
                            plans[key](rows))
@@ -329,14 +339,14 @@ def _array_name(path: Path, key: str, keys: int) -> str:
     return str(path) if keys == 1 or path.suffix.lower() == ".npy" else f"{path}:{key}"
 
 
-def _read_headers(path: Path) -> dict[str, _ArrayHeader]:
+def _read_headers(path: Path, opener: Opener) -> dict[str, _ArrayHeader]:
     """Read the header of the ``.npy`` or of every array of the ``.npz`` (file order)."""
     fix = "save it with np.save/np.savez (numeric arrays, no pickled objects)"
     try:
         with ExitStack() as stack:
             if path.suffix.lower() == ".npy":
-                return {path.stem: _npy_header(stack.enter_context(path.open("rb")))}
-            archive = stack.enter_context(zipfile.ZipFile(path))
+                return {path.stem: _npy_header(stack.enter_context(opener()))}
+            archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(opener())))
             members = [m for m in archive.namelist() if m.endswith(".npy")]
             if not members:
                 raise InputError(f"array file {path} holds no arrays; {fix}")
@@ -355,11 +365,11 @@ def _npy_header(fh: IO[bytes]) -> _ArrayHeader:
     return _ArrayHeader(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran))
 
 
-def _open_member(stack: ExitStack, path: Path, key: str) -> IO[bytes]:
+def _open_member(stack: ExitStack, path: Path, key: str, opener: Opener) -> IO[bytes]:
     """Open the ``.npy`` file or one ``.npz`` member positioned at its header."""
     if path.suffix.lower() == ".npy":
-        return stack.enter_context(path.open("rb"))
-    archive = stack.enter_context(zipfile.ZipFile(path))
+        return stack.enter_context(opener())
+    archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(opener())))
     return stack.enter_context(archive.open(f"{key}.npy"))
 
 
@@ -523,16 +533,16 @@ def _image_plan(inspector: ModelInput, item: tuple[int, ...]) -> Plan:
 
 # -- MNIST IDX -----------------------------------------------------------------------------------
 def _idx_stream(inspector: ModelInput, path: Path, batch_size: int,
-                span: tuple[int, int]) -> DataStream:
+                span: tuple[int, int], opener: Opener) -> DataStream:
     """An MNIST IDX images file: header now, pixels a batch at a time while iterating."""
-    magic, total, rows, cols = _idx_header(path)
+    magic, total, rows, cols = _idx_header(path, opener)
     _require_images(inspector.spec)
     plan = _image_plan(inspector, (rows, cols))
     row_bytes = rows * cols
     first, count = min(span[0], total), min(span[1], total)
 
     def chunks(skip: SkipFn) -> Iterator[Chunk]:
-        with _open_idx(path) as fh:
+        with _open_idx(opener) as fh:
             fh.read(16)
             if first and not _skip_bytes(fh, first * row_bytes):
                 skip(f"{path}[{first}:{count}]", "the file ends early (truncated)",
@@ -552,20 +562,27 @@ def _idx_stream(inspector: ModelInput, path: Path, batch_size: int,
                       require_rows=span == (0, _ALL), first=first)
 
 
-def _open_idx(path: Path) -> IO[bytes]:
-    with path.open("rb") as probe:
-        compressed = probe.read(2) == _GZIP_MAGIC
-    return cast(IO[bytes], gzip.open(path, "rb")) if compressed else path.open("rb")
+@contextlib.contextmanager
+def _open_idx(opener: Opener) -> Iterator[IO[bytes]]:
+    """The IDX file's bytes, gunzipped as a stream when it starts with gzip's magic."""
+    with opener() as raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        if not compressed:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+            yield cast(IO[bytes], unzipped)
 
 
-def _idx_header(path: Path) -> tuple[int, int, int, int]:
+def _idx_header(path: Path, opener: Opener) -> tuple[int, int, int, int]:
     """Return ``(magic, count, rows, cols)`` of an IDX images file.
 
     Raises:
         InputError: not an IDX images file (unknown format, labels file, unreadable header).
     """
     try:
-        with _open_idx(path) as fh:
+        with _open_idx(opener) as fh:
             head = fh.read(16)
     except _READ_ERRORS as err:
         raise InputError(f"cannot read DATA {path} ({type(err).__name__}: {err}); give "

@@ -372,10 +372,20 @@ def load_image(path: Path) -> Image.Image:
     """
     path = Path(path)
     require_file(path, "image", f"give an image file ({', '.join(IMAGE_EXTENSIONS)})")
+    return decode_image(path, str(path))
+
+
+def decode_image(source: Path | IO[bytes], name: str) -> Image.Image:
+    """Decode an image file or an open binary stream as ``load_image`` does (``name`` in errors).
+
+    Raises:
+        InputError: as ``load_image``.
+    """
+    path = name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 opened.seek(0)  # first frame of an animated GIF/WebP/TIFF
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
