@@ -15,12 +15,12 @@ from onnx_featviz.cli.options import (
     FiniteRange,
     GuardedGroup,
     HeldNotices,
+    channel_option,
     emit_json,
     emit_written,
     json_file_option,
     notice_nonfinite,
     out_dir_option,
-    parse_channels,
     parse_fill,
     parse_size,
     prep_options,
@@ -142,7 +142,8 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
 
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--layer", "layers", multiple=True, help="Conv layer (name, tensor or index); "
+@click.option("--layer", "--layers", "layers", multiple=True,
+              help="Conv layer (name, tensor or index); "
               "repeat for several. Default: every conv layer.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
               show_default=True, help="Folder for the PNGs, or a .png file for one layer.")
@@ -184,7 +185,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--layer", "layers", multiple=True,
+@click.option("--layer", "--layers", "layers", multiple=True,
               help="Layer (name, tensor or index); repeat for several.")
 @click.option("--convs", "which", flag_value="convs", help="Every conv layer (default).")
 @click.option("--all", "which", flag_value="all", help="Every layer output (Keras-style).")
@@ -192,7 +193,8 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               show_default=True, help="Conv output, after its activation, or both side by side.")
 @click.option("--reduce", type=click.Choice(["none", "mean", "max"]), default="none",
               show_default=True, help="Draw the mean or max over channels as one image.")
-@click.option("--channels", callback=parse_channels, help="Channel range, e.g. 0:16 or 5.")
+@channel_option("Channels to draw: an index, a range or a comma list (5, 0:16, 8:, 20,22); "
+                "repeat for several.")
 @click.option("--cmap", help="Matplotlib colormap name (default: viridis; RdBu_r centred on "
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
@@ -208,15 +210,15 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @prep_options
 @reports_errors
 def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
-         stage: str, reduce: str, channels: slice | None, cmap: str | None, normalize: str,
-         top: int | None, out: Path,
+         stage: str, reduce: str, channels: tuple[slice, ...] | None, cmap: str | None,
+         normalize: str, top: int | None, out: Path,
          save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
 
     \b
     Examples:
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png
-      featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
+      featviz maps model.onnx cat.png --layer conv1 --stage both --channel 0:16
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
       featviz maps model.onnx cat.png --layer conv2 --top 16
     """
@@ -270,7 +272,8 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
               "score_cam, ablation_cam or occlusion.")
-@click.option("--layer", "layers", multiple=True, help="Target layer (name, tensor, index or "
+@click.option("--layer", "--layers", "layers", multiple=True,
+              help="Target layer (name, tensor, index or "
               "module path such as layer4; token (N, T, C) and channels-last layers too); repeat "
               "for one map per layer plus the fused map. Default: the last block the head's "
               "global pooling reads.")

@@ -108,7 +108,7 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
 @click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--layer", "layers", required=True, multiple=True,
+@click.option("--layer", "--layers", "layers", required=True, multiple=True,
               help="Layer to invert at (repeat to compare depths).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Adam steps.")
