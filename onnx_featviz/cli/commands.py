@@ -357,32 +357,56 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layers: tuple[str, .
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(list(choices.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
-@click.option("--target", help="Class index or label name, default top-1; with --score: an "
-              "element index, a multi-index 3,4,5 or 'all'.")
+@click.option("--layer", "--layers", "layers", multiple=True, help="guided-gradcam: the "
+              "Grad-CAM layer (name, tensor, index or module path). Default: the last block "
+              "the head's global pooling reads.")
+@click.option("--target", help="Class index or label name (with --labels), default top-1; "
+              "with --score: an element index, a multi-index 3,4,5 or 'all'.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Class names, one per line (default: the model's metadata).")
+@click.option("--explain-top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="One view for each of every image's K best classes (not with --target).")
 @click.option("--score", help="Tensor or layer scored (default: the logits before a final "
               "Softmax, else the first output).")
 @out_dir_option
+@click.option("--save-npz", type=click.Path(path_type=Path),
+              help="Also save view (N,H,W[,C]), target (N,), image (N,) and rank (N,).")
+@click.option("--json", "as_json", is_flag=True, help="Print paths, targets and labels.")
+@json_file_option
 @target_options
 @provider_option
 @prep_options
 @reports_errors
-def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None,
-             score: str | None, out: Path, provider: str, prep: api.PrepOptions,
-             goal: api.TargetSpec) -> None:
+def backprop(model: Path, images: tuple[Path, ...], method: str, layers: tuple[str, ...],
+             target: str | None, labels: Path | None, explain_top: int, score: str | None,
+             out: Path, save_npz: Path | None, as_json: bool, provider: str,
+             prep: api.PrepOptions, goal: api.TargetSpec) -> None:
     """Draw input-gradient views of MODEL for each IMAGE (saliency, guided backprop).
 
     \b
     Examples:
       featviz backprop models/mnist_cnn.onnx models/samples/digit_9.png
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
+      featviz backprop model.onnx cat.png --labels classes.txt --explain-top 3 --json
       featviz backprop yolo.onnx street.png --detection 0
     """
     from onnx_featviz import api
-    refuse_overwrite([model, *images], [out])
-    with api.Inspector(model, provider, prep=prep) as inspector:
-        result = api.render_backprop(inspector, readable_images(inspector, images), method,
-                                     _target(target), score=score, goal=goal)
-    emit_written(api.save_pictures(result.pictures, out), False)
+    from onnx_featviz.attribution import output
+    if len(layers) > 1:
+        raise click.BadParameter(f"guided-gradcam uses one Grad-CAM layer, got {len(layers)}: "
+                                 f"{', '.join(layers)}; give --layer once", param_hint="--layer")
+    refuse_overwrite([model, *images, labels], [out, save_npz])
+    names = api.read_labels(labels) if labels else None
+    with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
+        views = output.backprop_views(
+            inspector, readable_images(inspector, images), method, _target(target),
+            score=score, goal=goal, layer=layers[0] if layers else None,
+            explain_top=explain_top)
+    result = output.draw_backprop(views)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
+    emit_written(written, as_json, {"images": output.backprop_to_json(views)})
 
 
 from onnx_featviz.cli import audit as cli_audit  # noqa: E402
