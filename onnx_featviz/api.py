@@ -89,9 +89,11 @@ class Inspector(inspection.Inspector):
 
     def backprop(self, images: Images, method: str, target: int | str | None = None, *,
                  score: str | int | None = None,
-                 goal: TargetSpec | None = None) -> NDArray[np.float32]:
+                 goal: TargetSpec | None = None,
+                 layer: str | int | None = None) -> NDArray[np.float32]:
         """Return input-space gradient views (``attribution.target_run.backprop``)."""
-        return target_run.backprop(self, images, method, target, score=score, goal=goal)
+        return target_run.backprop(self, images, method, target, score=score, goal=goal,
+                                   layer=layer)
 
     def cam_layer(self, layer: str | int | None = None) -> str:
         """Return the tensor a CAM uses (``attribution.run.cam_layer``)."""

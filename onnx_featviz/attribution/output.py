@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import onnx_featviz.render.pictures as render
-from onnx_featviz.attribution.run import CamReport
+from onnx_featviz.attribution.run import CamReport, cam_layer
 from onnx_featviz.attribution.seeds import TargetSpec
-from onnx_featviz.attribution.target_run import backprop
+from onnx_featviz.attribution.target_run import backprop_rows
+from onnx_featviz.errors import InputError
 from onnx_featviz.inspector import Images, Inspector
 from onnx_featviz.io.outputs import Picture, Rendered, file_stem, input_folders
 from onnx_featviz.render import figures
@@ -130,21 +132,92 @@ def cam_to_json(report: CamReport) -> list[dict[str, Any]]:
     return rows
 
 
-def render_backprop(inspector: Inspector, images: Images, method: str,
-                    target: int | str | None = None, *,
-                    score: str | int | None = None, goal: TargetSpec | None = None
-                    ) -> Rendered:
-    """Return one ``<input>/backprop_<method>.png`` per input (see ``Inspector.backprop``)."""
+@dataclass(frozen=True, slots=True)
+class BackpropViews:
+    """Input-gradient views, one row per (input, class rank), image-major.
+
+    ``views``: (R, H, W) saliency or (R, H, W, C) guided views in [0, 1]; ``targets``: (R,)
+    class each row explains (-1 for a target that is not a class); ``image_index``: (R,) input
+    of each row; ``rank``: (R,) 0 for the input's best class, -1 for a given target;
+    ``sources``: where each input came from; ``layer``: the Grad-CAM tensor of
+    ``guided-gradcam`` (None for the other methods).
+    """
+
+    method: str
+    views: NDArray[np.float32]
+    targets: NDArray[np.int64]
+    image_index: NDArray[np.int64]
+    rank: NDArray[np.int64]
+    sources: tuple[str, ...]
+    layer: str | None
+    labels: tuple[str, ...] | None = None
+
+
+def backprop_views(inspector: Inspector, images: Images, method: str,
+                   target: int | str | None = None, *, score: str | int | None = None,
+                   goal: TargetSpec | None = None, layer: str | int | None = None,
+                   explain_top: int = 1) -> BackpropViews:
+    """Compute backprop views (``target_run.backprop``); ``explain_top`` k: one view for each
+    of every input's k best classes (only without ``target``).
+
+    Raises:
+        InputError: ``explain_top`` < 1 or given with ``target``; as ``target_run.backprop``.
+    """
+    if explain_top < 1 or (explain_top > 1 and target is not None):
+        raise InputError(f"explain_top={explain_top} explains each image's best classes; it "
+                         f"must be >= 1 and cannot be combined with target={target!r}")
     batch = inspector.load_batch(images)
-    views = backprop(inspector, batch.array, method, target, score=score, goal=goal)
+    rows = [backprop_rows(inspector, batch.array, method, target, score=score, goal=goal,
+                          layer=layer, rank=r) for r in range(explain_top)]
+    n = len(batch.array)
+    views = np.stack([v for v, _ in rows], axis=1)  # (N, k, ...): image-major rows
+    targets = np.stack([np.full(n, -1, np.int64) if t is None else t for _, t in rows], axis=1)
+    rank = np.tile(np.arange(explain_top, dtype=np.int64), n)
+    return BackpropViews(
+        method, views.reshape((-1, *views.shape[2:])), targets.reshape(-1),
+        np.repeat(np.arange(n, dtype=np.int64), explain_top),
+        rank if target is None else np.full(n, -1, np.int64), tuple(batch.sources),
+        cam_layer(inspector, layer) if method == "guided-gradcam" else None,
+        tuple(inspector.labels) if inspector.labels else None)
+
+
+def draw_backprop(result: BackpropViews) -> Rendered:
+    """Return one ``<input>/backprop_<method>[_top<rank>][_class<index>].png`` per view, and
+    the arrays ``view``, ``target``, ``image`` and ``rank`` (as in ``BackpropViews``)."""
+    folders = input_folders(result.sources)
+    several = int(result.rank.max(initial=0)) > 0
     pictures = []
-    for index, folder in enumerate(input_folders(batch.sources)):
-        pixels = np.round(np.clip(views[index], 0.0, 1.0) * 255).astype(np.uint8)
+    for row, index in enumerate(result.image_index):
+        pixels = np.round(np.clip(result.views[row], 0.0, 1.0) * 255).astype(np.uint8)
         if pixels.ndim == 3 and pixels.shape[-1] != 3:
             pixels = pixels[..., 0]  # one-channel models: guided views are gray
-        image = Image.fromarray(pixels)
-        suffix = f"_class{file_stem(str(target))}" if target is not None else ""
-        pictures.append(Picture(f"{folder}/backprop_{method}{suffix}.png", image, "",
-                                f"{method} view of {batch.sources[index]}"))
-    return Rendered(tuple(pictures), {method: views})
+        target = int(result.targets[row])
+        suffix = f"_top{int(result.rank[row]) + 1}" if several else ""
+        if result.rank[row] < 0 or several:
+            suffix += f"_class{file_stem(str(target))}" if target >= 0 else ""
+        pictures.append(Picture(
+            f"{folders[int(index)]}/backprop_{result.method}{suffix}.png",
+            Image.fromarray(pixels), "",
+            f"{result.method} view of {result.sources[int(index)]}"))
+    return Rendered(tuple(pictures), {"view": result.views, "target": result.targets,
+                                      "image": result.image_index, "rank": result.rank})
 
+
+def render_backprop(inspector: Inspector, images: Images, method: str,
+                    target: int | str | None = None, *,
+                    score: str | int | None = None, goal: TargetSpec | None = None,
+                    layer: str | int | None = None, explain_top: int = 1) -> Rendered:
+    """Draw backprop views (``backprop_views`` then ``draw_backprop``)."""
+    return draw_backprop(backprop_views(inspector, images, method, target, score=score,
+                                        goal=goal, layer=layer, explain_top=explain_top))
+
+
+def backprop_to_json(result: BackpropViews) -> list[dict[str, Any]]:
+    """Return per view: image, method, target (with its label), rank (1 = best class, null
+    for a given target) and the Grad-CAM layer of guided-gradcam."""
+    labels = result.labels or ()
+    return [{"image": result.sources[int(i)], "method": result.method,
+             "target": int(t) if t >= 0 else None,
+             "label": labels[int(t)] if 0 <= t < len(labels) else None,
+             "rank": int(r) + 1 if r >= 0 else None, "layer": result.layer}
+            for i, t, r in zip(result.image_index, result.targets, result.rank, strict=True)]

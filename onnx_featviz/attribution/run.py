@@ -577,10 +577,12 @@ def _pictures(inspector: Inspector, loaded: Batch, nchw: NDArray[np.float32]) ->
 
 
 def backprop(inspector: Inspector, images: Images, method: str, target: int | str | None = None, *,
-             score: str | int | None = None) -> NDArray[np.float32]:
+             score: str | int | None = None, layer: str | int | None = None
+             ) -> NDArray[np.float32]:
     """Return input-space gradient views: ``saliency``, ``guided`` or ``guided-gradcam``.
 
-    ``score`` picks the (N, classes) tensor targets are scored on (see ``CamOptions``).
+    ``score`` picks the (N, classes) tensor targets are scored on (see ``CamOptions``);
+    ``layer`` the Grad-CAM layer of ``guided-gradcam`` (None: ``cam_layer``'s default).
 
     Returns:
         saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1]
@@ -589,26 +591,41 @@ def backprop(inspector: Inspector, images: Images, method: str, target: int | st
     Raises:
         InputError: unknown method, bad target; ModelError: an op without gradient rule.
     """
+    return backprop_rows(inspector, images, method, target, score=score, layer=layer)[0]
+
+
+def backprop_rows(inspector: Inspector, images: Images, method: str,
+                  target: int | str | None = None, *, score: str | int | None = None,
+                  layer: str | int | None = None, rank: int = 0
+                  ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Return ``backprop``'s views and the (N,) class each explains; ``rank`` r > 0 explains
+    each image's (r+1)-th best class (only without ``target``).
+
+    Raises:
+        InputError: as ``backprop``; a rank beyond the classes or given with a target.
+    """
     if method not in BACKPROP_METHODS:
         raise InputError(f"unknown backprop method {method!r}; choose one of "
                          f"{', '.join(BACKPROP_METHODS)}")
     batch = inspector.load_batch(images).array
     score, scores, full = _scores(inspector, batch, score)
-    targets = cams.select_targets(scores, target, labels=inspector.labels)
+    targets = (cams.select_targets(scores, target, labels=inspector.labels) if rank == 0 else
+               cams.select_targets(scores, target, labels=inspector.labels,
+                                   top_k=rank + 1)[:, rank])
     grads = _as_nchw(inspector, _gradients(inspector, batch, score, inspector.spec.name, targets,
                                            full, guided=method != "saliency")[0])
     if method == "saliency":
-        return cam_maps.saliency(grads)
+        return cam_maps.saliency(grads), targets
     if method == "guided-gradcam":
-        layer = cam_layer(inspector, None)
-        lgrad, acts = _gradients(inspector, batch, score, layer, targets, full, keep=[layer])
-        if inspector.info.layout(layer) == "NHWC":
+        tensor = cam_layer(inspector, layer)
+        lgrad, acts = _gradients(inspector, batch, score, tensor, targets, full, keep=[tensor])
+        if inspector.info.layout(tensor) == "NHWC":
             lgrad, acts = np.moveaxis(lgrad, -1, 1), np.moveaxis(acts, -1, 1)
         heat = cams.compute("grad_cam", cams.CamInputs(
             targets=targets, input_size=(grads.shape[2], grads.shape[3]),
             activations=acts, gradients=lgrad)).cam
         grads = cam_maps.guided_grad_cam(grads, heat)
-    return cam_maps.guided_backprop_image(grads)
+    return cam_maps.guided_backprop_image(grads), targets
 
 
 def _class_scores(values: NDArray[np.generic], name: str) -> NDArray[np.float32]:

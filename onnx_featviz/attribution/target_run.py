@@ -368,8 +368,11 @@ def _overlays(inspector: Inspector, loaded: Batch, nchw: NDArray[np.float32],
 
 def backprop(inspector: Inspector, images: Images, method: str,
              target: int | str | None = None, *, score: str | int | None = None,
-             goal: seeding.TargetSpec | None = None) -> NDArray[np.float32]:
+             goal: seeding.TargetSpec | None = None, layer: str | int | None = None
+             ) -> NDArray[np.float32]:
     """Return input-gradient views for any target kind (``run.backprop`` for classes).
+
+    ``layer``: the Grad-CAM layer of ``guided-gradcam`` (None: ``run.cam_layer``'s default).
 
     Returns:
         saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1].
@@ -378,8 +381,26 @@ def backprop(inspector: Inspector, images: Images, method: str,
         InputError: unknown method, bad target, or several rows per image (one detection
             per image: pick it by rank, class or box).
     """
+    return backprop_rows(inspector, images, method, target, score=score, goal=goal,
+                         layer=layer)[0]
+
+
+def backprop_rows(inspector: Inspector, images: Images, method: str,
+                  target: int | str | None = None, *, score: str | int | None = None,
+                  goal: seeding.TargetSpec | None = None, layer: str | int | None = None,
+                  rank: int = 0) -> tuple[NDArray[np.float32], NDArray[np.int64] | None]:
+    """Return ``backprop``'s views and, for classes, the (N,) class each explains (else None);
+    ``rank`` r > 0 explains each image's (r+1)-th best class.
+
+    Raises:
+        InputError: as ``backprop``; ``rank`` > 0 for a target that is not a class.
+    """
     if _classifier_goal(inspector, goal, score):
-        return run.backprop(inspector, images, method, target, score=score)
+        return run.backprop_rows(inspector, images, method, target, score=score, layer=layer,
+                                 rank=rank)
+    if rank:
+        raise InputError(f"explaining the class of rank {rank + 1} needs a classifier score "
+                         "(N, classes); this target is not a class: explain one target")
     if method not in run.BACKPROP_METHODS:
         raise InputError(f"unknown backprop method {method!r}; choose one of "
                          f"{', '.join(run.BACKPROP_METHODS)}")
@@ -393,12 +414,12 @@ def backprop(inspector: Inspector, images: Images, method: str,
                                guided=method != "saliency")
     views = run._as_nchw(inspector, grads[0])
     if method == "saliency":
-        return cam_maps.saliency(views)
+        return cam_maps.saliency(views), None
     if method == "guided-gradcam":
-        layer = run.cam_layer(inspector, None)
-        lgrad, lact = layer_gradients(inspector, batch, found, [layer], extra)
+        tensor = run.cam_layer(inspector, layer)
+        lgrad, lact = layer_gradients(inspector, batch, found, [tensor], extra)
         heat = cams.compute("grad_cam", cams.CamInputs(
             targets=np.zeros(len(batch), np.int64), input_size=(views.shape[2], views.shape[3]),
             activations=lact[0], gradients=lgrad[0])).cam
         views = cam_maps.guided_grad_cam(views, heat)
-    return cam_maps.guided_backprop_image(views)
+    return cam_maps.guided_backprop_image(views), None

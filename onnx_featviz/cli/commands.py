@@ -15,12 +15,12 @@ from onnx_featviz.cli.options import (
     FiniteRange,
     GuardedGroup,
     HeldNotices,
+    channel_option,
     emit_json,
     emit_written,
     json_file_option,
     notice_nonfinite,
     out_dir_option,
-    parse_channels,
     parse_fill,
     parse_size,
     prep_options,
@@ -142,7 +142,8 @@ def predict(model: Path, images: tuple[Path, ...], labels: Path | None, top_k: i
 
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--layer", "layers", multiple=True, help="Conv layer (name, tensor or index); "
+@click.option("--layer", "--layers", "layers", multiple=True,
+              help="Conv layer (name, tensor or index); "
               "repeat for several. Default: every conv layer.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("featviz-out"),
               show_default=True, help="Folder for the PNGs, or a .png file for one layer.")
@@ -184,7 +185,7 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @main.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--layer", "layers", multiple=True,
+@click.option("--layer", "--layers", "layers", multiple=True,
               help="Layer (name, tensor or index); repeat for several.")
 @click.option("--convs", "which", flag_value="convs", help="Every conv layer (default).")
 @click.option("--all", "which", flag_value="all", help="Every layer output (Keras-style).")
@@ -192,7 +193,8 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
               show_default=True, help="Conv output, after its activation, or both side by side.")
 @click.option("--reduce", type=click.Choice(["none", "mean", "max"]), default="none",
               show_default=True, help="Draw the mean or max over channels as one image.")
-@click.option("--channels", callback=parse_channels, help="Channel range, e.g. 0:16 or 5.")
+@channel_option("Channels to draw: an index, a range or a comma list (5, 0:16, 8:, 20,22); "
+                "repeat for several.")
 @click.option("--cmap", help="Matplotlib colormap name (default: viridis; RdBu_r centred on "
               "zero for pre-activation conv outputs).")
 @click.option("--normalize", type=click.Choice(["channel", "layer"]), default="channel",
@@ -208,15 +210,15 @@ def filters(model: Path, layers: tuple[str, ...], out: Path, annotate: bool, cma
 @prep_options
 @reports_errors
 def maps(model: Path, images: tuple[Path, ...], layers: tuple[str, ...], which: str | None,
-         stage: str, reduce: str, channels: slice | None, cmap: str | None, normalize: str,
-         top: int | None, out: Path,
+         stage: str, reduce: str, channels: tuple[slice, ...] | None, cmap: str | None,
+         normalize: str, top: int | None, out: Path,
          save_npz: Path | None, as_json: bool, provider: str, prep: api.PrepOptions) -> None:
     """Draw the feature maps of MODEL for each IMAGE: one grid of channels per layer.
 
     \b
     Examples:
       featviz maps models/mnist_cnn.onnx models/samples/digit_9.png
-      featviz maps model.onnx cat.png --layer conv1 --stage both --channels 0:16
+      featviz maps model.onnx cat.png --layer conv1 --stage both --channel 0:16
       featviz maps model.onnx cat.png --all --reduce mean --cmap magma
       featviz maps model.onnx cat.png --layer conv2 --top 16
     """
@@ -270,7 +272,8 @@ def _target(value: str | None) -> int | str | None:
 @click.option("--method", default="grad_cam", show_default=True,
               help="grad_cam, grad_cam_pp, xgrad_cam, hires_cam, layer_cam, eigen_cam, "
               "score_cam, ablation_cam or occlusion.")
-@click.option("--layer", "layers", multiple=True, help="Target layer (name, tensor, index or "
+@click.option("--layer", "--layers", "layers", multiple=True,
+              help="Target layer (name, tensor, index or "
               "module path such as layer4; token (N, T, C) and channels-last layers too); repeat "
               "for one map per layer plus the fused map. Default: the last block the head's "
               "global pooling reads.")
@@ -354,32 +357,56 @@ def cam(model: Path, images: tuple[Path, ...], method: str, layers: tuple[str, .
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--method", type=click.Choice(list(choices.BACKPROP_METHODS)), default="saliency",
               show_default=True, help="Input-gradient view to draw.")
-@click.option("--target", help="Class index or label name, default top-1; with --score: an "
-              "element index, a multi-index 3,4,5 or 'all'.")
+@click.option("--layer", "--layers", "layers", multiple=True, help="guided-gradcam: the "
+              "Grad-CAM layer (name, tensor, index or module path). Default: the last block "
+              "the head's global pooling reads.")
+@click.option("--target", help="Class index or label name (with --labels), default top-1; "
+              "with --score: an element index, a multi-index 3,4,5 or 'all'.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Class names, one per line (default: the model's metadata).")
+@click.option("--explain-top", type=click.IntRange(min=1), default=1, show_default=True,
+              help="One view for each of every image's K best classes (not with --target).")
 @click.option("--score", help="Tensor or layer scored (default: the logits before a final "
               "Softmax, else the first output).")
 @out_dir_option
+@click.option("--save-npz", type=click.Path(path_type=Path),
+              help="Also save view (N,H,W[,C]), target (N,), image (N,) and rank (N,).")
+@click.option("--json", "as_json", is_flag=True, help="Print paths, targets and labels.")
+@json_file_option
 @target_options
 @provider_option
 @prep_options
 @reports_errors
-def backprop(model: Path, images: tuple[Path, ...], method: str, target: str | None,
-             score: str | None, out: Path, provider: str, prep: api.PrepOptions,
-             goal: api.TargetSpec) -> None:
+def backprop(model: Path, images: tuple[Path, ...], method: str, layers: tuple[str, ...],
+             target: str | None, labels: Path | None, explain_top: int, score: str | None,
+             out: Path, save_npz: Path | None, as_json: bool, provider: str,
+             prep: api.PrepOptions, goal: api.TargetSpec) -> None:
     """Draw input-gradient views of MODEL for each IMAGE (saliency, guided backprop).
 
     \b
     Examples:
       featviz backprop models/mnist_cnn.onnx models/samples/digit_9.png
       featviz backprop squeezenet.onnx cat.png --preset caffe --method guided-gradcam
+      featviz backprop model.onnx cat.png --labels classes.txt --explain-top 3 --json
       featviz backprop yolo.onnx street.png --detection 0
     """
     from onnx_featviz import api
-    refuse_overwrite([model, *images], [out])
-    with api.Inspector(model, provider, prep=prep) as inspector:
-        result = api.render_backprop(inspector, readable_images(inspector, images), method,
-                                     _target(target), score=score, goal=goal)
-    emit_written(api.save_pictures(result.pictures, out), False)
+    from onnx_featviz.attribution import output
+    if len(layers) > 1:
+        raise click.BadParameter(f"guided-gradcam uses one Grad-CAM layer, got {len(layers)}: "
+                                 f"{', '.join(layers)}; give --layer once", param_hint="--layer")
+    refuse_overwrite([model, *images, labels], [out, save_npz])
+    names = api.read_labels(labels) if labels else None
+    with api.Inspector(model, provider, prep=prep, labels=names) as inspector:
+        views = output.backprop_views(
+            inspector, readable_images(inspector, images), method, _target(target),
+            score=score, goal=goal, layer=layers[0] if layers else None,
+            explain_top=explain_top)
+    result = output.draw_backprop(views)
+    written = save_or_mark_partial(lambda: api.save_pictures(
+        result.pictures, out, arrays=result.arrays, npz=save_npz),
+        out, [p.name for p in result.pictures])
+    emit_written(written, as_json, {"images": output.backprop_to_json(views)})
 
 
 from onnx_featviz.cli import audit as cli_audit  # noqa: E402

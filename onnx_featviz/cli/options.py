@@ -111,19 +111,67 @@ def parse_fill(ctx: click.Context, param: click.Parameter, value: str) -> float 
     return number
 
 
-def parse_channels(ctx: click.Context, param: click.Parameter, value: str | None
-              ) -> slice | None:
-    if value is None:
+def parse_channels(ctx: click.Context | None, param: click.Parameter | None,
+                   value: Sequence[str] | str | None) -> tuple[slice, ...] | None:
+    """Parse ``--channel`` values: indices and ranges, comma-separated, repeatable.
+
+    ``5`` is channel 5; ``0:16`` channels 0..15; ``8:`` from 8 to the end; ``20,22`` both.
+
+    Returns:
+        One slice per item, in the order given (None when nothing was given).
+
+    Raises:
+        click.BadParameter: an item that is not an index or a range ``a:b`` with a < b.
+    """
+    texts = [value] if isinstance(value, str) else list(value or ())
+    items = [part for text in texts for part in text.replace(" ", "").split(",") if part]
+    if not items:
         return None
+    return tuple(_channel_item(item) for item in items)
+
+
+def _channel_item(text: str) -> slice:
     try:
-        parts = [int(p) if p else None for p in value.split(":")]
+        parts = [int(p) if p else None for p in text.split(":")]
     except ValueError:
         parts = []
-    if len(parts) == 1 and parts[0] is not None:
+    if len(parts) == 1 and parts[0] is not None and parts[0] >= 0:
         return slice(parts[0], parts[0] + 1)
-    if len(parts) != 2 or any(p is not None and p < 0 for p in parts):
-        raise click.BadParameter(f"{value!r} is not a channel range; use 5 or 0:16 or 8:")
-    return slice(parts[0], parts[1])
+    start, stop = (parts[0] or 0, parts[1]) if len(parts) == 2 else (-1, None)
+    if start < 0 or (stop is not None and stop <= start):
+        raise click.BadParameter(f"{text!r} is not a channel or channel range; use an index "
+                                 "(5), a range (0:16, 8:) or a comma list (20,22)")
+    return slice(start, stop)
+
+
+def channel_option(help_text: str) -> Callable[[F], F]:
+    """Add ``--channel`` (repeatable indices and ranges) and its old spelling ``--channels``,
+    passed together as one ``channels`` argument (a tuple of slices, or None)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, channel: tuple[str, ...], old_channels: tuple[str, ...],
+                    **kwargs: Any) -> Any:
+            if old_channels:
+                logging.getLogger("onnx_featviz.cli").warning(
+                    "--channels is deprecated; use --channel %s (repeatable; indices, ranges "
+                    "and comma lists)", " --channel ".join(old_channels),
+                    extra={"after_success": True})
+            kwargs["channels"] = parse_channels(None, None, (*old_channels, *channel))
+            return fn(*args, **kwargs)
+
+        wrapper = click.option("--channels", "old_channels", multiple=True, hidden=True,
+                               callback=_check_channels)(wrapper)
+        return click.option("--channel", "channel", multiple=True, callback=_check_channels,
+                            metavar="K|A:B|K,L", help=help_text)(wrapper)  # type: ignore
+
+    return decorate
+
+
+def _check_channels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                    ) -> tuple[str, ...]:
+    parse_channels(ctx, param, value)  # a bad value is a usage error before any work
+    return value
 
 
 def provider_option(fn: F) -> F:

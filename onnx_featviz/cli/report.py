@@ -40,7 +40,8 @@ def _split(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--backprop", default="saliency,guided", show_default=True, callback=_split,
               metavar="LIST", help="Backprop views, comma-separated from "
                                    f"{', '.join(choices.BACKPROP_METHODS)} (empty: none).")
-@click.option("--layer", "layers", multiple=True, help="Layer of the feature-map picker (name, "
+@click.option("--layer", "--layers", "layers", multiple=True,
+              help="Layer of the feature-map picker (name, "
               "tensor or index); repeat for several. Default: every conv layer.")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Class names, one per line (default: the model's metadata).")

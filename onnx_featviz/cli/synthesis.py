@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,7 @@ from onnx_featviz.cli.options import (
     CONTEXT,
     SEED,
     FiniteRange,
+    channel_option,
     check_limit,
     emit_written,
     json_file_option,
@@ -44,9 +45,10 @@ def _check_counts(pictures: int, tile: int | None) -> None:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--layer", required=True, help="Layer name, tensor name or index.")
-@click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
-              help="Channel to visualize (repeat for several); default: the first 16.")
+@click.option("--layer", "--layers", "layers", required=True, multiple=True,
+              help="Layer name, tensor name or index; repeat to run each layer in turn.")
+@channel_option("Channels to visualize: an index, a range or a comma list (5, 0:8, 20,22); "
+                "repeat for several. Default: the first 16.")
 @click.option("--objective", type=click.Choice(list(choices.OBJECTIVES)), default="channel",
               show_default=True, help="Maximize a channel's mean, its centre neuron, or the "
               "layer's mean square.")
@@ -72,7 +74,8 @@ def _check_counts(pictures: int, tile: int | None) -> None:
 @provider_option
 @prep_options
 @reports_errors
-def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str, recipe: str,
+def maximize(model: Path, layers: tuple[str, ...], channels: tuple[slice, ...] | None,
+             objective: str, recipe: str,
              steps: int | None, lr: float | None, diversity: float, images: int | None,
              blur: int | None, seed: int, tile: int | None, save_npz: Path | None,
              as_json: bool, out: Path, provider: str, prep: api.PrepOptions) -> None:
@@ -82,33 +85,66 @@ def maximize(model: Path, layer: str, channels: tuple[int, ...], objective: str,
     Examples:
       featviz maximize models/mnist_cnn.onnx --layer conv2 --steps 256
       featviz maximize squeezenet.onnx --preset caffe --layer fire4/concat_1 --channel 3
+      featviz maximize model.onnx --layer conv1 --layer conv2 --channel 0:8
       featviz maximize model.onnx --layer conv3 --recipe pyramid --blur 5 --json
     """
     from onnx_featviz import api
     from onnx_featviz.synthesis import pictures as synthesis_pictures
     from onnx_featviz.synthesis import run as synthesis
     refuse_overwrite([model], [out, save_npz])
-    _check_counts((images or (4 if diversity else 1)) * (len(channels) or 16), tile)
-    options = synthesis.MaximizeOptions(
-        layer, channels=channels or None, objective=objective, recipe=recipe,
+    units = _channel_indices(channels)
+    _check_counts((images or (4 if diversity else 1)) * (len(units) or 16) * len(layers), tile)
+    options = [synthesis.MaximizeOptions(
+        layer, channels=units or None, objective=objective, recipe=recipe,
         steps=steps, seed=seed, lr=lr, diversity=diversity, images=images, blur=blur)
+        for layer in layers]
     synthesis.check_outputs(out, save_npz)
-    with api.Inspector(model, provider, prep=prep) as inspector, \
-            progress_bar("maximize", enabled=not as_json) as bar:
-        result = synthesis.maximize(inspector, options, bar)
-    notice_nonfinite(result.final, "final objectives")
-    rendered = synthesis_pictures.render_maximized(result, tile=tile)
-    written = api.save_pictures(rendered.pictures, out, arrays=rendered.arrays, npz=save_npz)
-    emit_written(written, as_json, {
-        "tensor": result.tensor, "objective": objective, "recipe": recipe,
-        "units": list(result.units), "start": result.start.tolist(),
-        "final": result.final.tolist()})
+    results = []
+    with api.Inspector(model, provider, prep=prep) as inspector:
+        synthesis.layer_tensors(inspector, layers)  # an unknown last layer fails first
+        for opts in options:
+            with progress_bar(f"maximize {opts.layer}", enabled=not as_json) as bar:
+                results.append(synthesis.maximize(inspector, opts, bar))
+    for result in results:
+        notice_nonfinite(result.final, f"final objectives of {result.tensor}")
+    rendered = [synthesis_pictures.render_maximized(r, tile=tile) for r in results]
+    written = api.save_pictures([p for r in rendered for p in r.pictures], out,
+                                arrays=_maximize_arrays(results, rendered), npz=save_npz)
+    emit_written(written, as_json, _maximize_json(results, objective, recipe))
+
+
+def _channel_indices(channels: tuple[slice, ...] | None) -> tuple[int, ...]:
+    """The channel indices of ``--channel`` items (a range needs its end here)."""
+    indices: list[int] = []
+    for item in channels or ():
+        if item.stop is None:
+            raise click.BadParameter(f"channel range {item.start}: has no end; give one, e.g. "
+                                     f"{item.start}:{item.start + 8}", param_hint="--channel")
+        indices += range(item.start or 0, item.stop)
+    return tuple(dict.fromkeys(indices))
+
+
+def _maximize_arrays(results: list[Any], rendered: list[Any]) -> dict[str, Any]:
+    """The arrays to save: as ``render_maximized`` names them for one layer, prefixed with
+    ``<tensor>/`` for several."""
+    if len(rendered) == 1:
+        return dict(rendered[0].arrays)
+    return {f"{r.tensor}/{key}": value for r, drawn in zip(results, rendered, strict=True)
+            for key, value in drawn.arrays.items()}
+
+
+def _maximize_json(results: list[Any], objective: str, recipe: str) -> dict[str, Any]:
+    """One entry per layer under ``layers``; with one layer its fields also at the top."""
+    entries = [{"tensor": r.tensor, "units": list(r.units), "start": r.start.tolist(),
+                "final": r.final.tolist()} for r in results]
+    record: dict[str, Any] = {"objective": objective, "recipe": recipe, "layers": entries}
+    return {**entries[0], **record} if len(entries) == 1 else record
 
 
 @click.command(context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--layer", "layers", required=True, multiple=True,
+@click.option("--layer", "--layers", "layers", required=True, multiple=True,
               help="Layer to invert at (repeat to compare depths).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
               help="Adam steps.")

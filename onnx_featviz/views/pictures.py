@@ -44,9 +44,10 @@ class MapRenderOptions:
     """How ``render_feature_maps`` draws feature maps.
 
     ``stage``: ``"conv"``, ``"act"`` or ``"both"`` (both adds a side-by-side picture);
-    ``reduce``: ``"none"``, ``"mean"`` or ``"max"`` over channels; ``channels``: a slice of
-    channels to draw; ``cmap``: None picks viridis for activations and a diverging map centred on
-    zero for pre-activation conv outputs; ``every_layer``: every node output (Keras-style);
+    ``reduce``: ``"none"``, ``"mean"`` or ``"max"`` over channels; ``channels``: the channels
+    to draw, a slice or a tuple of indices and slices (drawn in that order, repeats dropped);
+    ``cmap``: None picks viridis for activations and a diverging map centred on zero for
+    pre-activation conv outputs; ``every_layer``: every node output (Keras-style);
     ``normalize``: ``"channel"`` or ``"layer"``; ``top``: draw only the ``top`` channels with
     the largest mean activation, largest first; ``bars``: how many values a bar chart of a 1-D
     tensor (flatten, fc, logits) shows, largest first, labelled with class names when the
@@ -55,7 +56,7 @@ class MapRenderOptions:
 
     stage: str = "act"
     reduce: str = "none"
-    channels: slice | None = None
+    channels: slice | tuple[int | slice, ...] | None = None
     cmap: str | None = None
     every_layer: bool = False
     normalize: str = "channel"
@@ -126,7 +127,8 @@ def render_feature_maps(inspector: Inspector, images: Images,
 
     Returns:
         Pictures named ``<input>/<tensor><options>.png``, where ``<options>`` names what changes
-        the picture: ``_ch<a>-<b>`` (channels ``a..b-1``; ``_ch<a>`` for one), ``_top<K>``,
+        the picture: ``_ch<items>`` (items joined by ``+``: ``5`` for one channel, ``a-b`` for
+        channels ``a..b-1``, ``a-end``; e.g. ``_ch5+0-16+20+22``), ``_top<K>``,
         ``_<reduce>``, ``_layer-scaled``; and ``<input>/<layer>_before_after.png`` for stage
         ``both``; ``io.outputs.file_stem`` makes any name safe. Arrays keyed by tensor name
         exactly as the model computed them, with each tensor's layout (an ``NHWC`` tensor is
@@ -173,9 +175,7 @@ def _map_suffix(opts: MapRenderOptions, bars: bool) -> str:
     if opts.reduce != "none":
         parts.append(opts.reduce)
     elif opts.channels is not None:
-        start, stop = opts.channels.start or 0, opts.channels.stop
-        parts.append(f"ch{start}" if stop == start + 1 else
-                     f"ch{start}-{'end' if stop is None else stop}")
+        parts.append("ch" + "+".join(_channel_text(c, "-", "end") for c in _items(opts)))
     if opts.top is not None and opts.reduce == "none":
         parts.append(f"top{opts.top}")
     if opts.normalize != "channel" and opts.reduce == "none":
@@ -216,14 +216,14 @@ def _map_picture(inspector: Inspector, tensor: str, value: NDArray[np.generic],
             cmap=cmap, symmetric=pre_activation, labels=False, colorbar=True, mode="layer",
             min_tile=224, title=title, shape=tuple(value.shape)))
         return _MapPicture(image, title, f"{opts.reduce} over channels")
-    start = _check_channels(opts.channels, len(maps), tensor)
-    chosen = np.arange(len(maps))[opts.channels] if opts.channels else np.arange(len(maps))
+    chosen = _chosen_channels(opts, len(maps), tensor)
     if opts.top is not None:
         means = maps[chosen].reshape(len(chosen), -1).mean(axis=1)
         chosen = chosen[np.argsort(-means, kind="stable")[: opts.top]]
         title = f"{title}  top {len(chosen)} of {len(maps)} channels by mean"
     elif len(chosen) < len(maps):
-        title = f"{title}  channels {start}..{chosen[-1]} of {len(maps)}"
+        shown = ", ".join(_channel_text(c, "..", str(len(maps) - 1), 1) for c in _items(opts))
+        title = f"{title}  channels {shown} of {len(maps)}"
     image = render.tile_grid(maps[chosen], render.GridOptions(
         cmap=cmap, symmetric=pre_activation, mode=opts.normalize,
         label_texts=tuple(str(c) for c in chosen), colorbar=True, title=title,
@@ -244,15 +244,39 @@ def _bars(inspector: Inspector, values: NDArray[np.float32], title: str,
                        f"{len(values)} values", bars=True)
 
 
-def _check_channels(channels: slice | None, count: int, tensor: str) -> int:
-    if channels is None:
-        return 0
-    start = channels.start or 0
-    stop = count if channels.stop is None else channels.stop
-    if start >= count or stop > count or stop <= start:
-        raise InputError(f"channel range {start}:{stop} does not fit tensor {tensor!r}, which "
-                         f"has {count} channels (0..{count - 1}); choose a range inside it")
-    return start
+def _items(opts: MapRenderOptions) -> tuple[slice, ...]:
+    """``opts.channels`` as a tuple of slices (an index ``k`` is ``k:k+1``)."""
+    given = opts.channels
+    items = (given,) if isinstance(given, slice) else tuple(given or ())
+    return tuple(c if isinstance(c, slice) else slice(int(c), int(c) + 1) for c in items)
+
+
+def _channel_text(item: slice, dash: str, end: str, last: int = 0) -> str:
+    """``5`` for one channel, else ``a<dash>b`` (b exclusive, or inclusive with last=1)."""
+    start = item.start or 0
+    if item.stop == start + 1:
+        return str(start)
+    return f"{start}{dash}{end if item.stop is None else item.stop - last}"
+
+
+def _chosen_channels(opts: MapRenderOptions, count: int, tensor: str) -> NDArray[np.int64]:
+    """The channel indices ``opts.channels`` names, in order, without repeats.
+
+    Raises:
+        InputError: an index or range outside the tensor's ``count`` channels.
+    """
+    if opts.channels is None:
+        return np.arange(count, dtype=np.int64)
+    chosen: list[int] = []
+    for item in _items(opts):
+        start = item.start or 0
+        stop = count if item.stop is None else item.stop
+        if start < 0 or start >= count or stop > count or stop <= start:
+            raise InputError(f"channel {_channel_text(item, ':', '')} does not fit tensor "
+                             f"{tensor!r}, which has {count} channels (0..{count - 1}); "
+                             "choose channels inside it")
+        chosen += range(start, stop)
+    return np.asarray(list(dict.fromkeys(chosen)), np.int64)
 
 
 def _before_after(inspector: Inspector, grids: Mapping[str, Image.Image],
