@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-import onnx_featviz.attribution.run as attribution_run
 import onnx_featviz.attribution.target_run as target_run
 import onnx_featviz.audit.stats as audit_stats
 import onnx_featviz.inspector as inspection
+from onnx_featviz.attribution import layers as cam_layers
 from onnx_featviz.attribution.detection import FORMATS as DETECTION_FORMATS
 from onnx_featviz.attribution.detection import DetectionOptions
 from onnx_featviz.attribution.output import cam_to_json, render_backprop, render_cam
@@ -41,14 +41,13 @@ from onnx_featviz.inspector import (
     STAGES,
     Batch,
     Images,
-    ImageSource,
     ModelSource,
     PrepOptions,
     expand_images,
     load_model,
-    plan_groups,
     read_labels,
 )
+from onnx_featviz.io.batches import ImageSource, plan_groups
 from onnx_featviz.io.data import open_data
 from onnx_featviz.io.outputs import Picture, Rendered, manifest, save_pictures
 from onnx_featviz.render.text import format_predictions, format_summary, predictions_to_json
@@ -97,11 +96,11 @@ class Inspector(inspection.Inspector):
 
     def cam_layer(self, layer: str | int | None = None) -> str:
         """Return the tensor a CAM uses (``attribution.run.cam_layer``)."""
-        return attribution_run.cam_layer(self, layer)
+        return cam_layers.cam_layer(self, layer)
 
     def score_tensor(self, score: str | int | None = None) -> str:
         """Return the tensor CAM targets are scored on (``attribution.run.score_tensor``)."""
-        return attribution_run.score_tensor(self, score)
+        return cam_layers.score_tensor(self, score)
 
     def stats(self, images: Images, layers: Sequence[str | int] | None = None, *,
               stage: str = "conv") -> dict[str, ChannelStats]:

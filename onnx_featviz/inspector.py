@@ -25,6 +25,16 @@ import onnx_featviz.io.preprocess as preprocess
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import reductions
+from onnx_featviz.io import external as model_files
+from onnx_featviz.io.batches import (
+    ImageSource,
+    _plan_passes,
+    _sample_bytes,
+    _to_host,
+    load_images,
+    plan_groups,
+    row_sources,
+)
 from onnx_featviz.render import notebook
 from onnx_featviz.structs import (
     META_LABELS,
@@ -39,22 +49,33 @@ from onnx_featviz.structs import (
 ModelSource = str | Path | bytes | onnx.ModelProto
 
 
-ImageSource = str | Path | Image.Image
 
 
 Images = Sequence[ImageSource] | NDArray[np.generic] | ImageSource
 
 
 STAGES = ("conv", "act", "both")
+
+
 #: Largest probe batch ``Inspector.info`` runs to find missing shapes (values, any dtype).
 _MAX_EXAMPLE_ELEMENTS = 2**27
+
+
 log = logging.getLogger(__name__)
+
+
 #: A model file with more external data than this keeps its large tensors on disk: onnxruntime
 #: reads them for every session (plain or rewritten), so no rewrite copies the weights.
 KEEP_EXTERNAL_MODEL_BYTES = 64 * 2**20
+
+
 #: External tensors up to this size (shapes, scales, biases) are loaded into memory anyway.
 KEEP_EXTERNAL_TENSOR_BYTES = 2**20
+
+
 _T = TypeVar("_T")
+
+
 _I = TypeVar("_I", bound="Inspector")
 
 
@@ -90,7 +111,7 @@ def load_model(model: ModelSource) -> onnx.ModelProto:
     """Return a ``ModelProto`` for a path, serialized bytes or a proto (never modified)."""
     if isinstance(model, onnx.ModelProto):
         return model
-    return fileio.load_model(model)
+    return model_files.load_model(model)
 
 
 class Inspector:
@@ -118,8 +139,7 @@ class Inspector:
         if transfer not in ("float32", "float16"):
             raise InputError(f"unknown transfer dtype {transfer!r}; choose float32 or float16")
         self.model_path = Path(model) if isinstance(model, str | Path) else None
-        self.external_folder: Path | None = None
-        self.model = self._load(model)
+        self.model, self.external_folder = _load_for_sessions(model, self.model_path)
         self.name = name or (f"model {Path(model).name}" if isinstance(model, str | Path)
                              else "the model")
         self.transfer = transfer
@@ -135,18 +155,6 @@ class Inspector:
         self._sessions: dict[Hashable, Any] = {}
         self._info: ModelInfo | None = None
         runtime.resolve_providers(provider)
-
-    def _load(self, model: ModelSource) -> onnx.ModelProto:
-        """Load the model; a file with much external data keeps its large tensors on disk."""
-        if self.model_path is None:
-            return load_model(model)
-        proto = fileio.load_model(self.model_path,
-                                  keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
-        if fileio.external_total(proto) > KEEP_EXTERNAL_MODEL_BYTES:
-            self.external_folder = self.model_path.absolute().parent.resolve()
-        else:
-            fileio.load_external(proto, self.model_path)  # our own fresh proto
-        return proto
 
     def __enter__(self: _I) -> _I:
         return self
@@ -199,11 +207,11 @@ class Inspector:
     def info(self) -> ModelInfo:
         """The layer catalog; shapes inference cannot give come from one real run."""
         if self._info is None:
-            info = self._read_catalog()
+            info = _read_catalog(self)
             missing = [lay.output for lay in info.layers if lay.exposable and lay.shape is None
                        and lay.output]
             if missing:
-                info = self._fill_shapes(missing)
+                info = _fill_shapes(self, missing)
             self._info = info
         return self._info
 
@@ -215,37 +223,6 @@ class Inspector:
     def layer(self, name: str | int) -> Layer:
         """Return a layer by node name, output tensor name or index (close matches on error)."""
         return self.info.layer(name)
-
-    def _read_catalog(self, **given: Mapping[str, Any]) -> ModelInfo:
-        """Read the catalog; symbolic input dims are fixed to the example input on a copy.
-
-        With dynamic batch, height or width, shape inference on a copy whose input has the
-        concrete size the inspector feeds gives every layer concrete dims (layer choice and
-        spatial checks need them); the inputs keep their declared symbolic shape.
-        """
-        declared = catalog.read_catalog(self.model, **given)
-        if all(isinstance(d, int) for d in self.spec.shape) or not self.spec.shape:
-            return declared
-        example = _example_shape(self.spec, self.preprocessing)
-        concrete = catalog.read_catalog(
-            rewrite.fix_input_shape(self.model, self.spec.name, example), **given)
-        return replace(concrete, inputs=declared.inputs)
-
-    def _fill_shapes(self, tensors: list[str]) -> ModelInfo:
-        shape = _example_shape(self.spec, self.preprocessing)
-        if int(np.prod(shape, dtype=np.float64)) > _MAX_EXAMPLE_ELEMENTS:
-            # a declared dim such as 10**9 would make the probe batch terabytes big
-            log.warning("not running the model to find shapes: its input %s would need %s "
-                        "values", self.spec.name, shape)
-            return catalog.read_catalog(self.model)
-        batch = np.zeros(shape, self.spec.dtype)
-        try:
-            values = self.run(batch, tensors)
-        except (ModelError, InputError):
-            return self._read_catalog()
-        shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
-        dtypes = {k: str(v.dtype) for k, v in values.items()}
-        return self._read_catalog(shapes=shapes, dtypes=dtypes)
 
     # -- inputs --------------------------------------------------------------------------
     def load_batch(self, images: Images) -> Batch:
@@ -263,14 +240,7 @@ class Inspector:
         items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         if not items:
             raise InputError("no images were given; pass at least one image path or array")
-        arrays, pics, originals = [], [], []
-        sources: list[str] = []
-        for item in items:
-            for source, array, pic in _load_item(item, self.spec, self.preprocessing):
-                arrays.append(array)
-                sources.extend(row_sources(source, len(array)))
-                pics.extend([pic[0]] if pic is not None else [])
-                originals.extend([pic[1]] if pic is not None else [])
+        arrays, sources, pics, originals = load_images(items, self.spec, self.preprocessing)
         if pics and self._assumed:
             self._assumed = False  # say it once per inspector
             log.warning("model input %r has no preprocessing metadata and none was given: "
@@ -331,8 +301,7 @@ class Inspector:
         output = self.info.outputs[0].name
         scores = self.session().run({self.spec.name: loaded.array}, [output],
                                     max_batch=self.max_batch)[output]
-        flat = np.asarray(scores, np.float64).reshape(len(scores), -1)
-        probs, applied = as_probabilities(flat)
+        probs, applied = as_probabilities(np.asarray(scores, np.float64).reshape(len(scores), -1))
         return [prediction(self.labels, src, output, row, top_k, applied)
                 for src, row in zip(loaded.sources, probs, strict=True)]
 
@@ -344,21 +313,7 @@ class Inspector:
             layers: node names, tensor names or indices; None for all conv layers.
             stage: ``"conv"`` (the layer's output), ``"act"`` (its activation) or ``"both"``.
         """
-        if stage not in STAGES:
-            raise InputError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-        chosen = self.info.conv_layers if layers is None else [self.layer(n) for n in layers]
-        if layers is None and not chosen:
-            raise InputError("the model has no conv layers; name layers explicitly "
-                             "(all names are in ModelInfo.layers)")
-        named = [None] * len(chosen) if layers is None else [
-            module_tensor(self.info, n) for n in layers]
-        tensors: list[str] = []
-        for lay, module in zip(chosen, named, strict=True):
-            check_exposable(lay)
-            for tensor in [module] if module else stage_tensors(lay, stage):
-                if tensor not in tensors:
-                    tensors.append(tensor)
-        return tensors
+        return layer_tensors(self.info, layers, stage)
 
     def activations(self, images: Images, layers: Sequence[str | int] | None = None, *,
                     stage: str = "conv", float32: bool = True,
@@ -410,60 +365,13 @@ class Inspector:
                 values = self.run(batch[rows], group)
                 yield rows, {t: _to_host(values[t], float32) for t in group}
             return
-        for group, chunks in plan_groups(plan):
-            with self.open_session(rewrite.expose_tensors(self.model, group)) as s:
-                wanted = [exposed_name(s, t) for t in group]
-                for rows in chunks:
-                    values = s.run({self.spec.name: batch[rows]}, wanted)
-                    yield rows, {t: _to_host(values[w], float32)
-                                 for t, w in zip(group, wanted, strict=True)}
+        yield from _stream_groups(self, batch, plan, float32)
 
     def filters(self, layer: str | int) -> weights.Filters:
         """Return the float32 filters ``(O, I/groups, kH, kW)`` and bias of a conv layer."""
         if self.external_folder is not None and self.model_path is not None:
-            return weights.read_filters(fileio.load_model(self.model_path), self.layer(layer))
+            return weights.read_filters(model_files.load_model(self.model_path), self.layer(layer))
         return weights.read_filters(self.model, self.layer(layer))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def _load_item(item: ImageSource, spec: InputSpec, prep: Preprocessing
-               ) -> Iterator[tuple[str, NDArray[np.generic],
-                                   tuple[Image.Image, Image.Image] | None]]:
-    """Yield (source, model-ready rows, (display picture, original) or None) per image."""
-    if isinstance(item, Image.Image):
-        yield ("image", preprocess.images_to_batch([item], spec, prep),
-               (preprocess.display_image(item, spec, prep), item))
-        return
-    path = Path(item)
-    if path.is_dir():  # every image below it, as the command line takes folders
-        for image_path in fileio.list_images(path):
-            yield from _load_item(image_path, spec, prep)
-        return
-    if path.suffix.lower() in (".npy", ".npz"):
-        for key, array in fileio.load_array_file(path).items():
-            yield f"{path}:{key}", preprocess.check_batch(array, spec), None
-        return
-    image = fileio.load_image(path)
-    yield (str(path), preprocess.images_to_batch([image], spec, prep),
-           (preprocess.display_image(image, spec, prep), image))
 
 
 def prediction(labels: Sequence[str] | None, source: str, output: str,
@@ -475,26 +383,9 @@ def prediction(labels: Sequence[str] | None, source: str, output: str,
     return Prediction(source, output, top, applied)
 
 
-def _sample_bytes(info: ModelInfo, tensors: Sequence[str]) -> dict[str, int]:
-    """Bytes one sample of each tensor takes as float32 (0 where a dim is unknown)."""
-    out = {}
-    for tensor in tensors:
-        lay = info.layer(tensor)
-        shape = lay.shape if tensor == lay.output else None
-        known = [d for d in (shape or ())[1:] if isinstance(d, int)]
-        out[tensor] = int(np.prod(known)) * 4 if shape and len(known) == len(shape) - 1 else 0
-    return out
-
-
 def expand_images(paths: Sequence[Path]) -> list[Path]:
     """Return the image files named by ``paths`` (folders searched recursively)."""
     return [image for path in paths for image in fileio.list_images(path)]
-
-
-
-
-
-
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -555,11 +446,6 @@ def _example_shape(spec: InputSpec, prep: Preprocessing) -> tuple[int, ...]:
     return (1, spec.channels, h, w)
 
 
-def row_sources(source: str, rows: int) -> tuple[str, ...]:
-    """One source name per batch row: ``source`` itself, or ``source[i]`` for several rows."""
-    return (source,) if rows == 1 else tuple(f"{source}[{i}]" for i in range(rows))
-
-
 def exposed_name(session: runtime.Session, tensor: str) -> str:
     for name in (rewrite.dequantized_name(tensor), rewrite.float16_name(tensor)):
         if name in session.output_names:
@@ -610,51 +496,83 @@ def as_probabilities(scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], 
     return shifted / shifted.sum(axis=1, keepdims=True), True
 
 
-def _to_host(value: NDArray[np.generic], float32: bool) -> NDArray[np.generic]:
-    if float32 and value.dtype == np.float16:
-        return value.astype(np.float32)
-    return value
-
-
-def _plan_passes(tensors: Sequence[str], sizes: Mapping[str, int], total: int,
-                 max_bytes: int | None, max_batch: int | None
-                 ) -> list[tuple[slice, list[str]]]:
-    """Split rows into chunks (and, if one sample is too big, tensors into groups).
+def _load_for_sessions(model: ModelSource, path: Path | None
+                       ) -> tuple[onnx.ModelProto, Path | None]:
+    """Load the model; a file with much external data keeps its large tensors on disk.
 
     Returns:
-        ``(rows, tensors)`` passes, group-major, each producing at most ``max_bytes`` when a
-        single sample of a single tensor fits in it.
+        The proto and the folder sessions read the kept tensors from (None: all loaded).
     """
-    step = max_batch or total or 1
-    # A pass briefly holds its outputs twice: onnxruntime's buffers and the arrays returned.
-    per_sample = 2 * sum(sizes.values())
-    if not max_bytes or per_sample <= max_bytes:
-        if max_bytes and per_sample:
-            step = max(1, min(step, max_bytes // per_sample))
-        return [(slice(i, i + step), list(tensors)) for i in range(0, total, step)]
-    groups: list[list[str]] = []
-    used = max_bytes + 1
-    for tensor in tensors:
-        if used + 2 * sizes[tensor] > max_bytes:
-            groups.append([])
-            used = 0
-        groups[-1].append(tensor)
-        used += 2 * sizes[tensor]
-    return [(slice(i, i + 1), g) for g in groups for i in range(total)]
+    if path is None:
+        return load_model(model), None
+    proto = model_files.load_model(path, keep_external_over=KEEP_EXTERNAL_TENSOR_BYTES)
+    if model_files.external_total(proto) > KEEP_EXTERNAL_MODEL_BYTES:
+        return proto, path.absolute().parent.resolve()
+    model_files.load_external(proto, path)  # our own fresh proto
+    return proto, None
 
 
-def plan_groups(plan: Sequence[tuple[slice, list[str]]]) -> list[tuple[list[str], list[slice]]]:
-    """Regroup a group-major pass plan as ``(tensors, [row slices])`` pairs."""
-    out: list[tuple[list[str], list[slice]]] = []
-    for rows, group in plan:
-        if not out or out[-1][0] != group:
-            out.append((group, []))
-        out[-1][1].append(rows)
-    return out
+def _read_catalog(inspector: Inspector, **given: Mapping[str, Any]) -> ModelInfo:
+    """Read the catalog; symbolic input dims are fixed to the example input on a copy.
+
+    With dynamic batch, height or width, shape inference on a copy whose input has the
+    concrete size the inspector feeds gives every layer concrete dims (layer choice and
+    spatial checks need them); the inputs keep their declared symbolic shape.
+    """
+    model, spec = inspector.model, inspector.spec
+    declared = catalog.read_catalog(model, **given)
+    if all(isinstance(d, int) for d in spec.shape) or not spec.shape:
+        return declared
+    example = _example_shape(spec, inspector.preprocessing)
+    concrete = catalog.read_catalog(rewrite.fix_input_shape(model, spec.name, example), **given)
+    return replace(concrete, inputs=declared.inputs)
 
 
+def layer_tensors(info: ModelInfo, layers: Sequence[str | int] | None, stage: str
+                  ) -> list[str]:
+    """Tensors of ``layers`` (module paths too; default: every conv layer) for a stage."""
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    chosen = info.conv_layers if layers is None else [info.layer(n) for n in layers]
+    if layers is None and not chosen:
+        raise InputError("the model has no conv layers; name layers explicitly "
+                         "(all names are in ModelInfo.layers)")
+    named = [None] * len(chosen) if layers is None else [module_tensor(info, n) for n in layers]
+    tensors: list[str] = []
+    for lay, module in zip(chosen, named, strict=True):
+        check_exposable(lay)
+        for tensor in [module] if module else stage_tensors(lay, stage):
+            if tensor not in tensors:
+                tensors.append(tensor)
+    return tensors
 
 
+def _stream_groups(inspector: Inspector, batch: NDArray[np.generic],
+                   plan: Sequence[tuple[slice, list[str]]], float32: bool
+                   ) -> Iterator[tuple[slice, dict[str, NDArray[np.generic]]]]:
+    """Run each group of tensors in its own short-lived session, chunk by chunk."""
+    for group, chunks in plan_groups(plan):
+        with inspector.open_session(rewrite.expose_tensors(inspector.model, group)) as s:
+            wanted = [exposed_name(s, t) for t in group]
+            for rows in chunks:
+                values = s.run({inspector.spec.name: batch[rows]}, wanted)
+                yield rows, {t: _to_host(values[w], float32)
+                             for t, w in zip(group, wanted, strict=True)}
 
 
-
+def _fill_shapes(inspector: Inspector, tensors: list[str]) -> ModelInfo:
+    """Catalog with the shapes one zero-input run gives (inference could not)."""
+    shape = _example_shape(inspector.spec, inspector.preprocessing)
+    if int(np.prod(shape, dtype=np.float64)) > _MAX_EXAMPLE_ELEMENTS:
+        # a declared dim such as 10**9 would make the probe batch terabytes big
+        log.warning("not running the model to find shapes: its input %s would need %s "
+                    "values", inspector.spec.name, shape)
+        return catalog.read_catalog(inspector.model)
+    batch = np.zeros(shape, inspector.spec.dtype)
+    try:
+        values = inspector.run(batch, tensors)
+    except (ModelError, InputError):
+        return _read_catalog(inspector)
+    shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
+    dtypes = {k: str(v.dtype) for k, v in values.items()}
+    return _read_catalog(inspector, shapes=shapes, dtypes=dtypes)

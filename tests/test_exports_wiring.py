@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnx_featviz import api, runtime
-from onnx_featviz.attribution.run import cam_layer
+from onnx_featviz.attribution.layers import cam_layer
 from onnx_featviz.errors import LayerNotFoundError, ModelError
 from tests.conftest import run
 from tests.conftest_zoo import ZooExport, zoo_export_fixture  # noqa: F401

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import external as model_files
 from onnx_featviz.io import files as fileio
 from tests import graphs
 
@@ -51,9 +52,9 @@ def test_load_model_from_path_and_bytes_equal_the_original(tmp_path: Path) -> No
     data = model.SerializeToString()
     path = tmp_path / "m.onnx"
     path.write_bytes(data)
-    assert fileio.load_model(path).SerializeToString() == data
-    assert fileio.load_model(str(path)).SerializeToString() == data
-    assert fileio.load_model(data).SerializeToString() == data
+    assert model_files.load_model(path).SerializeToString() == data
+    assert model_files.load_model(str(path)).SerializeToString() == data
+    assert model_files.load_model(data).SerializeToString() == data
     assert path.read_bytes() == data
 
 
@@ -64,7 +65,7 @@ def test_load_model_external_data_from_another_cwd(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    model = fileio.load_model(path)
+    model = model_files.load_model(path)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     np.testing.assert_array_equal(weights["w"], np.ones((1, 1, 3, 3), np.float32))
     np.testing.assert_array_equal(weights["b"], np.zeros((1,), np.float32))
@@ -78,7 +79,7 @@ def test_load_model_relative_path_with_external_data(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _external_model(tmp_path / "models")
     monkeypatch.chdir(tmp_path)
-    model = fileio.load_model(Path("models") / "model.onnx")
+    model = model_files.load_model(Path("models") / "model.onnx")
     assert len(model.graph.initializer) == 2
 
 
@@ -100,7 +101,7 @@ def test_load_model_refuses_non_models(tmp_path: Path, name: str, content: bytes
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(ModelError, match="export") as info:
-        fileio.load_model(path)
+        model_files.load_model(path)
     assert expected in str(info.value)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
@@ -109,26 +110,26 @@ def test_load_model_refuses_non_models(tmp_path: Path, name: str, content: bytes
 
 def test_load_model_missing_path_and_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"does not exist; check the path"):
-        fileio.load_model(tmp_path / "nope.onnx")
+        model_files.load_model(tmp_path / "nope.onnx")
     (tmp_path / "a.onnx").write_bytes(b"x")
     with pytest.raises(ModelError, match=r"is a folder \(it holds a.onnx\); give the .onnx file"):
-        fileio.load_model(tmp_path)
+        model_files.load_model(tmp_path)
 
 
 def test_load_model_refuses_graphless_and_truncated_after_graph() -> None:
     with pytest.raises(ModelError, match="no graph or no nodes"):
-        fileio.load_model(onnx.ModelProto(ir_version=8).SerializeToString())
+        model_files.load_model(onnx.ModelProto(ir_version=8).SerializeToString())
     model = graphs.conv_relu()
     del model.opset_import[:]  # what a cut right after the graph field leaves
     with pytest.raises(ModelError, match="incomplete ONNX model.*0 opset imports"):
-        fileio.load_model(model.SerializeToString())
+        model_files.load_model(model.SerializeToString())
 
 
 def test_load_model_missing_external_file_names_it_and_the_folder(tmp_path: Path) -> None:
     path = _external_model(tmp_path)
     (tmp_path / "w.bin").unlink()
     with pytest.raises(ModelError) as info:
-        fileio.load_model(path)
+        model_files.load_model(path)
     message = str(info.value)
     assert "'w.bin'" in message and str(tmp_path) in message and "copy it beside" in message
 
@@ -138,10 +139,10 @@ def test_load_model_refuses_external_data_outside_its_folder(tmp_path: Path) -> 
     shutil.copy(tmp_path / "models" / "w.bin", tmp_path / "x.bin")
     _relocate(path, "../x.bin")
     with pytest.raises(ModelError, match=r"outside the model's folder .*move the data file"):
-        fileio.load_model(path)
+        model_files.load_model(path)
     _relocate(path, str(tmp_path / "x.bin"))
     with pytest.raises(ModelError, match=r"absolute path .*only files inside"):
-        fileio.load_model(path)
+        model_files.load_model(path)
 
 
 def test_load_model_refuses_symlink_escaping_its_folder(tmp_path: Path) -> None:
@@ -149,7 +150,7 @@ def test_load_model_refuses_symlink_escaping_its_folder(tmp_path: Path) -> None:
     shutil.move(tmp_path / "models" / "w.bin", tmp_path / "w.bin")
     (tmp_path / "models" / "w.bin").symlink_to(tmp_path / "w.bin")
     with pytest.raises(ModelError, match="outside the model's folder"):
-        fileio.load_model(path)
+        model_files.load_model(path)
 
 
 def test_load_model_refuses_truncated_external_file(tmp_path: Path) -> None:
@@ -157,13 +158,13 @@ def test_load_model_refuses_truncated_external_file(tmp_path: Path) -> None:
     data_file = tmp_path / "w.bin"
     data_file.write_bytes(data_file.read_bytes()[:10])
     with pytest.raises(ModelError, match="the file is truncated; copy it again"):
-        fileio.load_model(path)
+        model_files.load_model(path)
 
 
 def test_load_model_bytes_with_external_data_is_refused(tmp_path: Path) -> None:
     path = _external_model(tmp_path)
     with pytest.raises(ModelError, match="load the model from its file path"):
-        fileio.load_model(path.read_bytes())
+        model_files.load_model(path.read_bytes())
 
 
 @pytest.mark.slow
@@ -185,9 +186,9 @@ def test_load_and_save_model_over_2gb(tmp_path: Path) -> None:
     model_path.write_bytes(onnx.helper.make_model(
         graph, opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8
     ).SerializeToString())
-    model = fileio.load_model(model_path)
+    model = model_files.load_model(model_path)
     assert len(model.graph.initializer[0].raw_data) == count * 4 > 2**31
-    fileio.save_model(model, tmp_path / "out" / "copy.onnx")
+    model_files.save_model(model, tmp_path / "out" / "copy.onnx")
     assert (tmp_path / "out" / "copy.onnx").stat().st_size < 2**20
     assert (tmp_path / "out" / "copy.onnx.data").stat().st_size >= count * 4
     assert len(model.graph.initializer[0].raw_data) == count * 4  # caller's model untouched
@@ -197,7 +198,7 @@ def test_load_and_save_model_over_2gb(tmp_path: Path) -> None:
 def test_save_model_small_round_trip(tmp_path: Path) -> None:
     model = graphs.conv_relu()
     data = model.SerializeToString()
-    fileio.save_model(model, tmp_path / "out.onnx")
+    model_files.save_model(model, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").read_bytes() == data
     assert _files(tmp_path) == ["out.onnx"]
 
@@ -209,11 +210,11 @@ def test_save_model_with_external_data_when_over_the_limit(
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
     before = model.SerializeToString()
     monkeypatch.setattr(fileio, "_PROTO_LIMIT", 1000)
-    fileio.save_model(model, tmp_path / "big.onnx")
+    model_files.save_model(model, tmp_path / "big.onnx")
     assert model.SerializeToString() == before
     assert _files(tmp_path) == ["big.onnx", "big.onnx.data"]
     assert (tmp_path / "big.onnx").stat().st_size < 1000
-    loaded = fileio.load_model(tmp_path / "big.onnx")
+    loaded = model_files.load_model(tmp_path / "big.onnx")
     np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[0]), weight)
     np.testing.assert_array_equal(numpy_helper.to_array(loaded.graph.initializer[1]),
                                   np.zeros(1, np.float32))
@@ -418,7 +419,7 @@ def test_savers_refuse_unwritable_paths(tmp_path: Path) -> None:
         lambda: fileio.save_npz({"a": np.zeros(1)}, blocker / "a.npz"),
         lambda: fileio.save_json({}, blocker / "a.json"),
         lambda: fileio.save_bytes(b"x", blocker / "a.bin"),
-        lambda: fileio.save_model(graphs.conv_relu(), blocker / "m.onnx"),
+        lambda: model_files.save_model(graphs.conv_relu(), blocker / "m.onnx"),
         lambda: fileio.save_bytes(b"x", tmp_path),  # a folder
     ]
     for save in savers:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from onnx_featviz import api
 from onnx_featviz.errors import FeatvizError, InputError, ModelError
+from onnx_featviz.io import external as model_files
 from onnx_featviz.io import files as fileio
 from tests.conftest import run
 from tools import fuzz_cases as fc
@@ -156,7 +157,7 @@ def test_non_utf8_strings_are_a_model_error(field: str, case_dir: Path) -> None:
     data = model.SerializeToString().replace(marker.encode(), b"\xff\xfe\xc3\x28abcd")
     path = _save(model, case_dir, data)
     with pytest.raises(ModelError, match="not UTF-8"):
-        fileio.load_model(path)
+        model_files.load_model(path)
     result = run("info", path)
     assert result.exit_code == 1 and "not UTF-8" in result.output
 
@@ -177,7 +178,7 @@ def test_external_data_symlink_loop_is_a_model_error(case_dir: Path) -> None:
     os.symlink("loop.bin", case_dir / "loop.bin")
     path = _external(case_dir, "loop.bin")
     with pytest.raises(ModelError, match="loop.bin"):
-        fileio.load_model(path)
+        model_files.load_model(path)
     assert run("info", path).exit_code == 1
 
 
@@ -192,12 +193,12 @@ def test_external_data_that_is_no_regular_file_is_refused(kind: str, case_dir: P
         target.mkdir()
     path = _external(case_dir, "data.bin")
     with fc.guarded(10, _GIB), pytest.raises(ModelError, match="not a regular file|outside"):
-        fileio.load_model(path)
+        model_files.load_model(path)
 
 
 def test_negative_external_offset_is_a_model_error(case_dir: Path) -> None:
     with pytest.raises(ModelError, match="negative external offset -1"):
-        fileio.load_model(_external(case_dir, "weights.bin", offset="-1"))
+        model_files.load_model(_external(case_dir, "weights.bin", offset="-1"))
 
 
 def test_huge_declared_input_skips_the_shape_probe(case_dir: Path) -> None:
@@ -248,7 +249,7 @@ def _special(kind: str, path: Path) -> Path:
 def test_special_files_are_refused_at_once(kind: str, case_dir: Path) -> None:
     """/dev/zero used to be read forever and a FIFO to block; every loader refuses at once."""
     loaders: list[tuple[str, Callable[[Path], object], type[FeatvizError]]] = [
-        ("model.onnx", fileio.load_model, ModelError),
+        ("model.onnx", model_files.load_model, ModelError),
         ("image.png", fileio.load_image, InputError),
         ("batch.npy", fileio.load_array_file, InputError),
         ("labels.txt", api.read_labels, InputError),
@@ -361,4 +362,4 @@ def test_crop_of_a_tall_strip_input_is_an_input_error() -> None:
 def test_external_location_with_a_trailing_slash_is_a_model_error(case_dir: Path) -> None:
     """onnx refuses ``weights.bin/`` with its own ValidationError, which is now wrapped."""
     with pytest.raises(ModelError, match="external data"):
-        fileio.load_model(_external(case_dir, "weights.bin/"))
+        model_files.load_model(_external(case_dir, "weights.bin/"))

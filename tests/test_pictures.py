@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from onnx_featviz import api
 from onnx_featviz.inspector import PrepOptions
+from onnx_featviz.io import geometry as io_geometry
 from onnx_featviz.io import preprocess
 from onnx_featviz.render import compose, figures, progress
 from onnx_featviz.render import pictures as render
@@ -134,7 +135,7 @@ def test_whole_image_overlay_matches_hand_worked_crop() -> None:
     input_spec = preprocess.infer_input_spec(conv_model(1, 3, size=16))
     prep = preprocess.resolve_preprocessing(input_spec, preset="unit")
     assert (prep.resize, prep.crop_fraction) == ("crop", 1.0)
-    geometry = preprocess.input_geometry((64, 32), input_spec, prep)
+    geometry = io_geometry.input_geometry((64, 32), input_spec, prep)
     assert geometry == (0.5, 0.5, -8.0, 0.0)
     picture = Image.new("RGB", (64, 32), (100, 100, 100))
     out = np.asarray(figures.overlay_whole(picture, np.ones((16, 16), np.float32), geometry,

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from onnx_featviz.errors import InputError, ModelError
+from onnx_featviz.io import external as model_files
 from onnx_featviz.io import files as fileio
 from onnx_featviz.io import preprocess as preprocess
 from onnx_featviz.structs import META_PREPROCESS, InputSpec, Preprocessing
@@ -375,7 +376,7 @@ def _readme_center_crop_resize(path: Path, short: int = 256, size: int = 224) ->
 @pytest.mark.slow
 def test_squeezenet_caffe_recipe_matches_readme_and_predicts() -> None:
     ort = pytest.importorskip("onnxruntime")
-    model = fileio.load_model(shared_path("models", "squeezenet1.1_caffe2_fp16.onnx"))
+    model = model_files.load_model(shared_path("models", "squeezenet1.1_caffe2_fp16.onnx"))
     spec = preprocess.infer_input_spec(model)
     assert (spec.dtype, spec.layout, spec.height, spec.width) == ("float16", "NCHW", 224, 224)
     prep = preprocess.resolve_preprocessing(spec, preset="caffe",
@@ -397,7 +398,7 @@ def test_squeezenet_caffe_recipe_matches_readme_and_predicts() -> None:
 @pytest.mark.slow
 def test_cifar_recipe_predicts_cat() -> None:
     ort = pytest.importorskip("onnxruntime")
-    model = fileio.load_model(shared_path("models", "cifar10_cnn_pytorch.onnx"))
+    model = model_files.load_model(shared_path("models", "cifar10_cnn_pytorch.onnx"))
     spec = preprocess.infer_input_spec(model)
     assert (spec.layout, spec.height, spec.batch) == ("NCHW", 32, None)
     prep = preprocess.resolve_preprocessing(spec, mean=0.5, std=0.5, channel_order="RGB")

@@ -22,7 +22,7 @@ from onnx_featviz.audit import plots as audit_plots
 from onnx_featviz.audit import stats as audit_stats
 from onnx_featviz.cli import audit as cli_audit
 from onnx_featviz.errors import InputError, LayerNotFoundError
-from onnx_featviz.io import files as fileio
+from onnx_featviz.io import external as model_files
 from onnx_featviz.structs import ChannelStats, Progress
 from tests import graphs
 from tests.conftest import MODELS, interrupting_bar, run, shared_path, strict_json
@@ -222,7 +222,7 @@ def test_plot_has_one_panel_per_layer(tmp_path: Path) -> None:
 @pytest.fixture
 def dead_model(tmp_path: Path) -> Path:
     path = tmp_path / "dead.onnx"
-    fileio.save_model(graphs.conv_relu_dead_channel(1), path)
+    model_files.save_model(graphs.conv_relu_dead_channel(1), path)
     return path
 
 
@@ -272,7 +272,7 @@ def test_cli_json_plot_and_fail_on(dead_model: Path, images: Path, tmp_path: Pat
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_cli_nonfinite_json_to_stdout(tmp_path: Path) -> None:
     model = tmp_path / "nan.onnx"
-    fileio.save_model(graphs.log_of_negative(), model)
+    model_files.save_model(graphs.log_of_negative(), model)
     data = save_batch(tmp_path / "x.npy",
                       np.random.default_rng(11).random((3, 1, 6, 6), np.float32))
     result = run("stats", model, data, "--provider", "cpu", "--layers", "all", "--json", "-",

@@ -33,6 +33,7 @@ from PIL import Image
 
 from onnx_featviz import api
 from onnx_featviz.errors import FeatvizError
+from onnx_featviz.io import external as model_files
 from onnx_featviz.io import files as fileio
 
 Chooser = Callable[[int], int]
@@ -535,7 +536,7 @@ def model_steps(path: Path) -> list[tuple[str, Callable[[], object]]]:
     loaded: dict[str, onnx.ModelProto] = {}
 
     def load() -> None:
-        loaded["model"] = fileio.load_model(path)
+        loaded["model"] = model_files.load_model(path)
 
     def inspect() -> None:
         if "model" in loaded:

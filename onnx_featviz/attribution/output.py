@@ -11,7 +11,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 import onnx_featviz.render.pictures as render
-from onnx_featviz.attribution.run import CamReport, cam_layer
+from onnx_featviz.attribution.layers import cam_layer
+from onnx_featviz.attribution.run import CamReport
 from onnx_featviz.attribution.seeds import TargetSpec
 from onnx_featviz.attribution.target_run import backprop_rows
 from onnx_featviz.errors import InputError

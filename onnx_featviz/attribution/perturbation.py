@@ -123,15 +123,7 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
 
     def masked(i: int, j: int) -> FloatArray:
         img, ch = np.divmod(live[i:j], k)
-        up = _resize(acts32[img, ch], x.shape[2:])
-        lo = up.min(axis=(1, 2), keepdims=True)
-        up -= lo
-        up /= up.max(axis=(1, 2), keepdims=True) + np.float32(_SCORE_CAM_EPS)
-        out: FloatArray = np.empty((j - i, *x.shape[1:]), dtype=np.float32)
-        for image in np.unique(img):  # rows are grouped by image: broadcast, no gather
-            rows = slice(*np.searchsorted(img, [image, image + 1]))
-            np.multiply(x[image], up[rows, None], out=out[rows])
-        return out
+        return _masked_inputs(x, acts32[img, ch], img)
 
     def call(batch: FloatArray, i: int, j: int) -> NDArray[np.float64]:
         return _score_rows(forward(batch), j - i, cls[live[i:j]], "forward")
@@ -151,12 +143,29 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     else:
         scores[live] = _run_batched(live.size, batch_size, masked, call, progress)
     if constant.any():  # every constant channel masks the input to zeros: one shared row
-        zero = np.asarray(forward(np.zeros((1, *x.shape[1:]), np.float32)), np.float64)
-        _score_rows(zero, 1, cls[constant][:1], "forward")  # (batch, classes), as for the rest
-        shared = int(constant.sum())
-        scores[constant] = _score_rows(np.repeat(zero.reshape(1, -1), shared, axis=0), shared,
-                                       cls[constant], "forward")
+        scores[constant] = _zero_input_scores(forward, x.shape[1:], cls[constant])
     return _relu_sum_targets(_softmax(scores.reshape(n, k, -1), axis=1), acts)
+
+
+def _masked_inputs(x: FloatArray, maps: FloatArray, img: NDArray[np.intp]) -> FloatArray:
+    """Each row's image times its map upsampled and min-max scaled (rows grouped by image)."""
+    up = _resize(maps, x.shape[2:])
+    up -= up.min(axis=(1, 2), keepdims=True)
+    up /= up.max(axis=(1, 2), keepdims=True) + np.float32(_SCORE_CAM_EPS)
+    out: FloatArray = np.empty((len(maps), *x.shape[1:]), dtype=np.float32)
+    for image in np.unique(img):  # rows are grouped by image: broadcast, no gather
+        rows = slice(*np.searchsorted(img, [image, image + 1]))
+        np.multiply(x[image], up[rows, None], out=out[rows])
+    return out
+
+
+def _zero_input_scores(forward: ForwardFn, row_shape: tuple[int, ...],
+                       classes: NDArray[np.intp]) -> NDArray[np.float64]:
+    """Scores of the all-zero input (one run) for every row's classes."""
+    zero = np.asarray(forward(np.zeros((1, *row_shape), np.float32)), np.float64)
+    _score_rows(zero, 1, classes[:1], "forward")  # (batch, classes), as for the other rows
+    return _score_rows(np.repeat(zero.reshape(1, -1), len(classes), axis=0), len(classes),
+                       classes, "forward")
 
 
 def ablation_cam(activations: NDArray[np.floating], *, targets: NDArray[np.integer],

@@ -22,6 +22,7 @@ import onnx_featviz.autodiff as autodiff
 import onnx_featviz.graph.layouts as layouts
 import onnx_featviz.runtime as runtime
 from onnx_featviz.attribution import boxes, run, tokens
+from onnx_featviz.attribution import layers as cam_layers
 from onnx_featviz.attribution import maps as cam_maps
 from onnx_featviz.attribution import seeds as seeding
 from onnx_featviz.attribution import targets as tgt
@@ -49,7 +50,7 @@ def target_layer(inspector: Inspector, layer: str | int | None) -> str:
         InputError: the layer is neither (N, C, h, w), (N, h, w, C) nor (N, T, C).
     """
     if layer is None:
-        return run.cam_layer(inspector, None)
+        return cam_layers.cam_layer(inspector, None)
     lay = inspector.layer(layer)
     check_exposable(lay)
     tensor = stage_tensors(lay, "act")[0]
@@ -99,7 +100,7 @@ def _classifier_goal(inspector: Inspector, goal: seeding.TargetSpec | None,
             return False
         if goal.kind == "class":
             return True
-    probe = run.score_tensor(inspector, score)
+    probe = cam_layers.score_tensor(inspector, score)
     dims = next((o.shape for o in inspector.info.outputs if o.name == probe), None)
     if dims is None and probe not in _outputs(inspector):
         dims = inspector.info.layer(probe).shape
@@ -141,14 +142,14 @@ def resolve(inspector: Inspector, batch: NDArray[np.generic], options: run.CamOp
         InputError: targets that do not fit; ModelError: outputs that fit no detector format.
     """
     goal = options.goal or seeding.TargetSpec()
-    score = run.score_tensor(inspector, options.score)
+    score = cam_layers.score_tensor(inspector, options.score)
     wanted = list(dict.fromkeys([score, *_outputs(inspector)]))
     values = _forward(inspector, batch, wanted, _extra(goal))
     kind = seeding.resolve_kind(goal, np.shape(values[score]))
     size = run._as_nchw(inspector, batch).shape[2:4]
     labels = inspector.labels
     if kind == "class":
-        scores = run._class_scores(values[score], score)
+        scores = cam_layers._class_scores(values[score], score)
         targets, index, rank = run._cam_targets(inspector, scores, options)
         onehot = np.zeros((len(targets), scores.shape[1]), np.float32)
         onehot[np.arange(len(targets)), targets] = 1.0
@@ -372,7 +373,7 @@ def backprop(inspector: Inspector, images: Images, method: str,
              ) -> NDArray[np.float32]:
     """Return input-gradient views for any target kind (``run.backprop`` for classes).
 
-    ``layer``: the Grad-CAM layer of ``guided-gradcam`` (None: ``run.cam_layer``'s default).
+    ``layer``: the Grad-CAM layer of ``guided-gradcam`` (None: ``cam_layers.cam_layer``'s default).
 
     Returns:
         saliency: (N, H, W) in [0, 1]; guided and guided-gradcam: (N, H, W, C) in [0, 1].
@@ -416,7 +417,7 @@ def backprop_rows(inspector: Inspector, images: Images, method: str,
     if method == "saliency":
         return cam_maps.saliency(views), None
     if method == "guided-gradcam":
-        tensor = run.cam_layer(inspector, layer)
+        tensor = cam_layers.cam_layer(inspector, layer)
         lgrad, lact = layer_gradients(inspector, batch, found, [tensor], extra)
         heat = cams.compute("grad_cam", cams.CamInputs(
             targets=np.zeros(len(batch), np.int64), input_size=(views.shape[2], views.shape[3]),

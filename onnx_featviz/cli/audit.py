@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from onnx_featviz.cli import choices
+from onnx_featviz.cli.guards import refuse_overwrite, reports_errors
 from onnx_featviz.cli.options import (
     CONTEXT,
     FiniteRange,
@@ -21,8 +22,6 @@ from onnx_featviz.cli.options import (
     prep_options,
     progress_bar,
     provider_option,
-    refuse_overwrite,
-    reports_errors,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command

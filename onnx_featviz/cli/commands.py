@@ -10,26 +10,28 @@ import click
 
 from onnx_featviz import __version__
 from onnx_featviz.cli import choices
+from onnx_featviz.cli.guards import (
+    GuardedGroup,
+    HeldNotices,
+    notice_nonfinite,
+    readable_images,
+    refuse_overwrite,
+    reports_errors,
+    save_or_mark_partial,
+)
 from onnx_featviz.cli.options import (
     CONTEXT,
     FiniteRange,
-    GuardedGroup,
-    HeldNotices,
     channel_option,
     emit_json,
     emit_written,
     json_file_option,
-    notice_nonfinite,
     out_dir_option,
     parse_fill,
     parse_size,
     prep_options,
     progress_bar,
     provider_option,
-    readable_images,
-    refuse_overwrite,
-    reports_errors,
-    save_or_mark_partial,
     target_options,
 )
 

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from onnx_featviz.cli import choices
+from onnx_featviz.cli.guards import reports_errors
 from onnx_featviz.cli.options import (
     CONTEXT,
     emit_written,
     prep_options,
     progress_bar,
     provider_option,
-    reports_errors,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from onnx_featviz.cli import choices
+from onnx_featviz.cli.guards import notice_nonfinite, refuse_overwrite, reports_errors
 from onnx_featviz.cli.options import (
     CONTEXT,
     SEED,
@@ -17,13 +18,10 @@ from onnx_featviz.cli.options import (
     check_limit,
     emit_written,
     json_file_option,
-    notice_nonfinite,
     out_dir_option,
     prep_options,
     progress_bar,
     provider_option,
-    refuse_overwrite,
-    reports_errors,
 )
 
 if TYPE_CHECKING:  # annotations only: the library loads inside each command

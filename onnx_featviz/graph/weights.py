@@ -351,7 +351,7 @@ def _tensor_array(tensor: onnx.TensorProto, layer: Layer) -> NDArray[Any]:
     if external_data_helper.uses_external_data(tensor) and not tensor.HasField("raw_data"):
         raise ModelError(
             f"tensor {tensor.name!r} of layer {layer.name!r} is stored in an external file that "
-            "was not loaded; load the model with its external data (fileio.load_model, or "
+            "was not loaded; load the model with its external data (io.external.load_model, or "
             "onnx.load with load_external_data=True)"
         )
     return numpy_helper.to_array(tensor)

@@ -12,15 +12,12 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from onnx_featviz.errors import InputError
+from onnx_featviz.render.fonts import _font, _ink, _text_height, _text_width
 from onnx_featviz.render.pictures import (
     FilterOptions,
     GridOptions,
     _decorate,
-    _font,
-    _ink,
     _rgb_image,
-    _text_height,
-    _text_width,
     apply_colormap,
     grid_layout,
     logger,

@@ -12,14 +12,8 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
 from onnx_featviz.errors import InputError
-from onnx_featviz.render.pictures import (
-    Font,
-    _font,
-    _text_height,
-    _text_width,
-    apply_colormap,
-    colormap_lut,
-)
+from onnx_featviz.render.fonts import Font, _font, _text_height, _text_width
+from onnx_featviz.render.pictures import apply_colormap, colormap_lut
 
 #: Pixels around text and between the parts of a figure.
 MARGIN = 6

@@ -20,6 +20,7 @@ import onnx_featviz.render.text as report
 import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.inspector import Images, Inspector, ModelSource, PrepOptions, load_model
+from onnx_featviz.io import external as model_files
 from onnx_featviz.structs import (
     ModelInfo,
     Prediction,
@@ -59,7 +60,7 @@ def build_conv(filters_file: Path | None, *, preset: str | None, out: Path,
         bank = _read_filter_file(filters_file)
     else:
         raise InputError("give a filter file or the 'edges' preset")
-    fileio.save_model(construction.build_conv_model(bank, activation=activation), out)
+    model_files.save_model(construction.build_conv_model(bank, activation=activation), out)
     return out
 
 
