@@ -672,3 +672,26 @@ def test_assumed_preprocessing_is_said_once_after_a_successful_run(tmp_path: Pat
     cropped = run("maps", edges_model, image, "--out", tmp_path / "out3", "--provider", "cpu",
                   "--crop-fraction", "0.5")
     assert cropped.exit_code == 0 and "no preprocessing metadata" not in cropped.output
+
+
+def test_an_op_without_a_gradient_rule_names_its_module_and_the_cli_way_out(
+        tmp_path: Path) -> None:
+    """cam on a model whose path has an op without a rule (Asinh, exported from module
+    'block.act'): one line naming op, node and module path, and --layer / --method advice."""
+    from tests.test_maximize import two_conv_model
+
+    model = two_conv_model(fixed_batch=True, reshape=True, middle="Asinh")
+    for node in model.graph.node:  # as torch's dynamo exporter records module scopes
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes",
+                                value=repr(["", "block", "act" if node.name == "middle"
+                                            else node.name, f"fx_{node.name}"]))
+    path = tmp_path / "asinh.onnx"
+    onnx.save(model, path)
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    result = run("cam", path, image, "--layer", "c1", "--out", tmp_path / "out", "--provider",
+                 "cpu", "--preset", "unit")
+    assert_one_line_error(result, "no gradient rule for Asinh (node 'middle', module "
+                          "'block.act')", "--layer a layer after that op",
+                          "--method eigen_cam, score_cam, ablation_cam or occlusion")
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ from onnx_featviz.autodiff.opset import default_opset, upgrade_opset
 from onnx_featviz.autodiff.rules import RULES, min_opset
 from onnx_featviz.autodiff.shapes import Types, constants, infer_types
 from onnx_featviz.errors import LayerNotFoundError, ModelError
+from onnx_featviz.graph.modules import node_modules
 from onnx_featviz.structs import Shape
 
 LOG = logging.getLogger(__name__)
@@ -188,17 +189,20 @@ def plan(model: onnx.ModelProto, types: Types, of: str, wrt: Sequence[str]
 
 def _check_rules(model: onnx.ModelProto, path: Sequence[onnx.NodeProto], of: str) -> None:
     index = {id(n): i for i, n in enumerate(model.graph.node)}
-    missing = [
-        f"{(n.domain + '.') if n.domain not in ('', 'ai.onnx') else ''}{n.op_type} "
-        f"(node {n.name or f'{n.op_type}_{index[id(n)]}'!r})"
-        for n in path if n.domain not in ("", "ai.onnx") or n.op_type not in RULES
-    ]
-    if missing:
-        raise ModelError(
-            f"cannot differentiate {of!r}: no gradient rule for {', '.join(missing)}; use a "
-            f"gradient-free method ({GRADIENT_FREE}) or choose of/wrt tensors whose path "
-            "avoids these ops"
-        )
+    lacking = [n for n in path if n.domain not in ("", "ai.onnx") or n.op_type not in RULES]
+    if not lacking:
+        return
+    modules = node_modules(model)  # where the exporter recorded module paths
+    missing = []
+    for n in lacking:
+        name = n.name or f"{n.op_type}_{index[id(n)]}"
+        module = modules.get(n.name) or next((modules[o] for o in n.output if o in modules), "")
+        where = f", module {module!r}" if module else ""
+        domain = (n.domain + ".") if n.domain not in ("", "ai.onnx") else ""
+        missing.append(f"{domain}{n.op_type} (node {name!r}{where})")
+    raise ModelError(
+        f"cannot differentiate {of!r}: no gradient rule for {', '.join(missing)}; use a "
+        f"gradient-free method ({GRADIENT_FREE}) or a layer after these ops")
 
 
 def _value_info(name: str, elem: int, shape: Shape | None) -> onnx.ValueInfoProto:

@@ -42,9 +42,18 @@ def reports_errors(fn: F) -> F:
                                        "tensor") from None
         except FeatvizError as err:
             _mark_failed()
-            raise click.ClickException(str(err)) from None
+            raise click.ClickException(cli_message(err)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def cli_message(err: FeatvizError) -> str:
+    """The error's one line, with the library's advice put in command-line terms."""
+    text = str(err)
+    if "no gradient rule for" in text:
+        text += ("; on the command line: --layer a layer after that op, or --method eigen_cam, "
+                 "score_cam, ablation_cam or occlusion")
+    return text
 
 
 def _mark_failed() -> None:
@@ -156,7 +165,7 @@ class GuardedGroup(click.Group):
                 click.echo("featviz: interrupted; stopped before finishing", err=True)
                 raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
             except FeatvizError as err:
-                raise click.ClickException(str(err)) from None
+                raise click.ClickException(cli_message(err)) from None
             except MemoryError:
                 raise click.ClickException(
                     "ran out of memory; use smaller inputs (--size, --batch), or lower the "
