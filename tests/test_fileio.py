@@ -209,7 +209,7 @@ def test_save_model_with_external_data_when_over_the_limit(
     model = graphs.conv_relu()
     model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weight, "w"))
     before = model.SerializeToString()
-    monkeypatch.setattr(fileio, "_PROTO_LIMIT", 1000)
+    monkeypatch.setattr(model_files, "_PROTO_LIMIT", 1000)
     model_files.save_model(model, tmp_path / "big.onnx")
     assert model.SerializeToString() == before
     assert _files(tmp_path) == ["big.onnx", "big.onnx.data"]

@@ -285,7 +285,7 @@ def test_two_channel_choices_write_two_files(tmp_path: Path) -> None:
     assert names == ["relu1.png", "relu1_ch0-4.png", "relu1_ch5.png", "relu1_max.png"]
     files = {e["file"]: e for e in json.loads((out / "manifest.json").read_text())["files"]}
     assert sorted(files) == [f"digit_9/{n}" for n in names]
-    assert files["digit_9/relu1_ch5.png"]["title"] == "relu1  channels 5..5 of 16"
+    assert files["digit_9/relu1_ch5.png"]["title"] == "relu1  channels 5 of 16"
     assert files["digit_9/relu1_max.png"]["title"] == "relu1 max of 16 channels"
 
 
