@@ -26,6 +26,7 @@ import onnx_featviz.runtime as runtime
 from onnx_featviz.errors import InputError, ModelError
 from onnx_featviz.graph import reductions
 from onnx_featviz.io import external as model_files
+from onnx_featviz.io import limits
 from onnx_featviz.io.batches import (
     ImageSource,
     _plan_passes,
@@ -360,6 +361,7 @@ class Inspector:
         """
         sizes = _sample_bytes(self.info, tensors)
         plan = _plan_passes(tensors, sizes, len(batch), max_bytes, self.max_batch)
+        _check_pass_memory(plan, sizes, len(batch))
         if len(plan_groups(plan)) == 1:
             for rows, group in plan:
                 values = self.run(batch[rows], group)
@@ -576,3 +578,16 @@ def _fill_shapes(inspector: Inspector, tensors: list[str]) -> ModelInfo:
     shapes = {k: tuple(int(d) for d in v.shape) for k, v in values.items()}
     dtypes = {k: str(v.dtype) for k, v in values.items()}
     return _read_catalog(inspector, shapes=shapes, dtypes=dtypes)
+
+
+def _check_pass_memory(plan: Sequence[tuple[slice, list[str]]], sizes: Mapping[str, int],
+                       total: int) -> None:
+    """Refuse, before running, a pass whose exposed tensors (sizes from the model's dims) would
+    not fit in memory: onnxruntime's buffers and the returned arrays, so twice their bytes."""
+    passes = [(len(range(*rows.indices(total))), group) for rows, group in plan]
+    if not passes:
+        return
+    rows, group = max(passes, key=lambda p: p[0] * sum(sizes[t] for t in p[1]))
+    shown = ", ".join(group[:3]) + (f" and {len(group) - 3} more" if len(group) > 3 else "")
+    limits.check_allocation((2, rows, sum(sizes[t] for t in group)), 1,
+                            f"the exposed tensors {shown} (twice: runtime and result)")

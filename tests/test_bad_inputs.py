@@ -625,3 +625,21 @@ def test_ctrl_c_while_importing_exits_130_with_one_line() -> None:
     assert done.returncode == 130
     assert _one_line(done.stderr) == "featviz: interrupted while starting; nothing written"
 
+
+
+def test_a_capture_over_free_memory_is_refused_before_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """small_cnn's c1 is (N, 4, 16, 16) float32 = 4 KiB a row (from the model's dims); 4 rows,
+    counted twice, need 32 KiB: refused under a 16 KiB bound, run under a 64 KiB one."""
+    from onnx_featviz import api
+    from onnx_featviz.errors import InputError
+    from tests import graphs
+
+    batch = np.zeros((4, 3, 16, 16), np.float32)
+    with api.Inspector(graphs.small_cnn(), "cpu") as inspector:
+        assert inspector.info.layer("c1").shape[1:] == (4, 16, 16)
+        monkeypatch.setenv("FEATVIZ_MAX_BYTES", str(16 * 1024))
+        with pytest.raises(InputError, match=r"c1 .*needs 3\.05e-05 GiB.*FEATVIZ_MAX_BYTES"):
+            inspector.capture(batch, ["c1"])
+        monkeypatch.setenv("FEATVIZ_MAX_BYTES", str(64 * 1024))
+        assert inspector.capture(batch, ["c1"])["c1"].shape == (4, 4, 16, 16)

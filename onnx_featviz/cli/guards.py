@@ -109,9 +109,16 @@ _INTERRUPTED = threading.Event()
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    """Ctrl-C: raise KeyboardInterrupt, and remember it in case that raise is swallowed (one
-    landing in a weakref callback of a lazy import is only printed by Python)."""
+    """Ctrl-C: remember it, and raise KeyboardInterrupt unless an import is under way.
+
+    Raised inside importlib (a lazy import's module-lock callback) it would be swallowed, with
+    a traceback printed; then the next progress step, or the end of the command, raises it.
+    """
     _INTERRUPTED.set()
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
@@ -179,7 +186,9 @@ class GuardedGroup(click.Group):
     def _invoke_marking_failure(self, ctx: click.Context) -> Any:
         """Run the command; any way out but success marks the run failed (``HeldNotices``)."""
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _check_interrupt()  # a Ctrl-C that landed in an import stops here at the latest
+            return result
         except click.exceptions.Exit as err:
             if err.exit_code:
                 ctx.meta["featviz.failed"] = True
