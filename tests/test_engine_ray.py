@@ -7,12 +7,10 @@ written (IDX header, files made)."""
 from __future__ import annotations
 
 import builtins
-import gzip
 import json
 import math
 import os
 import signal
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from onnx_featviz.errors import InputError, ModelError, ProviderError
 from onnx_featviz.structs import Progress
 from tests import graphs
 from tests.conftest import MODELS, REPO, interrupting_bar, run, shared_path, strict_json
+from tests.test_compare import read_idx, write_idx
 
 pytestmark = pytest.mark.slow
 
@@ -49,20 +48,6 @@ def ray_session() -> Iterator[Any]:
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     yield ray
     ray.shutdown()
-
-
-def read_idx(path: Path, count: int) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        magic, total, rows, cols = struct.unpack(">IIII", fh.read(16))
-        assert magic == 2051 and total >= count
-        return np.frombuffer(fh.read(count * rows * cols), np.uint8).reshape(count, rows, cols)
-
-
-def write_idx(path: Path, pixels: np.ndarray) -> Path:
-    with gzip.open(path, "wb") as fh:
-        fh.write(struct.pack(">IIII", 2051, *pixels.shape))
-        fh.write(pixels.tobytes())
-    return path
 
 
 @pytest.fixture(scope="module")
