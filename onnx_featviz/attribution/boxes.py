@@ -18,8 +18,9 @@ PALETTE: tuple[Color, ...] = (
 
 
 def _caption(det: Detection, labels: Sequence[str] | None) -> str:
-    name = labels[det.cls] if labels is not None and 0 <= det.cls < len(labels) else str(det.cls)
-    return f"{name} {det.score:.2f}"
+    name = (labels[det.cls] if labels is not None and 0 <= det.cls < len(labels)
+            else f"class {det.cls}")
+    return f"{name}: {det.score:.2f}"  # "1 0.49" read as "10.49" in the small font
 
 
 def draw_detections(image: Image.Image, detections: Sequence[Detection], *,
