@@ -174,3 +174,13 @@ def export(model: nn.Module, path: Path, *, dynamo: bool, size: int = 64,
                           output_names=outs, opset_version=17,
                           dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outs}})
     return path
+
+
+def build_and_export(name: str, folder: Path, *, dynamo: bool) -> tuple[nn.Module, Path]:
+    """Seeded model ``name`` and its export to ``folder/m.onnx`` (the boxes model's two outputs
+    named ``boxes`` and ``scores``), as the target tests use them."""
+    torch.set_num_threads(1)
+    model = build(name)
+    path = export(model, folder / "m.onnx", dynamo=dynamo,
+                  output_names=["boxes", "scores"] if name == "boxes" else None)
+    return model, path

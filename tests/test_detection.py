@@ -71,11 +71,9 @@ def _torch_decode(kind: str, outs: tuple[Any, ...]) -> list[list[tuple[int, int,
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Any]:
     """A seeded model, its ONNX export, a batch of 3 and the torch / onnxruntime outputs."""
-    torch.set_num_threads(1)
     name, dynamo = request.param
-    model = targets_models.build(name)
-    path = targets_models.export(model, tmp_path_factory.mktemp(name) / "m.onnx", dynamo=dynamo,
-                                 output_names=["boxes", "scores"] if name == "boxes" else None)
+    model, path = targets_models.build_and_export(name, tmp_path_factory.mktemp(name),
+                                                  dynamo=dynamo)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, SIZE, SIZE))
                          .astype(np.float32))
     with torch.no_grad():

@@ -37,11 +37,9 @@ def _close(got: np.ndarray, want: np.ndarray) -> None:
                 ids=lambda p: f"{p[0]}-{'dynamo' if p[1] else 'torchscript'}")
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Any]:
-    torch.set_num_threads(1)
     name, dynamo = request.param
-    model = targets_models.build(name)
-    path = targets_models.export(model, tmp_path_factory.mktemp(name) / "m.onnx", dynamo=dynamo,
-                                 output_names=["boxes", "scores"] if name == "boxes" else None)
+    model, path = targets_models.build_and_export(name, tmp_path_factory.mktemp(name),
+                                                  dynamo=dynamo)
     x = np.random.default_rng(0).normal(size=(2, 3, SIZE, SIZE)).astype(np.float32)
     return {"name": name, "model": model, "path": path, "x": x}
 
