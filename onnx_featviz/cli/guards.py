@@ -37,11 +37,9 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LayerNotFoundError as err:
-            _mark_failed()
             raise click.ClickException(f"{err}; `featviz info MODEL` lists every layer and "
                                        "tensor") from None
         except FeatvizError as err:
-            _mark_failed()
             raise click.ClickException(cli_message(err)) from None
 
     return wrapper  # type: ignore[return-value]
@@ -54,12 +52,6 @@ def cli_message(err: FeatvizError) -> str:
         text += ("; on the command line: --layer a layer after that op, or --method eigen_cam, "
                  "score_cam, ablation_cam or occlusion")
     return text
-
-
-def _mark_failed() -> None:
-    context = click.get_current_context(silent=True)
-    if context is not None:
-        context.meta["featviz.failed"] = True
 
 
 class HeldNotices(logging.Filter):
