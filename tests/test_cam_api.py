@@ -83,6 +83,51 @@ def test_saliency_matches_torch_autograd() -> None:
     np.testing.assert_allclose(sal, (raw - lo) / (hi - lo), atol=1e-4)
 
 
+@pytest.mark.parametrize("target", [None, 3])
+@pytest.mark.parametrize("method", ["saliency", "guided"])
+def test_backprop_is_one_pass_and_matches_torch(method: str, target: int | None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row explains its arg-max class (picked in the gradient graph itself) or the
+    target: one session call, the same classes and gradients as torch autograd."""
+    torch = pytest.importorskip("torch")
+    net, model = _torch_net()
+    x = _batch()
+    calls: list[int] = []
+    real_run = attribution_run.runtime.Session.run
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with api.Inspector(model, "cpu") as inspector:
+        inspector.backprop(x, method)  # builds the session
+        monkeypatch.setattr(attribution_run.runtime.Session, "run", counted)
+        views, targets = attribution_run.backprop_rows(inspector, x, method, target)
+        assert len(calls) == 1
+        with pytest.raises(InputError, match="out of range for 5 classes"):
+            inspector.backprop(x, method, target=5)
+    hooks = []
+    if method == "guided":  # guided backprop: ReLUs pass only positive gradients back
+        hooks = [m.register_full_backward_hook(lambda _m, gi, _go: (torch.relu(gi[0]),))
+                 for m in net if isinstance(m, torch.nn.ReLU)]  # type: ignore[attr-defined]
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out = net(xt)  # type: ignore[operator]
+    best = out.argmax(dim=1) if target is None else torch.full((len(x),), target)
+    out.gather(1, best[:, None]).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    np.testing.assert_array_equal(targets, best.numpy())
+    g = xt.grad.numpy()
+    if method == "saliency":
+        raw = np.abs(g).max(axis=1)
+        lo, hi = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(views, (raw - lo) / (hi - lo), atol=1e-4)
+    else:
+        mean, std = g.mean(axis=(1, 2, 3), keepdims=True), g.std(axis=(1, 2, 3), keepdims=True)
+        expected = np.clip((g - mean) / (std + 1e-5) * 0.1 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(views, expected, atol=1e-4)
+
+
 def test_fp16_model_gives_finite_cam_and_views() -> None:
     model = graphs.fp16_model(graphs.small_cnn())
     x = _batch().astype(np.float16)

@@ -340,11 +340,25 @@ def select_targets(scores: NDArray[np.floating], target: int | str | None = None
         return order[:, :top_k].astype(np.int64)
     if target is None:
         return np.asarray(np.argmax(arr, axis=1), dtype=np.int64)
-    index = _label_index(target, labels) if isinstance(target, str) else int(target)
+    index = target_index(target, labels)
+    check_target(index, classes)
+    return np.full(n, index, dtype=np.int64)
+
+
+def target_index(target: int | str, labels: Sequence[str] | None) -> int:
+    """Return the class index a target names (an index, or a label as ``select_targets``).
+
+    Raises:
+        InputError: a label not found, or a label name without labels.
+    """
+    return _label_index(target, labels) if isinstance(target, str) else int(target)
+
+
+def check_target(index: int, classes: int) -> None:
+    """Raise InputError unless ``index`` is a class of a ``classes``-way score."""
     if not 0 <= index < classes:
         raise InputError(f"target {index} is out of range for {classes} classes "
                          f"(0..{classes - 1})")
-    return np.full(n, index, dtype=np.int64)
 
 
 def _label_index(target: str, labels: Sequence[str] | None) -> int:

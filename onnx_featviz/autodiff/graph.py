@@ -338,7 +338,7 @@ def _has_external(model: onnx.ModelProto) -> bool:
 TOP1_PREFIX = "featviz/top1/"
 
 
-def seed_top1(grad: GradModel) -> GradModel:
+def seed_top1(grad: GradModel, *, classes: str | None = None) -> GradModel:
     """Return a copy of ``grad`` whose seed is each row's one-hot arg-max of ``of`` (no input).
 
     Explaining every row's best class then needs one session call instead of a forward pass
@@ -348,9 +348,11 @@ def seed_top1(grad: GradModel) -> GradModel:
 
     Args:
         grad: a ``differentiate`` result (not modified).
+        classes: instead of the arg-max, a new int64 (N,) graph input of this name gives each
+            row's class (an index outside ``0..K-1`` gives an all-zero seed: check it).
 
     Returns:
-        The new ``GradModel`` (``seed`` is empty: nothing to feed).
+        The new ``GradModel`` (``seed`` is empty: nothing to feed but ``classes``).
     """
     model = onnx.ModelProto()
     model.CopyFrom(grad.model)
@@ -359,11 +361,16 @@ def seed_top1(grad: GradModel) -> GradModel:
     seed = next(v for v in graph.input if v.name == grad.seed)
     pre = f"{TOP1_PREFIX}{of}"
     nodes = _top1_seed_nodes(of, pre, grad.seed, seed.type.tensor_type.elem_type)
+    if classes is not None:  # the given classes replace the arg-max
+        at = next(i for i, n in enumerate(nodes) if n.op_type == "ArgMax")
+        nodes[at] = helper.make_node("Identity", [classes], [pre], name=pre)
     first = next(i for i, n in enumerate(graph.node) if grad.seed in n.input)
     old = list(graph.node)
     del graph.node[:]
     graph.node.extend([*old[:first], *nodes, *old[first:]])
     kept = [v for v in graph.input if v.name != grad.seed]
+    if classes is not None:
+        kept.append(helper.make_tensor_value_info(classes, TensorProto.INT64, [None]))
     del graph.input[:]
     graph.input.extend(kept)
     graph.output.append(helper.make_tensor_value_info(pre, TensorProto.INT64, [None]))
