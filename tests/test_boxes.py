@@ -43,3 +43,19 @@ def test_gray_input_and_no_detections() -> None:
     image = Image.new("L", (20, 10), 7)
     out = draw_detections(image, [])
     assert out.mode == "RGB" and np.all(np.asarray(out) == 7)
+
+
+def test_caption_of_a_box_at_the_right_edge_stays_whole() -> None:
+    """The caption band is shifted left so that no part of the text falls off the picture."""
+    d = Detection(0, (50.0, 30.0, 64.0, 60.0), 2, 0.49, 0)
+    px = np.asarray(draw_detections(_gray((64, 64)), [d], width=1))
+    band = np.all(px[:30] == PALETTE[2], axis=2)  # the filled band above the box
+    cols = np.flatnonzero(band.any(axis=0))
+    # "class 2: 0.49" is wider than the 14 px the box leaves: the band ends inside the picture
+    # and starts left of the box
+    assert cols.max() <= 63 and cols.min() < 50 and cols.max() - cols.min() > 14
+    rows = np.flatnonzero(band.any(axis=1))
+    box = px[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ink = np.flatnonzero((~np.all(box == PALETTE[2], axis=2)).any(axis=0))
+    # the text is drawn inside the band, its last glyph before the band's right end
+    assert ink.size and 0 < ink.min() and ink.max() < box.shape[1] - 1

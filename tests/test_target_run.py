@@ -172,6 +172,9 @@ def test_detection_rows_in_one_call_match_torch(exported: dict[str, Any]) -> Non
     assert calls == [2, 6], "one forward pass of 2 images, one gradient call of 6 rows"
     scores = [d.score for d in report.detections]
     assert scores[:3] == sorted(scores[:3], reverse=True)
+    d = report.detections[1]  # each overlay's title names its detection, class and score
+    assert report.titles[1] == (f"detection 2: class {d.cls} (score {d.score:.2f})\n"
+                                f"grad_cam at {report.layer}")
     acts, grads, _ = _torch_rows(exported, report, None)
     _close(layer_grads[0], grads)
     _close(report.layer_cam, _paper_grad_cam(acts, grads))

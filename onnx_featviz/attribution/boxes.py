@@ -40,7 +40,8 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection], *,
 
     Returns:
         A new RGB image of the same size. Box edges cover pixels ``x0 .. x1 - 1``
-        (rounded), the caption sits on a filled band above the box (inside it at the top edge).
+        (rounded), the caption sits on a filled band above the box (inside it at the top
+        edge), shifted left where the box ends too near the right edge for the caption.
     """
     out = image.convert("RGB")  # convert always copies
     draw = ImageDraw.Draw(out)
@@ -57,9 +58,10 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection], *,
         draw.rectangle((x0, y0, x1, y1), outline=color, width=max(1, width))
         text = _caption(det, labels)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        th = bottom - top + 2
+        th, tw = bottom - top + 2, right - left + 2
         ty = y0 - th if y0 - th >= 0 else y0
-        draw.rectangle((x0, ty, x0 + right - left + 2, ty + th - 1), fill=color)
+        tx = max(0, min(x0, out.width - 1 - tw))  # a box at the right edge: caption shifted in
+        draw.rectangle((tx, ty, tx + tw, ty + th - 1), fill=color)
         ink = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)
-        draw.text((x0 + 1 - left, ty + 1 - top), text, fill=ink, font=font)
+        draw.text((tx + 1 - left, ty + 1 - top), text, fill=ink, font=font)
     return out

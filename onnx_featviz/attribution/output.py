@@ -87,7 +87,8 @@ def _sheet(report: CamReport, rows: dict[int, list[Image.Image]]) -> Picture:
     k = len(rows)
     names = ", ".join(Path(src).name for src in report.sources[:4]) + (
         ", ..." if len(report.sources) > 4 else "")
-    title = f"{report.method}: the top {k} classes of {names}"
+    what = "detections" if report.detections else "classes"
+    title = f"{report.method}: the top {k} {what} of {names}"
     name = f"cam_{report.method}_top{k}" + ("_whole" if report.whole_image else "")
     return Picture(f"{name}.png", figures.sheet([rows[r] for r in sorted(rows)], title=title),
                    title, f"sheet of {report.method} CAMs, a row per class rank, a column per "

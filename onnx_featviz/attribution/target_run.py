@@ -267,10 +267,43 @@ def cam(inspector: Inspector, images: Images, options: run.CamOptions, *,
         tuple(() for _ in loaded.sources), fused, raw[0], (), loaded.sources, index, rank,
         cmap=options.cmap, kind=found.kind if found is not None else "none",
         layers=tuple(layers), layer_heatmaps=tuple(heat) if len(heat) > 1 else (),
-        transforms=transforms, detections=found.detections if found is not None else ())
+        transforms=transforms, detections=found.detections if found is not None else (),
+        titles=_titles(inspector, method, layers, found, rank))
     if not options.overlays:
         return report
     return replace(report, overlays=_overlays(inspector, loaded, nchw, report, options))
+
+
+def _titles(inspector: Inspector, method: str, layers: Sequence[str],
+            found: seeding.Seeds | None, rank: NDArray[np.int64]) -> tuple[str, ...]:
+    """Per CAM row, the overlay's title: what was explained, then the method and layer(s).
+
+    ``"detection 1: class 1: disk (score 0.49)"``, ``"class 2: disk, segmentation"``,
+    ``"element 17 of /head/Gemm_output_0"``, ``"no target"`` (Eigen-CAM).
+    """
+    where = (f"{method} at {layers[0]}" if len(layers) == 1 else
+             f"{method} at {len(layers)} layers, fused")
+    if found is None:
+        return tuple(f"no target\n{where}" for _ in rank)
+    labels = inspector.labels
+
+    def named(cls: int) -> str:
+        label = labels[cls] if labels and 0 <= cls < len(labels) else ""
+        return f"class {cls}" + (f": {label}" if label and label != str(cls) else "")
+
+    heads = []
+    for row, target in enumerate(found.targets.tolist()):
+        if found.kind == "detection" and row < len(found.detections):
+            hit = found.detections[row]
+            heads.append(f"detection {int(rank[row]) + 1}: {named(hit.cls)} "
+                         f"(score {hit.score:.2f})")
+        elif found.kind == "segmentation":
+            heads.append(f"{named(target)}, segmentation")
+        elif found.kind == "element":
+            heads.append(f"{'sum' if target < 0 else f'element {target}'} of {found.tensor}")
+        else:
+            heads.append(named(target))
+    return tuple(f"{head}\n{where}" for head in heads)
 
 
 @dataclass(frozen=True, slots=True)
