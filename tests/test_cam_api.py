@@ -49,16 +49,36 @@ def _batch() -> np.ndarray:
     return np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
 
 
-def test_grad_cam_matches_torch_autograd() -> None:
+def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, append 1 to the returned list at every onnxruntime session call."""
+    calls: list[int] = []
+    real_run = attribution_run.runtime.Session.run
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attribution_run.runtime.Session, "run", counted)
+    return calls
+
+
+@pytest.mark.parametrize("target", [None, 1])
+def test_grad_cam_matches_torch_autograd(target: int | None,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-1 or a given class: one session call (the seed is built in the gradient graph)."""
     torch = pytest.importorskip("torch")
     net, model = _torch_net()
     x = _batch()
     with api.Inspector(model, "cpu") as inspector:
-        report = inspector.cam(x, api.CamOptions("grad_cam"))
+        inspector.cam(x, api.CamOptions("grad_cam", target=target, overlays=False))
+        calls = _count_runs(monkeypatch)
+        report = inspector.cam(x, api.CamOptions("grad_cam", target=target))
+    assert len(calls) == 1
+    np.testing.assert_array_equal(report.rank, [0 if target is None else -1] * 3)
     acts = net[:5](torch.from_numpy(x))  # type: ignore[index]
     acts.retain_grad()
     logits = net[5:](acts)  # type: ignore[index]
-    targets = logits.argmax(dim=1)
+    targets = logits.argmax(dim=1) if target is None else torch.full((3,), target)
     logits.gather(1, targets[:, None]).sum().backward()
     weights = acts.grad.mean(dim=(2, 3), keepdim=True)
     expected = torch.relu((weights * acts).sum(dim=1)).detach().numpy()
@@ -92,16 +112,9 @@ def test_backprop_is_one_pass_and_matches_torch(method: str, target: int | None,
     torch = pytest.importorskip("torch")
     net, model = _torch_net()
     x = _batch()
-    calls: list[int] = []
-    real_run = attribution_run.runtime.Session.run
-
-    def counted(self: object, *args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real_run(self, *args, **kwargs)  # type: ignore[arg-type]
-
     with api.Inspector(model, "cpu") as inspector:
         inspector.backprop(x, method)  # builds the session
-        monkeypatch.setattr(attribution_run.runtime.Session, "run", counted)
+        calls = _count_runs(monkeypatch)
         views, targets = attribution_run.backprop_rows(inspector, x, method, target)
         assert len(calls) == 1
         with pytest.raises(InputError, match="out of range for 5 classes"):

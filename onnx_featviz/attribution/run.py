@@ -263,10 +263,11 @@ def _cam_pass(inspector: Inspector, batch: NDArray[np.generic], layer: str, entr
         the batch the method sees, its targets, activations, gradients or None).
     """
     n = len(batch)
-    if entry.needs_gradients and options.target is None and options.explain_top == 1:
+    if entry.needs_gradients and options.explain_top == 1:
         score, scores, targets, grads, acts = _top1_gradients(inspector, batch, layer,
-                                                                    options.score)
-        index, rank = np.arange(n, dtype=np.int64), np.zeros(n, np.int64)
+                                                              options.score, options.target)
+        index = np.arange(n, dtype=np.int64)
+        rank = np.full(n, 0 if options.target is None else -1, np.int64)
         return score, scores, targets, index, rank, batch, targets, acts, grads
     score, scores, shape, acts = _cam_forward(inspector, batch, layer, options.score,
                                                    gradients=entry.needs_gradients)
@@ -281,25 +282,14 @@ def _cam_pass(inspector: Inspector, batch: NDArray[np.generic], layer: str, entr
 
 
 def _top1_gradients(inspector: Inspector, batch: NDArray[np.generic], layer: str,
-                    score: str | int | None) -> tuple[str, NDArray[np.float32],
-                                                      NDArray[np.int64],
-                                                      NDArray[np.float32],
-                                                      NDArray[np.float32]]:
-    """One call: scores, each row's top-1 class, its gradient at ``layer``, activations.
-
-    The gradient model's seed is the one-hot arg-max of the score computed in the graph
-    (``autodiff.seed_top1``), so no separate forward pass picks the classes.
-    """
+                    score: str | int | None, target: int | str | None = None
+                    ) -> tuple[str, NDArray[np.float32], NDArray[np.int64],
+                               NDArray[np.float32], NDArray[np.float32]]:
+    """One call: scores, each row's class (``target``, or its top-1), its gradient at
+    ``layer``, activations (``_one_pass``)."""
     name = score_tensor(inspector, score)
-    key = ("top1", (name, layer))
-    fused = inspector.cached(("model", key), lambda: autodiff.seed_top1(autodiff.differentiate(
-        inspector.model, of=name, wrt=[layer], keep_outputs=[layer])))
-    session = inspector.cached(key, lambda: inspector.open_session(fused.model))
-    names = [name, fused.outputs[-1], fused.gradient(layer), layer]
-    values = session.run({inspector.spec.name: batch}, names, max_batch=inspector.max_batch)
-    scores = _class_scores(values[name], name)
-    return (name, scores, np.asarray(values[names[1]], np.int64),
-            np.asarray(values[names[2]], np.float32), np.asarray(values[layer], np.float32))
+    scores, classes, values = _one_pass(inspector, batch, name, layer, target, keep=True)
+    return name, scores, classes, values[0], values[1]
 
 
 def _one_pass_input_gradients(inspector: Inspector, batch: NDArray[np.generic],
@@ -307,33 +297,46 @@ def _one_pass_input_gradients(inspector: Inspector, batch: NDArray[np.generic],
                               guided: bool) -> tuple[str, NDArray[np.int64], NDArray[np.float32],
                                                      tuple[int, ...]]:
     """One call: each row's class (``target``, or its arg-max), the gradient of its score
-    w.r.t. the input, and the score tensor's shape.
+    w.r.t. the input, and the score tensor's shape (``_one_pass``)."""
+    name = score_tensor(inspector, score)
+    wrt = inspector.spec.name
+    scores, classes, values = _one_pass(inspector, batch, name, wrt, target, guided=guided)
+    return name, classes, values[0], (len(batch), *values[1].shape[1:])
 
-    As ``_top1_gradients``, the seed is built in the graph (the arg-max, or the one-hot of a
-    class input), so the reverse pass is the only pass: a separate forward pass to read the
-    scores cost a third more.
+
+def _one_pass(inspector: Inspector, batch: NDArray[np.generic], name: str, wrt: str,
+              target: int | str | None, *, guided: bool = False, keep: bool = False
+              ) -> tuple[NDArray[np.float32], NDArray[np.int64], list[NDArray[np.float32]]]:
+    """Run the gradient of each row's class score w.r.t. ``wrt`` in one session call.
+
+    The seed is built in the gradient graph (``autodiff.seed_top1``): the arg-max of the
+    score, or the one-hot of a class input for ``target``; a separate forward pass to read
+    the scores first would cost a third more.
+
+    Returns:
+        ((N, classes) scores, (N,) classes explained, [gradient at ``wrt``, then the values
+        of ``wrt`` with ``keep``, else the raw score tensor]).
 
     Raises:
         InputError: the score tensor is not one score per class; the target is not a class.
     """
-    name = score_tensor(inspector, score)
-    wrt, given = inspector.spec.name, "featviz/classes"
-    key = ("one-pass", ("guided" if guided else "grad", name, target is None))
+    given = "featviz/classes"
+    key = ("one-pass", (name, wrt, guided, keep, target is None))
     fused = inspector.cached(("model", key), lambda: autodiff.seed_top1(autodiff.differentiate(
-        inspector.model, of=name, wrt=[wrt], guided=guided),
+        inspector.model, of=name, wrt=[wrt], guided=guided, keep_outputs=[wrt] if keep else ()),
         classes=None if target is None else given))
     session = inspector.cached(key, lambda: inspector.open_session(fused.model))
     feeds = {inspector.spec.name: batch}
     index = None if target is None else cams.target_index(target, inspector.labels)
     if index is not None:
         feeds[given] = np.full(len(batch), index, np.int64)
-    names = [name, fused.outputs[-1], fused.gradient(wrt)]
-    values = session.run(feeds, names, max_batch=inspector.max_batch)
+    names = [name, fused.outputs[-1], fused.gradient(wrt), wrt if keep else name]
+    values = session.run(feeds, list(dict.fromkeys(names)), max_batch=inspector.max_batch)
     scores = _class_scores(values[name], name)  # one score per class, or the one-line error
     if index is not None:
         cams.check_target(index, scores.shape[1])
-    return (name, np.asarray(values[names[1]], np.int64),
-            np.asarray(values[names[2]], np.float32), tuple(values[name].shape))
+    return (scores, np.asarray(values[names[1]], np.int64),
+            [np.asarray(values[names[2]], np.float32), np.asarray(values[names[3]], np.float32)])
 
 
 def _cam_targets(inspector: Inspector, scores: NDArray[np.float32], options: CamOptions
