@@ -201,14 +201,16 @@ def test_compare_float_int8_equals_local(ray_session: Any, mnist: Path, int8_mod
 
 
 def actor_pids() -> list[int]:
-    """Processes of the engine's Ray Data actors (their title names the worker class)."""
+    """Processes of the engine's actors (their title names the worker class: ``ray::_Worker``
+    for the Ray actors that stream ranges of rows, ``MapBatches(_Worker)`` under Ray Data)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
             title = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if entry.name.isdigit() and b"MapBatches(_Worker)" in title:
+        if entry.name.isdigit() and (title.startswith(b"ray::_Worker")
+                                     or b"MapBatches(_Worker)" in title):
             pids.append(int(entry.name))
     return pids
 

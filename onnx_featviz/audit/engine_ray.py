@@ -1,27 +1,29 @@
-"""The ``ray`` engine of ``stats`` and ``compare``: DATA as a Ray Dataset of work units (whole
-batches), each streamed by an actor that holds the onnxruntime sessions, merged in a fixed order
-on the driver.
+"""The ``ray`` engine of ``stats`` and ``compare``: DATA cut into work units (whole batches),
+each streamed by an actor that holds the onnxruntime sessions, merged in a fixed order on the
+driver.
 
 The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this module only when
 ``engine="ray"``. What runs where:
 
-- the driver lists DATA (folder listing, or headers only), cuts its inputs into units of whole
-  batches (``work_units``) and makes the Dataset: image files (a local file or folder, a URI
-  such as ``s3://bucket/val``, or a path on a pyarrow filesystem) through Ray's file reader
-  (``ray.data.read_binary_files``, kept in order and cut into blocks of one unit each);
-  ``.npy``/``.npz`` and MNIST IDX files (a local path, a URI or a path on a pyarrow
-  filesystem) as ranges of rows (``ray.data.from_items``), which the actors read in chunks
-  with the local engine's reader;
-- ``Dataset.map_batches`` with a callable class runs ``workers`` actors, each holding one
-  ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU otherwise); an actor decodes
-  its unit's files with the local engine's decoder (``io.filesystems.image_stream``) or streams
-  its range with ``io.data.open_data(rows=...)`` (the same reading, skipping and
-  preprocessing as the local engine), and runs the engine's per-batch step on each batch (the
+- the driver lists DATA (folder listing, or headers only) and cuts its inputs into units of
+  whole batches (``work_units``);
+- ``.npy``/``.npz`` and MNIST IDX files (a local path, a URI or a path on a pyarrow
+  filesystem): ``workers`` Ray actors (``ray.remote``, restarted and their calls retried
+  after a crash) are started before the driver plans, so that their start (importing the
+  package, opening the sessions) overlaps the planning; the driver then feeds each actor
+  ranges of rows, two in flight, which it streams with ``io.data.open_data(rows=...)`` (the
+  local engine's reading, skipping and preprocessing);
+- image files (a local file or folder, a URI such as ``s3://bucket/val``, or a path on a
+  pyarrow filesystem): Ray's file reader (``ray.data.read_binary_files``, kept in order and cut
+  into blocks of one unit each) mapped by an actor pool (``Dataset.map_batches``); an actor
+  decodes its unit's files with the local engine's decoder (``io.filesystems.image_stream``);
+- every actor holds one ``Inspector`` per model (CUDA when ``gpus_per_worker`` > 0, CPU with
+  one onnxruntime thread otherwise) and runs the engine's per-batch step on each batch (the
   same function the local engine calls), returning the batch partials, the inputs it skipped
   and its providers;
-- the driver takes the units as they finish, ignores a unit it already has (a task retried
-  after its actor died), and folds the partials unit by unit in DATA order, so the result
-  does not depend on scheduling and the driver holds only the units that finished early.
+- the driver takes the units as they finish, ignores a unit it already has, and folds the
+  partials unit by unit in DATA order, so the result does not depend on scheduling and the
+  driver holds only the units that finished early; the actors are killed when the run ends.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import onnx
 from numpy.typing import NDArray
 
 import onnx_featviz.inspector as inspection
+import onnx_featviz.runtime as runtime
 from onnx_featviz.audit.compare import RayOptions
 from onnx_featviz.errors import FeatvizError, InputError, ProviderError
 from onnx_featviz.io import data as api_data
@@ -160,22 +163,29 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
             KeyboardInterrupt: Ctrl-C before any unit finished.
     """
     ray = import_ray()
-    source = _plan_data(models[0], data, prep, batch_size, options.filesystem)
-    units = work_units(source.total, batch_size, options.workers)
     started = not ray.is_initialized()
     if started:
         ray.init(address=options.address, logging_level=logging.WARNING,
                  log_to_driver=False)
+    actors: list[Any] = []
     try:
         _check_gpus(ray, options)
-        rows = _result_rows(ray, models, source, units, job, options, batch_size, prep)
-        run = _collect(rows, units, job, source.total, progress)
+        files = filesystems.list_image_files(data, options.filesystem)
+        if files is None:  # ranges of rows: actors start (import, sessions) while we plan
+            actors = _start_actors(ray, models, job, options, batch_size, prep)
+        source = _plan_data(models[0], data, files, prep, batch_size, options.filesystem)
+        units = work_units(source.total, batch_size, options.workers)
+        results = (_range_results(ray, actors, source, units) if actors else
+                   _file_results(ray, models, source, units, job, options, batch_size, prep))
+        run = _collect(results, units, job, source.total, progress)
     except Exception as err:
         cause = _package_error(err)
         if cause is None:
             raise
         raise cause from err
     finally:
+        for actor in actors:  # nothing outlives the run
+            ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()
     if run.images == 0 and not run.partial:
@@ -203,10 +213,10 @@ class _Source:
         return functools.partial(self.filesystem.open_input_file, self.path)
 
 
-def _plan_data(model: onnx.ModelProto, data: Path | str, prep: inspection.PrepOptions | None,
-               batch_size: int, filesystem: Any) -> _Source:
-    """List DATA's image files, or count its rows (headers only), on the driver."""
-    files = filesystems.list_image_files(data, filesystem)
+def _plan_data(model: onnx.ModelProto, data: Path | str, files: filesystems.ImageFiles | None,
+               prep: inspection.PrepOptions | None, batch_size: int, filesystem: Any
+               ) -> _Source:
+    """Count DATA's inputs (its listed image ``files``, or its rows: headers only)."""
     if files is not None and files.filesystem is not None:
         return _Source(len(files.paths), str(data), files)
     source = _Source(0, str(data), files)
@@ -244,42 +254,88 @@ def _package_error(err: BaseException) -> FeatvizError | None:
     return None
 
 
-def _result_rows(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
-                 units: Sequence[tuple[int, int]], job: Job[Any], options: RayOptions,
-                 batch_size: int, prep: inspection.PrepOptions | None
-                 ) -> Iterator[Mapping[str, Any]]:
-    """Build the Dataset (file rows or ranges), mapped by the actors; iterate its rows."""
+def _worker_kwargs(models: tuple[bytes, ...], job: Job[Any], options: RayOptions,
+                   batch_size: int, prep: inspection.PrepOptions | None) -> dict[str, Any]:
+    """The actors' constructor arguments (``models``: serialized protos)."""
+    return {"models": models, "provider": "cuda" if options.gpus_per_worker > 0 else "cpu",
+            "prep": prep, "batch_size": batch_size, "step": job.step,
+            "sessions": job.sessions}
+
+
+def _start_actors(ray: Any, models: Sequence[onnx.ModelProto], job: Job[Any],
+                  options: RayOptions, batch_size: int, prep: inspection.PrepOptions | None
+                  ) -> list[Any]:
+    """Start ``options.workers`` Ray actors; each imports the package and opens its sessions
+    in its constructor, while the driver goes on planning.
+
+    Ray Core actors rather than Ray Data's actor pool: Ray places them on its idle pooled
+    workers at once, where a Dataset starts its executor and a new pool for every run (3-4.5 s
+    on a 2-core host, longer than the local engine's whole run over 10 000 MNIST images).
+    """
+    # the models by value: Ray keeps an actor's arguments for its restarts (a reference put
+    # here could go out of scope before a restart)
+    kwargs = _worker_kwargs(tuple(m.SerializeToString() for m in models), job, options,
+                            batch_size, prep)
+    remote = ray.remote(_Worker).options(
+        num_cpus=1.0, num_gpus=options.gpus_per_worker, max_restarts=options.retries,
+        max_task_retries=options.retries)
+    return [remote.remote(**kwargs) for _ in range(options.workers)]
+
+
+def _range_results(ray: Any, actors: Sequence[Any], source: _Source,
+                   units: Sequence[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
+    """Stream ``units`` through ``actors``, two in flight per actor (one queued behind the one
+    running, so no actor waits for the driver); yield ``(start, result)`` as units finish.
+
+    A killed actor is restarted by Ray and its unfinished calls are retried there
+    (``max_restarts``, ``max_task_retries``): each call still has one result.
+    """
+    todo = list(reversed(units))
+    running: dict[Any, tuple[Any, int]] = {}
+
+    def submit(actor: Any) -> None:
+        if todo:
+            start, stop = todo.pop()
+            ref = actor.unit.remote(source.path, source.filesystem, start, stop)
+            running[ref] = (actor, start)
+
+    for actor in list(actors) * 2:
+        submit(actor)
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1)
+        actor, start = running.pop(ready[0])
+        submit(actor)
+        yield start, ray.get(ready[0])
+
+
+def _file_results(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
+                  units: Sequence[tuple[int, int]], job: Job[Any], options: RayOptions,
+                  batch_size: int, prep: inspection.PrepOptions | None
+                  ) -> Iterator[tuple[int, bytes]]:
+    """Read the image files with Ray Data, mapped by its actor pool; yield each unit's
+    ``(start, result)`` as it finishes."""
+    assert source.files is not None
     context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
     context.enable_progress_bars = context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs: dict[str, Any] = {
-        "models": tuple(m.SerializeToString() for m in models),
-        "provider": "cuda" if options.gpus_per_worker > 0 else "cpu", "prep": prep,
-        "batch_size": batch_size, "data": source.path, "step": job.step,
-        "sessions": job.sessions, "file_units": None, "filesystem": source.filesystem}
+    kwargs = _worker_kwargs(tuple(m.SerializeToString() for m in models), job, options,
+                            batch_size, prep)
     preserve = context.execution_options.preserve_order
     try:  # a Dataset copies the context it is made in: restored once it is made
-        if source.files is None:
-            dataset = ray.data.from_items([{"start": a, "stop": b} for a, b in units],
-                                          override_num_blocks=len(units))
-            rows_per_call, cpus = 1, 1.0
-        else:
-            context.execution_options.preserve_order = True
-            dataset, kwargs["file_units"] = _file_rows(ray, source.files, units)
-            rows_per_call = units[0][1] - units[0][0]
-            cpus = _actor_cpus(ray, options.workers)
+        context.execution_options.preserve_order = True
+        dataset, kwargs["file_units"] = _file_rows(ray, source.files, units)
         with warnings.catch_warnings():  # passing max_restarts as a remote arg is deprecated
             warnings.simplefilter("ignore", DeprecationWarning)
             mapped = dataset.map_batches(
-                _Worker, batch_size=rows_per_call, batch_format="numpy",
+                _Worker, batch_size=units[0][1] - units[0][0], batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=options.workers),
-                num_cpus=cpus, num_gpus=options.gpus_per_worker,
+                num_cpus=_actor_cpus(ray, options.workers), num_gpus=options.gpus_per_worker,
                 fn_constructor_kwargs=kwargs,
                 max_restarts=options.retries, max_task_retries=options.retries)
     finally:
         context.execution_options.preserve_order = preserve
-    rows: Iterator[Mapping[str, Any]] = mapped.iter_rows()
-    return rows
+    for row in mapped.iter_rows():
+        yield int(row["start"]), bytes(row["result"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +376,7 @@ def _actor_cpus(ray: Any, workers: int) -> float:
     return max(0.25, min(1.0, (cpus - 1.0) / workers))
 
 
-def _collect(rows: Iterable[Mapping[str, Any]], units: Sequence[tuple[int, int]], job: Job[T],
+def _collect(results: Iterable[tuple[int, bytes]], units: Sequence[tuple[int, int]], job: Job[T],
              total: int, progress: ProgressFn | None) -> RayRun[T]:
     """Fold finished ranges in DATA order; a range seen twice (a retried task) counts once."""
     order = [start for start, _ in units]
@@ -332,13 +388,12 @@ def _collect(rows: Iterable[Mapping[str, Any]], units: Sequence[tuple[int, int]]
     seen: set[int] = set()
     done, partial = 0, False
     try:
-        for row in rows:
-            start = int(row["start"])
+        for start, result in results:
             if start in seen:
                 log.info("range starting at input %d arrived twice (retried); kept once", start)
                 continue
             seen.add(start)
-            pending[start] = pickle.loads(bytes(row["result"]))
+            pending[start] = pickle.loads(result)
             done += pending[start].done
             while state[3] < len(order) and order[state[3]] in pending:
                 state = _fold_unit(state, pending.pop(order[state[3]]), job)
@@ -365,34 +420,54 @@ def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
             providers or (unit.providers if unit.parts else ()))
 
 
+class _ActorInspector(inspection.Inspector):
+    """An inspector whose sessions run on one thread: an actor holds one CPU of the cluster
+    (onnxruntime would start a thread per core of the host, and the actors on one host would
+    then share the cores between too many spinning threads)."""
+
+    def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
+                     ) -> runtime.Session:
+        return runtime.Session(model, self.provider, threads=1, spinning=spinning,
+                               name=self.name, external_folder=self.external_folder)
+
+
 class _Worker:
-    """A Ray Data actor: the models' inspectors, kept for the actor's life; work units in
-    (ranges of rows, or the files of one unit), partials out (one row per unit)."""
+    """An actor: the models' inspectors, kept for the actor's life; work units in (a range of
+    rows, or the files of one unit from Ray Data), partials out (one result per unit).
+
+    The constructor opens the step's sessions at once (actors start while the driver plans);
+    a package error there is raised by the first unit, as Ray's task error around it.
+    """
 
     def __init__(self, *, models: tuple[bytes, ...], provider: str,
-                 prep: inspection.PrepOptions | None, batch_size: int, data: str, step: Step,
-                 sessions: Sessions, file_units: _FileUnits | None, filesystem: Any) -> None:
-        self._inspectors = [inspection.Inspector(m, provider, prep=prep, max_batch=batch_size)
-                            for m in models]
-        self._batch_size, self._data = batch_size, data
-        self._step, self._sessions = step, sessions
+                 prep: inspection.PrepOptions | None, batch_size: int, step: Step,
+                 sessions: Sessions, file_units: _FileUnits | None = None) -> None:
+        self._batch_size, self._step = batch_size, step
         self._files = file_units
-        self._opener = _Source(0, data, None, filesystem).opener()
+        self._error: FeatvizError | None = None
+        self._inspectors: list[inspection.Inspector] = []
+        try:
+            self._inspectors = [_ActorInspector(m, provider, prep=prep, max_batch=batch_size)
+                                for m in models]
+            self._providers = sessions(self._inspectors)
+        except FeatvizError as err:
+            self._error = err
 
-    def __call__(self, units: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
-        """Stream each range of ``units`` (columns ``start``, ``stop``; or ``path``, ``bytes``
-        of one unit's files) through the step."""
-        if "path" in units:
-            start, stream = self._file_stream(units)
-            return {"start": np.asarray([start], np.int64),
-                    "result": np.array([self._unit(stream)], dtype=object)}
-        results = []
-        for start, stop in zip(units["start"], units["stop"], strict=True):
-            results.append(self._unit(api_data.open_data(
-                self._inspectors[0], self._data, batch_size=self._batch_size,
-                rows=(int(start), int(stop)), opener=self._opener)))
-        return {"start": np.asarray(units["start"], np.int64),
-                "result": np.array(results, dtype=object)}
+    def unit(self, data: str, filesystem: Any, start: int, stop: int) -> bytes:
+        """Stream inputs ``[start, stop)`` of DATA (``data`` on ``filesystem``, or local when
+        None) through the step; return the pickled ``_UnitResult``."""
+        opener = _Source(0, data, None, filesystem).opener()
+        return self._unit(lambda: api_data.open_data(
+            self._inspectors[0], data, batch_size=self._batch_size, rows=(start, stop),
+            opener=opener))
+
+    def __call__(self, files: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """Stream one unit's files (Ray Data's columns ``path``, ``bytes``) through the step."""
+        if self._error is not None:
+            raise self._error
+        start, stream = self._file_stream(files)
+        return {"start": np.asarray([start], np.int64),
+                "result": np.array([self._unit(lambda: stream)], dtype=object)}
 
     def _file_stream(self, files: Mapping[str, NDArray[Any]]
                      ) -> tuple[int, api_data.DataStream]:
@@ -408,9 +483,12 @@ class _Worker:
         return start, filesystems.image_stream(self._inspectors[0], named,
                                                batch_size=self._batch_size, first=start)
 
-    def _unit(self, stream: api_data.DataStream) -> bytes:
-        """Run the step on each batch of ``stream``; return the pickled ``_UnitResult``."""
+    def _unit(self, open_stream: Callable[[], api_data.DataStream]) -> bytes:
+        """Run the step on each batch of the stream; return the pickled ``_UnitResult``."""
+        if self._error is not None:
+            raise self._error
+        stream = open_stream()
         parts = tuple((len(part.batch), self._step(self._inspectors, part.batch))
                       for part in stream)
-        providers = self._sessions(self._inspectors) if parts else ()
+        providers = self._providers if parts else ()
         return pickle.dumps(_UnitResult(parts, tuple(stream.skipped), stream.done, providers))
