@@ -103,7 +103,13 @@ def stats_json(result: audit_stats.StatsResult) -> Any:
     return json.loads(json.dumps(audit_output.stats_to_json(result)))
 
 
-def test_stats_mnist_idx_equals_local(ray_session: Any, mnist: Path) -> None:
+@pytest.mark.parametrize("driver_starts", [True, False])
+def test_stats_mnist_idx_equals_local(ray_session: Any, mnist: Path, driver_starts: bool,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With or without the driver streaming the first units while the actors start."""
+    from onnx_featviz.audit import engine_ray
+
+    monkeypatch.setattr(engine_ray, "DRIVER_STARTS", driver_starts)
     local = audit_stats.dataset_stats(MNIST_MODEL, mnist, audit_stats.StatsOptions(provider="cpu"))
     seen: list[Progress] = []
     ray = audit_stats.dataset_stats(MNIST_MODEL, mnist,
@@ -215,8 +221,13 @@ def actor_pids() -> list[int]:
     return pids
 
 
-def test_killed_actor_is_retried_without_double_counting(ray_session: Any, mnist: Path
+def test_killed_actor_is_retried_without_double_counting(ray_session: Any, mnist: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
+    from onnx_featviz.audit import engine_ray
+
+    # every unit on the actors (the driver streams none), so that the killed one had work
+    monkeypatch.setattr(engine_ray, "DRIVER_STARTS", False)
     options = audit_stats.StatsOptions(batch_size=16, engine="ray", ray=RAY)
     killed: list[int] = []
 

@@ -28,6 +28,7 @@ The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this 
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -60,6 +61,10 @@ INSTALL_HINT = 'pip install "onnx-featviz[ray]"'
 UNIT_BATCHES = 16
 #: Work units per worker at least, so that workers finishing early find more work.
 UNITS_PER_WORKER = 4
+#: Whether the driver streams ranges of rows itself until the first actor is ready (CPU
+#: workers only), so that a run does not wait idle for the actors' start (a new process
+#: importing the package, about 1-1.5 s).
+DRIVER_STARTS = True
 
 Step = Callable[[Sequence[inspection.Inspector], NDArray[np.generic]], Any]
 """The engine's per-batch step: the model inspectors and one batch to a mergeable partial."""
@@ -167,16 +172,21 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
     if started:
         ray.init(address=options.address, logging_level=logging.WARNING,
                  log_to_driver=False)
-    actors: list[Any] = []
+    actors: _Actors | None = None
+    driver: _Worker | None = None
+    blobs = tuple(m.SerializeToString() for m in models)
     try:
         _check_gpus(ray, options)
         files = filesystems.list_image_files(data, options.filesystem)
         if files is None:  # ranges of rows: actors start (import, sessions) while we plan
-            actors = _start_actors(ray, models, job, options, batch_size, prep)
+            actors = _start_actors(ray, blobs, job, options, batch_size, prep)
         source = _plan_data(models[0], data, files, prep, batch_size, options.filesystem)
         units = work_units(source.total, batch_size, options.workers)
-        results = (_range_results(ray, actors, source, units) if actors else
-                   _file_results(ray, models, source, units, job, options, batch_size, prep))
+        if actors is not None and DRIVER_STARTS and options.gpus_per_worker <= 0:
+            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep),
+                             threads=None)
+        results = (_range_results(ray, actors, source, units, driver) if actors else
+                   _file_results(ray, blobs, source, units, job, options, batch_size, prep))
         run = _collect(results, units, job, source.total, progress)
     except Exception as err:
         cause = _package_error(err)
@@ -184,8 +194,10 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
             raise
         raise cause from err
     finally:
-        for actor in actors:  # nothing outlives the run
+        for actor in actors.handles if actors else ():  # nothing outlives the run
             ray.kill(actor, no_restart=True)
+        if driver is not None:
+            driver.close()
         if started:
             ray.shutdown()
     if run.images == 0 and not run.partial:
@@ -254,61 +266,95 @@ def _package_error(err: BaseException) -> FeatvizError | None:
     return None
 
 
-def _worker_kwargs(models: tuple[bytes, ...], job: Job[Any], options: RayOptions,
+def _worker_kwargs(models: tuple[bytes, ...] | None, job: Job[Any], options: RayOptions,
                    batch_size: int, prep: inspection.PrepOptions | None) -> dict[str, Any]:
-    """The actors' constructor arguments (``models``: serialized protos)."""
+    """The workers' constructor arguments (``models``: serialized protos, or None)."""
     return {"models": models, "provider": "cuda" if options.gpus_per_worker > 0 else "cpu",
             "prep": prep, "batch_size": batch_size, "step": job.step,
             "sessions": job.sessions}
 
 
-def _start_actors(ray: Any, models: Sequence[onnx.ModelProto], job: Job[Any],
-                  options: RayOptions, batch_size: int, prep: inspection.PrepOptions | None
-                  ) -> list[Any]:
-    """Start ``options.workers`` Ray actors; each imports the package and opens its sessions
-    in its constructor, while the driver goes on planning.
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """Serialized models in Ray's object store (``ref`` to a ``tuple[bytes, ...]``); held in a
+    field so that Ray passes the reference itself, not the bytes, to the actors."""
+
+    ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Actors:
+    """The run's Ray actors: ``handles``, the ``models`` they open, and the reference of each
+    one's ``ready`` call (to the actor), submitted as it was started."""
+
+    handles: tuple[Any, ...]
+    models: _Stored
+    starting: dict[Any, Any]
+
+
+def _start_actors(ray: Any, models: tuple[bytes, ...], job: Job[Any], options: RayOptions,
+                  batch_size: int, prep: inspection.PrepOptions | None) -> _Actors:
+    """Start ``options.workers`` Ray actors, each importing the package and opening its
+    sessions (``ready``) while the driver goes on planning.
 
     Ray Core actors rather than Ray Data's actor pool: Ray places them on its idle pooled
     workers at once, where a Dataset starts its executor and a new pool for every run (3-4.5 s
     on a 2-core host, longer than the local engine's whole run over 10 000 MNIST images).
     """
-    # the models by value: Ray keeps an actor's arguments for its restarts (a reference put
-    # here could go out of scope before a restart)
-    kwargs = _worker_kwargs(tuple(m.SerializeToString() for m in models), job, options,
-                            batch_size, prep)
     remote = ray.remote(_Worker).options(
         num_cpus=1.0, num_gpus=options.gpus_per_worker, max_restarts=options.retries,
         max_task_retries=options.retries)
-    return [remote.remote(**kwargs) for _ in range(options.workers)]
+    handles = tuple(remote.remote(**_worker_kwargs(None, job, options, batch_size, prep))
+                    for _ in range(options.workers))
+    stored = _Stored(ray.put(models))  # once for all actors; alive as long as the run
+    return _Actors(handles, stored, {actor.ready.remote(stored): actor for actor in handles})
 
 
-def _range_results(ray: Any, actors: Sequence[Any], source: _Source,
-                   units: Sequence[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
-    """Stream ``units`` through ``actors``, two in flight per actor (one queued behind the one
-    running, so no actor waits for the driver); yield ``(start, result)`` as units finish.
+def _range_results(ray: Any, actors: _Actors, source: _Source,
+                   units: Sequence[tuple[int, int]], driver: _Worker | None
+                   ) -> Iterator[tuple[int, bytes]]:
+    """Stream ``units`` through ``actors``; yield ``(start, result)`` as units finish.
 
+    Each actor gets units once it is ready (its sessions open), then two in flight (one queued
+    behind the one running, so it never waits for the driver). Until the first actor is
+    ready, ``driver`` (the driver's own worker; None: none) streams the next units itself.
     A killed actor is restarted by Ray and its unfinished calls are retried there
     (``max_restarts``, ``max_task_retries``): each call still has one result.
     """
-    todo = list(reversed(units))
+    todo = collections.deque(units)
+    starting = dict(actors.starting)
     running: dict[Any, tuple[Any, int]] = {}
 
     def submit(actor: Any) -> None:
         if todo:
-            start, stop = todo.pop()
-            ref = actor.unit.remote(source.path, source.filesystem, start, stop)
-            running[ref] = (actor, start)
+            start, stop = todo.popleft()
+            running[actor.unit.remote(source.path, source.filesystem, start, stop,
+                                      actors.models)] = (actor, start)
 
-    for actor in list(actors) * 2:
-        submit(actor)
-    while running:
-        ready, _ = ray.wait(list(running), num_returns=1)
-        actor, start = running.pop(ready[0])
-        submit(actor)
-        yield start, ray.get(ready[0])
+    by_driver = 0
+    while running or todo:
+        helping = driver is not None and len(starting) == len(actors.handles) and bool(todo)
+        ready, _ = ray.wait([*running, *starting], num_returns=1,
+                            timeout=0 if helping else None)
+        if not ready:  # no actor ready yet: the driver takes the next unit
+            assert driver is not None
+            start, stop = todo.popleft()
+            by_driver += 1
+            yield start, driver.unit(source.path, source.filesystem, start, stop)
+        elif ready[0] in starting:
+            ray.get(ready[0])  # a package error in the actor's constructor is raised here
+            actor = starting.pop(ready[0])
+            submit(actor)
+            submit(actor)
+        else:
+            actor, start = running.pop(ready[0])
+            submit(actor)
+            yield start, ray.get(ready[0])
+    log.info("the driver streamed %d of %d work units while the actors started", by_driver,
+             len(units))
 
 
-def _file_results(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
+def _file_results(ray: Any, models: tuple[bytes, ...], source: _Source,
                   units: Sequence[tuple[int, int]], job: Job[Any], options: RayOptions,
                   batch_size: int, prep: inspection.PrepOptions | None
                   ) -> Iterator[tuple[int, bytes]]:
@@ -318,8 +364,7 @@ def _file_results(ray: Any, models: Sequence[onnx.ModelProto], source: _Source,
     context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
     context.enable_progress_bars = context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs = _worker_kwargs(tuple(m.SerializeToString() for m in models), job, options,
-                            batch_size, prep)
+    kwargs = _worker_kwargs(models, job, options, batch_size, prep)
     preserve = context.execution_options.preserve_order
     try:  # a Dataset copies the context it is made in: restored once it is made
         context.execution_options.preserve_order = True
@@ -421,41 +466,80 @@ def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
 
 
 class _ActorInspector(inspection.Inspector):
-    """An inspector whose sessions run on one thread: an actor holds one CPU of the cluster
-    (onnxruntime would start a thread per core of the host, and the actors on one host would
-    then share the cores between too many spinning threads)."""
+    """An inspector whose sessions run on ``threads`` threads (None: onnxruntime's default, a
+    thread per core). An actor's run on one: it holds one CPU of the cluster, and with a
+    thread per core of the host the actors on one host would share the cores between too
+    many spinning threads."""
+
+    threads: int | None = 1
 
     def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
                      ) -> runtime.Session:
-        return runtime.Session(model, self.provider, threads=1, spinning=spinning,
+        return runtime.Session(model, self.provider, threads=self.threads, spinning=spinning,
                                name=self.name, external_folder=self.external_folder)
 
 
 class _Worker:
-    """An actor: the models' inspectors, kept for the actor's life; work units in (a range of
-    rows, or the files of one unit from Ray Data), partials out (one result per unit).
+    """A worker: the models' inspectors, kept for its life; work units in (a range of rows, or
+    the files of one unit from Ray Data), partials out (one result per unit).
 
-    The constructor opens the step's sessions at once (actors start while the driver plans);
-    a package error there is raised by the first unit, as Ray's task error around it.
+    Given the serialized ``models``, the constructor opens the step's sessions at once; given
+    None (a Ray actor), ``ready`` or the first ``unit`` opens them from the models ``_Stored``
+    in Ray's object store (Ray keeps an actor's constructor arguments for its restarts, and
+    warns on each run when they are large). A package error there is raised by every call,
+    as Ray's task error around it.
     """
 
-    def __init__(self, *, models: tuple[bytes, ...], provider: str,
+    def __init__(self, *, models: tuple[bytes, ...] | None, provider: str,
                  prep: inspection.PrepOptions | None, batch_size: int, step: Step,
-                 sessions: Sessions, file_units: _FileUnits | None = None) -> None:
-        self._batch_size, self._step = batch_size, step
+                 sessions: Sessions, file_units: _FileUnits | None = None,
+                 threads: int | None = 1) -> None:
+        self._batch_size, self._step, self._sessions = batch_size, step, sessions
+        self._provider, self._prep, self._threads = provider, prep, threads
         self._files = file_units
         self._error: FeatvizError | None = None
         self._inspectors: list[inspection.Inspector] = []
+        self._providers: tuple[tuple[str, ...], ...] = ()
+        if models is not None:
+            self._open(models)
+
+    def _open(self, models: tuple[bytes, ...] | _Stored) -> None:
+        """Open one inspector per model and the step's sessions (once)."""
+        if self._inspectors or self._error is not None:
+            return
+        blobs = models
+        if isinstance(models, _Stored):  # in an actor, where Ray runs
+            import ray
+
+            blobs = ray.get(models.ref)
+        assert isinstance(blobs, tuple)
         try:
-            self._inspectors = [_ActorInspector(m, provider, prep=prep, max_batch=batch_size)
-                                for m in models]
-            self._providers = sessions(self._inspectors)
+            for model in blobs:
+                inspector = _ActorInspector(model, self._provider, prep=self._prep,
+                                            max_batch=self._batch_size)
+                inspector.threads = self._threads
+                self._inspectors.append(inspector)
+            self._providers = self._sessions(self._inspectors)
         except FeatvizError as err:
             self._error = err
 
-    def unit(self, data: str, filesystem: Any, start: int, stop: int) -> bytes:
+    def ready(self, models: _Stored) -> None:
+        """Open the sessions; raise the package error that stopped them."""
+        self._open(models)
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Release the sessions (the driver's own worker; an actor's die with it)."""
+        for inspector in self._inspectors:
+            inspector.close()
+
+    def unit(self, data: str, filesystem: Any, start: int, stop: int,
+             models: _Stored | None = None) -> bytes:
         """Stream inputs ``[start, stop)`` of DATA (``data`` on ``filesystem``, or local when
         None) through the step; return the pickled ``_UnitResult``."""
+        if models is not None:  # a restarted actor, its sessions not yet open
+            self._open(models)
         opener = _Source(0, data, None, filesystem).opener()
         return self._unit(lambda: api_data.open_data(
             self._inspectors[0], data, batch_size=self._batch_size, rows=(start, stop),
