@@ -10,9 +10,10 @@ The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this 
 - ``.npy``/``.npz`` and MNIST IDX files (a local path, a URI or a path on a pyarrow
   filesystem): ``workers`` Ray actors (``ray.remote``, restarted and their calls retried
   after a crash) are started before the driver plans, so that their start (importing the
-  package, opening the sessions) overlaps the planning; the driver then feeds each actor
-  ranges of rows, two in flight, which it streams with ``io.data.open_data(rows=...)`` (the
-  local engine's reading, skipping and preprocessing);
+  package, opening the sessions) overlaps the planning; the driver then feeds each ready
+  actor ranges of rows, two in flight, which it streams with ``io.data.open_data(rows=...)``
+  (the local engine's reading, skipping and preprocessing); until the first actor is ready,
+  the driver streams the next ranges itself (``DRIVER_STARTS``; CPU workers only);
 - image files (a local file or folder, a URI such as ``s3://bucket/val``, or a path on a
   pyarrow filesystem): Ray's file reader (``ray.data.read_binary_files``, kept in order and cut
   into blocks of one unit each) mapped by an actor pool (``Dataset.map_batches``); an actor
