@@ -184,8 +184,7 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         source = _plan_data(models[0], data, files, prep, batch_size, options.filesystem)
         units = work_units(source.total, batch_size, options.workers)
         if actors is not None and DRIVER_STARTS and options.gpus_per_worker <= 0:
-            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep),
-                             threads=None)
+            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep))
         results = (_range_results(ray, actors, source, units, driver) if actors else
                    _file_results(ray, blobs, source, units, job, options, batch_size, prep))
         run = _collect(results, units, job, source.total, progress)
@@ -467,16 +466,14 @@ def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
 
 
 class _ActorInspector(inspection.Inspector):
-    """An inspector whose sessions run on ``threads`` threads (None: onnxruntime's default, a
-    thread per core). An actor's run on one: it holds one CPU of the cluster, and with a
-    thread per core of the host the actors on one host would share the cores between too
-    many spinning threads."""
-
-    threads: int | None = 1
+    """An inspector whose sessions run on one thread: an actor holds one CPU of the cluster
+    (onnxruntime would start a thread per core of the host, and the actors on one host would
+    share its cores between too many spinning threads). The driver's own worker, too: it
+    streams units only while the actors start, and leaves them the other cores."""
 
     def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
                      ) -> runtime.Session:
-        return runtime.Session(model, self.provider, threads=self.threads, spinning=spinning,
+        return runtime.Session(model, self.provider, threads=1, spinning=spinning,
                                name=self.name, external_folder=self.external_folder)
 
 
@@ -493,10 +490,9 @@ class _Worker:
 
     def __init__(self, *, models: tuple[bytes, ...] | None, provider: str,
                  prep: inspection.PrepOptions | None, batch_size: int, step: Step,
-                 sessions: Sessions, file_units: _FileUnits | None = None,
-                 threads: int | None = 1) -> None:
+                 sessions: Sessions, file_units: _FileUnits | None = None) -> None:
         self._batch_size, self._step, self._sessions = batch_size, step, sessions
-        self._provider, self._prep, self._threads = provider, prep, threads
+        self._provider, self._prep = provider, prep
         self._files = file_units
         self._error: FeatvizError | None = None
         self._inspectors: list[inspection.Inspector] = []
@@ -516,10 +512,8 @@ class _Worker:
         assert isinstance(blobs, tuple)
         try:
             for model in blobs:
-                inspector = _ActorInspector(model, self._provider, prep=self._prep,
-                                            max_batch=self._batch_size)
-                inspector.threads = self._threads
-                self._inspectors.append(inspector)
+                self._inspectors.append(_ActorInspector(model, self._provider, prep=self._prep,
+                                                        max_batch=self._batch_size))
             self._providers = self._sessions(self._inspectors)
         except FeatvizError as err:
             self._error = err
