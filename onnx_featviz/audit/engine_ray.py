@@ -297,9 +297,10 @@ def _start_actors(ray: Any, models: tuple[bytes, ...], job: Job[Any], options: R
     """Start ``options.workers`` Ray actors, each importing the package and opening its
     sessions (``ready``) while the driver goes on planning.
 
-    Ray Core actors rather than Ray Data's actor pool: Ray places them on its idle pooled
-    workers at once, where a Dataset starts its executor and a new pool for every run (3-4.5 s
-    on a 2-core host, longer than the local engine's whole run over 10 000 MNIST images).
+    Ray Core actors rather than Ray Data's actor pool: Ray starts each at once (on an idle
+    pooled worker where it has one, else in a new worker process), where a Dataset first
+    starts its executor and then a new pool for every run (3-4.5 s on a 2-core host, longer
+    than the local engine's whole run over 10 000 MNIST images).
     """
     remote = ray.remote(_Worker).options(
         num_cpus=1.0, num_gpus=options.gpus_per_worker, max_restarts=options.retries,
