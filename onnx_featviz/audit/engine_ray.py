@@ -116,15 +116,18 @@ class _UnitResult:
     providers: tuple[tuple[str, ...], ...]
 
 
-def import_ray() -> Any:
-    """Return the ``ray`` module with ``ray.data`` loaded.
+def import_ray(*, data: bool = False) -> Any:
+    """Return the ``ray`` module, with ``ray.data`` loaded when ``data`` (image files only:
+    importing it takes about 0.5 s).
 
     Raises:
         InputError: Ray is not installed (one line naming the install command).
     """
     try:
         import ray
-        import ray.data  # noqa: F401  (the Dataset API is a submodule)
+
+        if data:
+            import ray.data  # noqa: F401  (the Dataset API is a submodule)
     except ImportError as err:
         raise InputError(f"the ray engine needs Ray, which is not installed ({err}); "
                          f"install it with: {INSTALL_HINT}") from err
@@ -184,7 +187,8 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         source = _plan_data(models[0], data, files, prep, batch_size, options.filesystem)
         units = work_units(source.total, batch_size, options.workers)
         if actors is not None and DRIVER_STARTS and options.gpus_per_worker <= 0:
-            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep))
+            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep),
+                             threads=None)
         results = (_range_results(ray, actors, source, units, driver) if actors else
                    _file_results(ray, blobs, source, units, job, options, batch_size, prep))
         run = _collect(results, units, job, source.total, progress)
@@ -362,6 +366,7 @@ def _file_results(ray: Any, models: tuple[bytes, ...], source: _Source,
     """Read the image files with Ray Data, mapped by its actor pool; yield each unit's
     ``(start, result)`` as it finishes."""
     assert source.files is not None
+    ray = import_ray(data=True)
     context = ray.data.DataContext.get_current()  # the caller's progress bar counts inputs
     context.enable_progress_bars = context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -467,14 +472,17 @@ def _fold_unit(state: tuple[T, int, tuple[tuple[str, str], ...], int,
 
 
 class _ActorInspector(inspection.Inspector):
-    """An inspector whose sessions run on one thread: an actor holds one CPU of the cluster
-    (onnxruntime would start a thread per core of the host, and the actors on one host would
-    share its cores between too many spinning threads). The driver's own worker, too: it
-    streams units only while the actors start, and leaves them the other cores."""
+    """An inspector whose sessions run on ``threads`` threads (None: onnxruntime's default, a
+    thread per core). An actor's run on one: it holds one CPU of the cluster, and with a
+    thread per core of the host the actors on one host would share its cores between more
+    spinning threads than cores. The driver's own worker uses the default: it streams only
+    until an actor is ready, as fast as the local engine."""
+
+    threads: int | None = 1
 
     def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
                      ) -> runtime.Session:
-        return runtime.Session(model, self.provider, threads=1, spinning=spinning,
+        return runtime.Session(model, self.provider, threads=self.threads, spinning=spinning,
                                name=self.name, external_folder=self.external_folder)
 
 
@@ -491,9 +499,10 @@ class _Worker:
 
     def __init__(self, *, models: tuple[bytes, ...] | None, provider: str,
                  prep: inspection.PrepOptions | None, batch_size: int, step: Step,
-                 sessions: Sessions, file_units: _FileUnits | None = None) -> None:
+                 sessions: Sessions, file_units: _FileUnits | None = None,
+                 threads: int | None = 1) -> None:
         self._batch_size, self._step, self._sessions = batch_size, step, sessions
-        self._provider, self._prep = provider, prep
+        self._provider, self._prep, self._threads = provider, prep, threads
         self._files = file_units
         self._error: FeatvizError | None = None
         self._inspectors: list[inspection.Inspector] = []
@@ -513,8 +522,10 @@ class _Worker:
         assert isinstance(blobs, tuple)
         try:
             for model in blobs:
-                self._inspectors.append(_ActorInspector(model, self._provider, prep=self._prep,
-                                                        max_batch=self._batch_size))
+                inspector = _ActorInspector(model, self._provider, prep=self._prep,
+                                            max_batch=self._batch_size)
+                inspector.threads = self._threads
+                self._inspectors.append(inspector)
             self._providers = self._sessions(self._inspectors)
         except FeatvizError as err:
             self._error = err
