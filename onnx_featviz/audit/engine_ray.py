@@ -64,7 +64,7 @@ UNIT_BATCHES = 16
 UNITS_PER_WORKER = 4
 #: Whether the driver streams ranges of rows itself until the first actor is ready (CPU
 #: workers only), so that a run does not wait idle for the actors' start (a new process
-#: importing the package, about 1-1.5 s).
+#: importing the package, about 1.2-1.6 s).
 DRIVER_STARTS = True
 
 Step = Callable[[Sequence[inspection.Inspector], NDArray[np.generic]], Any]
@@ -475,14 +475,16 @@ class _ActorInspector(inspection.Inspector):
     """An inspector whose sessions run on ``threads`` threads (None: onnxruntime's default, a
     thread per core). An actor's run on one: it holds one CPU of the cluster, and with a
     thread per core of the host the actors on one host would share its cores between more
-    spinning threads than cores. The driver's own worker uses the default: it streams only
-    until an actor is ready, as fast as the local engine."""
+    spinning threads than cores. The driver's own worker uses the default, without spinning:
+    it streams only until an actor is ready, and between its runs the cores go to the actors
+    starting on the same host."""
 
     threads: int | None = 1
 
     def open_session(self, model: onnx.ModelProto, *, spinning: bool = True
                      ) -> runtime.Session:
-        return runtime.Session(model, self.provider, threads=self.threads, spinning=spinning,
+        return runtime.Session(model, self.provider, threads=self.threads,
+                               spinning=spinning and self.threads is not None,
                                name=self.name, external_folder=self.external_folder)
 
 
