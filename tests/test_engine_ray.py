@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import builtins
 import json
-import logging
 import math
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,13 +103,7 @@ def stats_json(result: audit_stats.StatsResult) -> Any:
     return json.loads(json.dumps(audit_output.stats_to_json(result)))
 
 
-@pytest.mark.parametrize("driver_starts", [True, False])
-def test_stats_mnist_idx_equals_local(ray_session: Any, mnist: Path, driver_starts: bool,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """With or without the driver streaming the first units while the actors start."""
-    from onnx_featviz.audit import engine_ray
-
-    monkeypatch.setattr(engine_ray, "DRIVER_STARTS", driver_starts)
+def test_stats_mnist_idx_equals_local(ray_session: Any, mnist: Path) -> None:
     local = audit_stats.dataset_stats(MNIST_MODEL, mnist, audit_stats.StatsOptions(provider="cpu"))
     seen: list[Progress] = []
     ray = audit_stats.dataset_stats(MNIST_MODEL, mnist,
@@ -122,34 +114,6 @@ def test_stats_mnist_idx_equals_local(ray_session: Any, mnist: Path, driver_star
     assert seen[-1] == Progress(MNIST_IMAGES, MNIST_IMAGES, "image")
     assert [p.done for p in seen] == sorted(p.done for p in seen)
     assert ray.findings() == local.findings()
-    assert_same_json(stats_json(local), stats_json(ray))
-
-
-def test_driver_and_actor_units_fold_in_data_order(ray_session: Any, mnist: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
-    """The driver streams the first units (slowed here, so that the actors get ready and take
-    the rest); the units of both fold into the local result."""
-    from onnx_featviz.audit import engine_ray
-
-    unit = engine_ray._Worker.unit
-
-    def slow_unit(self: Any, *args: Any, **kwargs: Any) -> bytes:  # only the driver's: the
-        time.sleep(1.5)  # actors are other processes, with the class as defined
-        return unit(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_ray._Worker, "unit", slow_unit)
-    options = audit_stats.StatsOptions(batch_size=16, engine="ray", ray=RAY)
-    with caplog.at_level(logging.INFO, logger=engine_ray.__name__):
-        ray = audit_stats.dataset_stats(MNIST_MODEL, mnist, options)
-    counts = [r.getMessage().split() for r in caplog.records
-              if "driver streamed" in r.getMessage()]
-    assert len(counts) == 1  # "the driver streamed K of N work units ..."
-    by_driver, units = int(counts[0][3]), int(counts[0][5])
-    assert units == len(engine_ray.work_units(MNIST_IMAGES, 16, 2)) and 0 < by_driver < units
-    local = audit_stats.dataset_stats(MNIST_MODEL, mnist,
-                                      audit_stats.StatsOptions(provider="cpu", batch_size=16))
-    assert ray.images == MNIST_IMAGES
     assert_same_json(stats_json(local), stats_json(ray))
 
 
@@ -251,13 +215,8 @@ def actor_pids() -> list[int]:
     return pids
 
 
-def test_killed_actor_is_retried_without_double_counting(ray_session: Any, mnist: Path,
-                                                         monkeypatch: pytest.MonkeyPatch
+def test_killed_actor_is_retried_without_double_counting(ray_session: Any, mnist: Path
                                                          ) -> None:
-    from onnx_featviz.audit import engine_ray
-
-    # every unit on the actors (the driver streams none), so that the killed one had work
-    monkeypatch.setattr(engine_ray, "DRIVER_STARTS", False)
     options = audit_stats.StatsOptions(batch_size=16, engine="ray", ray=RAY)
     killed: list[int] = []
 

@@ -12,8 +12,7 @@ The only importer of ``ray``; ``audit.stats`` and ``audit.compare`` import this 
   after a crash) are started before the driver plans, so that their start (importing the
   package, opening the sessions) overlaps the planning; the driver then feeds each ready
   actor ranges of rows, two in flight, which it streams with ``io.data.open_data(rows=...)``
-  (the local engine's reading, skipping and preprocessing); until the first actor is ready,
-  the driver streams the next ranges itself (``DRIVER_STARTS``; CPU workers only);
+  (the local engine's reading, skipping and preprocessing);
 - image files (a local file or folder, a URI such as ``s3://bucket/val``, or a path on a
   pyarrow filesystem): Ray's file reader (``ray.data.read_binary_files``, kept in order and cut
   into blocks of one unit each) mapped by an actor pool (``Dataset.map_batches``); an actor
@@ -62,10 +61,6 @@ INSTALL_HINT = 'pip install "onnx-featviz[ray]"'
 UNIT_BATCHES = 16
 #: Work units per worker at least, so that workers finishing early find more work.
 UNITS_PER_WORKER = 4
-#: Whether the driver streams ranges of rows itself until the first actor is ready (CPU
-#: workers only), so that a run does not wait idle for the actors' start (a new process
-#: importing the package, about 1.2-1.6 s).
-DRIVER_STARTS = True
 
 Step = Callable[[Sequence[inspection.Inspector], NDArray[np.generic]], Any]
 """The engine's per-batch step: the model inspectors and one batch to a mergeable partial."""
@@ -177,7 +172,6 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
         ray.init(address=options.address, logging_level=logging.WARNING,
                  log_to_driver=False)
     actors: _Actors | None = None
-    driver: _Worker | None = None
     blobs = tuple(m.SerializeToString() for m in models)
     try:
         _check_gpus(ray, options)
@@ -186,10 +180,7 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
             actors = _start_actors(ray, blobs, job, options, batch_size, prep)
         source = _plan_data(models[0], data, files, prep, batch_size, options.filesystem)
         units = work_units(source.total, batch_size, options.workers)
-        if actors is not None and DRIVER_STARTS and options.gpus_per_worker <= 0:
-            driver = _Worker(**_worker_kwargs(blobs, job, options, batch_size, prep),
-                             threads=None)
-        results = (_range_results(ray, actors, source, units, driver) if actors else
+        results = (_range_results(ray, actors, source, units) if actors else
                    _file_results(ray, blobs, source, units, job, options, batch_size, prep))
         run = _collect(results, units, job, source.total, progress)
     except Exception as err:
@@ -200,8 +191,6 @@ def run_job(models: Sequence[onnx.ModelProto], data: Path | str, job: Job[T], *,
     finally:
         for actor in actors.handles if actors else ():  # nothing outlives the run
             ray.kill(actor, no_restart=True)
-        if driver is not None:
-            driver.close()
         if started:
             ray.shutdown()
     if run.images == 0 and not run.partial:
@@ -316,13 +305,11 @@ def _start_actors(ray: Any, models: tuple[bytes, ...], job: Job[Any], options: R
 
 
 def _range_results(ray: Any, actors: _Actors, source: _Source,
-                   units: Sequence[tuple[int, int]], driver: _Worker | None
-                   ) -> Iterator[tuple[int, bytes]]:
+                   units: Sequence[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
     """Stream ``units`` through ``actors``; yield ``(start, result)`` as units finish.
 
     Each actor gets units once it is ready (its sessions open), then two in flight (one queued
-    behind the one running, so it never waits for the driver). Until the first actor is
-    ready, ``driver`` (the driver's own worker; None: none) streams the next units itself.
+    behind the one running, so it never waits for the driver).
     A killed actor is restarted by Ray and its unfinished calls are retried there
     (``max_restarts``, ``max_task_retries``): each call still has one result.
     """
@@ -336,17 +323,9 @@ def _range_results(ray: Any, actors: _Actors, source: _Source,
             running[actor.unit.remote(source.path, source.filesystem, start, stop,
                                       actors.models)] = (actor, start)
 
-    by_driver = 0
     while running or todo:
-        helping = driver is not None and len(starting) == len(actors.handles) and bool(todo)
-        ready, _ = ray.wait([*running, *starting], num_returns=1,
-                            timeout=0 if helping else None)
-        if not ready:  # no actor ready yet: the driver takes the next unit
-            assert driver is not None
-            start, stop = todo.popleft()
-            by_driver += 1
-            yield start, driver.unit(source.path, source.filesystem, start, stop)
-        elif ready[0] in starting:
+        ready, _ = ray.wait([*running, *starting], num_returns=1)
+        if ready[0] in starting:
             ray.get(ready[0])  # a package error in the actor's constructor is raised here
             actor = starting.pop(ready[0])
             submit(actor)
@@ -355,8 +334,6 @@ def _range_results(ray: Any, actors: _Actors, source: _Source,
             actor, start = running.pop(ready[0])
             submit(actor)
             yield start, ray.get(ready[0])
-    log.info("the driver streamed %d of %d work units while the actors started", by_driver,
-             len(units))
 
 
 def _file_results(ray: Any, models: tuple[bytes, ...], source: _Source,
@@ -475,9 +452,7 @@ class _ActorInspector(inspection.Inspector):
     """An inspector whose sessions run on ``threads`` threads (None: onnxruntime's default, a
     thread per core). An actor's run on one: it holds one CPU of the cluster, and with a
     thread per core of the host the actors on one host would share its cores between more
-    spinning threads than cores. The driver's own worker uses the default, without spinning:
-    it streams only until an actor is ready, and between its runs the cores go to the actors
-    starting on the same host."""
+    spinning threads than cores."""
 
     threads: int | None = 1
 
@@ -537,11 +512,6 @@ class _Worker:
         self._open(models)
         if self._error is not None:
             raise self._error
-
-    def close(self) -> None:
-        """Release the sessions (the driver's own worker; an actor's die with it)."""
-        for inspector in self._inspectors:
-            inspector.close()
 
     def unit(self, data: str, filesystem: Any, start: int, stop: int,
              models: _Stored | None = None) -> bytes:

@@ -9,11 +9,9 @@ machine hits both alike; 2 workers of the ray engine):
   cluster started with ``ray start --head`` and used with ``--ray-address auto``); timed from
   the call to the result, so the actors' start (a new worker process each, importing onnx /
   onnxruntime and opening its sessions; for image folders Ray Data's executor and actor pool)
-  is included; the seconds until the first work unit came back, and how many units the driver
-  streamed itself while the actors started (``engine_ray.DRIVER_STARTS``), are printed per
-  run:
+  is included; the seconds until the first work unit came back are printed per run:
   - ``stats`` over the first 10 000 MNIST test images (IDX) with the bundled MNIST CNN, batch 64
-    (also with ``DRIVER_STARTS`` off: every unit on the actors), and over the 60 000 training
+    and over the 60 000 training
     images (one run each: the fixed cost of Ray against more work);
   - ``stats`` over 512 photos (the shared images, cropped and resized to 160-400 px, PNG) with
     SqueezeNet 1.1 (Caffe2, float16, ``../shared/data/models``), batch 32, read by Ray's file
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -47,7 +44,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from onnx_featviz.audit import compare as audit_compare  # noqa: E402
-from onnx_featviz.audit import engine_ray  # noqa: E402
 from onnx_featviz.audit import stats as audit_stats  # noqa: E402
 from onnx_featviz.structs import Progress  # noqa: E402
 from tools.bench.bench_audit_stats import MNIST_MODEL, mnist_idx, peak_rss  # noqa: E402
@@ -74,29 +70,10 @@ def photo_folder(folder: Path, count: int) -> Path:
     return out
 
 
-class DriverUnits(logging.Handler):
-    """Keeps the engine's count of the units the driver streamed itself (its INFO record)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.found = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "driver streamed" in record.getMessage():
-            self.found = "{} of {} units by the driver".format(*record.args)  # type: ignore
-
-
-def run_once(model: Path, data: Path, batch: int, engine: str, driver_starts: bool = True
-             ) -> tuple[float, float, int, str]:
-    """Return (total seconds, seconds to the first progress call, images, units the driver
-    streamed) of one run; ``driver_starts``: the ray engine's ``DRIVER_STARTS``."""
+def run_once(model: Path, data: Path, batch: int, engine: str) -> tuple[float, float, int]:
+    """Return (total seconds, seconds to the first progress call, images) of one run."""
     options = audit_stats.StatsOptions(provider="cpu", batch_size=batch, engine=engine,
                                        ray=audit_compare.RayOptions(workers=2))
-    engine_ray.DRIVER_STARTS = driver_starts
-    units = DriverUnits()
-    logger = logging.getLogger(engine_ray.__name__)
-    logger.addHandler(units)
-    logger.setLevel(logging.INFO)
     first: list[float] = []
     start = time.perf_counter()
 
@@ -104,38 +81,26 @@ def run_once(model: Path, data: Path, batch: int, engine: str, driver_starts: bo
         if not first:
             first.append(time.perf_counter() - start)
 
-    try:
-        result = audit_stats.dataset_stats(model, data, options, progress=mark)
-    finally:
-        logger.removeHandler(units)
-        engine_ray.DRIVER_STARTS = True
-    return time.perf_counter() - start, first[0], result.images, units.found
+    result = audit_stats.dataset_stats(model, data, options, progress=mark)
+    return time.perf_counter() - start, first[0], result.images
 
 
 def compare_rows(tag: str, model: Path, data: Path, batch: int, reps: int,
-                 cold: bool = False, actors_only: bool = False) -> list[Row]:
+                 cold: bool = False) -> list[Row]:
     """End-to-end throughput rows, ray (warm cluster) vs local, best of ``reps`` alternated;
-    with ``cold``, also ray in a fresh process that starts Ray itself; with ``actors_only``,
-    also ray with ``DRIVER_STARTS`` off (every unit on the actors)."""
-    runs = {"local": ("local", True), "ray": ("ray", True)}
-    if actors_only:
-        runs["ray, actors only"] = ("ray", False)
-    best = dict.fromkeys(runs, float("inf"))
+    with ``cold``, also ray in a fresh process that starts Ray itself."""
+    best = {"local": float("inf"), "ray": float("inf")}
     images = 0
     for _ in range(reps):
-        for name, (engine, driver_starts) in runs.items():
-            total, first, images, units = run_once(model, data, batch, engine, driver_starts)
-            best[name] = min(best[name], total)
-            print(f"  {tag} {name}: {total:.2f} s (first progress after {first:.2f} s"
-                  f"{'; ' + units if units else ''})", flush=True)
+        for engine in best:
+            total, first, images = run_once(model, data, batch, engine)
+            best[engine] = min(best[engine], total)
+            print(f"  {tag} {engine}: {total:.2f} s (first progress after {first:.2f} s)",
+                  flush=True)
     local_rate = images / best["local"]
-    rows: list[Row] = []
-    for name, case in (("ray", "warm cluster"),
-                       ("ray, actors only", "warm cluster, actors only (DRIVER_STARTS off)")):
-        if name in best:
-            rate = images / best[name]
-            rows.append((tag, f"{case}, images/s ({images} images)", rate, local_rate,
-                         rate / local_rate, ">= 0.70", rate >= 0.7 * local_rate))
+    rate = images / best["ray"]
+    rows: list[Row] = [(tag, f"warm cluster, images/s ({images} images)", rate, local_rate,
+                        rate / local_rate, ">= 0.70", rate >= 0.7 * local_rate)]
     if cold:
         cmd = [sys.executable, __file__, "--child-cold", str(model), str(data), str(batch)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -215,7 +180,7 @@ def main() -> None:
     rows: list[Row] = []
     steps: list[Callable[[Path], list[Row]]] = [
         lambda f: compare_rows("MNIST CNN b64", MNIST_MODEL, mnist_idx(f, 10000), 64,
-                               args.reps, cold=True, actors_only=True),
+                               args.reps, cold=True),
         lambda f: compare_rows("MNIST CNN b64", MNIST_MODEL, MNIST_TRAIN, 64, 1)
         if MNIST_TRAIN.exists() else [],
         lambda f: compare_rows("SqueezeNet fp16 b32", SQUEEZENET,
