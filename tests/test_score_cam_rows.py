@@ -106,3 +106,19 @@ def test_score_cam_with_every_map_constant_runs_only_the_zero_row() -> None:
     assert rows == [1]
     np.testing.assert_allclose(got, _reference(acts, x, np.array([3]), session), rtol=1e-5,
                                atol=1e-7)
+
+
+def test_score_cam_on_a_fixed_batch_model_splits_rows_over_the_worker_sessions() -> None:
+    """A model taking exactly one image per run (Caffe2 zoo style): rows go one per call,
+    alternating between the worker sessions, and the scores come back in row order."""
+    model = graphs.small_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    acts = _maps_with_duplicates()[:1]
+    x = np.random.default_rng(3).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    with api.Inspector(model, "cpu") as inspector:
+        masked = attribution_run._masked_forward_fn(inspector, "logits", x, (4, 4))
+        got = perturbation.score_cam(acts, x, targets=np.array([5]), batch_size=3,
+                                     forward=attribution_run._forward_fn(inspector, "logits"),
+                                     forward_masked=masked)
+    np.testing.assert_allclose(got, _reference(acts, x, np.array([5]), _session()), rtol=1e-5,
+                               atol=1e-6)
