@@ -223,15 +223,14 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"load before: {os.getloadavg()}; torch {torch.__version__}")
     gc, why = load_gradcam()
-    rng = np.random.default_rng(0)
     if gc is None:
         print(why)
     elif args.only in (None, "cam"):
-        x = rng.normal(size=(args.images, 3, 224, 224)).astype(np.float32)
+        x = np.random.default_rng(0).normal(size=(args.images, 3, 224, 224)).astype(np.float32)
         print_table(f"Grad-CAM family, ResNet-50 layer4, {args.images} x 224x224",
                     cam_rows(gc, GRADIENT, x, args.reps, network(0.0)), "grad-cam")
     if gc is not None and not args.skip_heavy and args.only in (None, "heavy"):
-        x = rng.normal(size=(1, 3, 112, 112)).astype(np.float32)
+        x = np.random.default_rng(0).normal(size=(1, 3, 112, 112)).astype(np.float32)
         for shift in args.layer4_shift:
             print_table(f"Score-CAM / Ablation-CAM, ResNet-50 layer4 (2048 ch), 1 x 112x112, "
                         f"bn3 bias shift {shift}",
