@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--heavy-reps", type=int, default=2)
     parser.add_argument("--skip-heavy", action="store_true", help="no Score/Ablation-CAM rows")
     parser.add_argument("--only", choices=("cam", "heavy", "saliency"))
+    parser.add_argument("--heavy-methods", nargs="+", choices=tuple(HEAVY), default=list(HEAVY))
     parser.add_argument("--layer4-shift", type=float, nargs="+", default=[0.0],
                         help="heavy rows once per value (see ``network``)")
     args = parser.parse_args()
@@ -234,7 +235,7 @@ def main() -> None:
         for shift in args.layer4_shift:
             print_table(f"Score-CAM / Ablation-CAM, ResNet-50 layer4 (2048 ch), 1 x 112x112, "
                         f"bn3 bias shift {shift}",
-                        cam_rows(gc, HEAVY, x, args.heavy_reps, network(shift), ("featviz",)),
+                        cam_rows(gc, {m: HEAVY[m] for m in args.heavy_methods}, x, args.heavy_reps, network(shift), ("featviz",)),
                         "grad-cam")
     if args.only in (None, "saliency"):
         rows, why = saliency_row(args.images, args.reps)
