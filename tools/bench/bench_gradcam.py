@@ -232,10 +232,11 @@ def main() -> None:
                     cam_rows(gc, GRADIENT, x, args.reps, network(0.0)), "grad-cam")
     if gc is not None and not args.skip_heavy and args.only in (None, "heavy"):
         x = np.random.default_rng(0).normal(size=(1, 3, 112, 112)).astype(np.float32)
+        heavy = {m: HEAVY[m] for m in args.heavy_methods}
         for shift in args.layer4_shift:
             print_table(f"Score-CAM / Ablation-CAM, ResNet-50 layer4 (2048 ch), 1 x 112x112, "
                         f"bn3 bias shift {shift}",
-                        cam_rows(gc, {m: HEAVY[m] for m in args.heavy_methods}, x, args.heavy_reps, network(shift), ("featviz",)),
+                        cam_rows(gc, heavy, x, args.heavy_reps, network(shift), ("featviz",)),
                         "grad-cam")
     if args.only in (None, "saliency"):
         rows, why = saliency_row(args.images, args.reps)
