@@ -94,9 +94,12 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     (M - min) / (max - min + 1e-8)) masks the input: x * M_k; s_k is its target score;
     w = softmax_k(s) (as pytorch-grad-cam ``score_cam.py``; the paper's softmax of the score
     increase over a baseline is the same, softmax being shift-invariant); map = ReLU(sum w_k A_k).
-    Runs one forward row per (image, channel) whose map is not constant, in chunks of
-    ``batch_size``, plus one all-zero row shared by every constant channel (its min-max mask is
-    0, so its masked input is all zeros: the same exact score); with T targets per image the
+    Runs one forward row per image and distinct non-constant map, in chunks of ``batch_size``,
+    plus one all-zero row shared by every constant channel (its min-max mask is 0, so its
+    masked input is all zeros: the same exact score). Maps whose min-max normalised values are
+    the same float32 bytes (e.g. every map with one non-zero cell at the same place) share one
+    row, fed with the first one's map: their masks differ only through the 1e-8 in the
+    denominator (relative 1e-8 / range of the upsampled map). With T targets per image the
     same rows serve all of them.
 
     Args:
@@ -105,7 +108,7 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
         targets: (N,) target class per image, or (N, T) several per image.
         forward: (B, C, H, W) -> (B, classes) scores.
         batch_size: rows per forward call.
-        progress: ``progress(done_rows, rows)`` after each call (rows: non-constant maps).
+        progress: ``progress(done_rows, rows)`` after each call (rows: distinct maps).
         forward_masked: when given, rows are fed as (layer map, image index) and masked where
             the model runs (no (rows, C, H, W) masks on the host); same scores.
 
@@ -119,7 +122,7 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
     acts32 = acts.astype(np.float32)  # masks are built in float32: this loop is the hot path
     flat = acts32.reshape(n * k, -1)
     constant = flat.max(axis=1) == flat.min(axis=1)  # mask 0: the all-zero input, run once
-    live = np.flatnonzero(~constant)
+    live, source = _distinct_maps(flat, constant, k)
 
     def masked(i: int, j: int) -> FloatArray:
         img, ch = np.divmod(live[i:j], k)
@@ -139,12 +142,43 @@ def score_cam(activations: NDArray[np.floating], input_batch: NDArray[np.floatin
 
     scores = np.empty((n * k, cls.shape[1]), np.float64)
     if forward_masked is not None:
-        scores[live] = _run_batched(live.size, batch_size, maps, call_masked, progress)
+        ran = _run_batched(live.size, batch_size, maps, call_masked, progress)
     else:
-        scores[live] = _run_batched(live.size, batch_size, masked, call, progress)
+        ran = _run_batched(live.size, batch_size, masked, call, progress)
+    scores[~constant] = ran[source[~constant]]  # each row takes its distinct map's scores
     if constant.any():  # every constant channel masks the input to zeros: one shared row
         scores[constant] = _zero_input_scores(forward, x.shape[1:], cls[constant])
     return _relu_sum_targets(_softmax(scores.reshape(n, k, -1), axis=1), acts)
+
+
+def _distinct_maps(flat: FloatArray, constant: NDArray[np.bool_], k: int
+                   ) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Pick one row per image and distinct min-max normalised map among the non-constant rows.
+
+    Maps equal after ``(a - min) / (max - min)`` (same float32 bytes, same image) give the same
+    Score-CAM mask (up to the 1e-8 in its denominator), so one forward row serves them all.
+
+    Args:
+        flat: (N * K, h * w) float32 maps, image-major.
+        constant: (N * K,) True where a map is constant (those rows are left out).
+        k: channels per image.
+
+    Returns:
+        ``live`` (R,) row indices to run, ascending (so grouped by image), and ``source``
+        (N * K,) the position in ``live`` serving each non-constant row (0 for constant ones).
+    """
+    rows = np.flatnonzero(~constant)
+    lo = flat[rows].min(axis=1, keepdims=True)
+    norm = (flat[rows] - lo) / (flat[rows].max(axis=1, keepdims=True) - lo)
+    image = (rows // k).astype(np.int64)[:, None].view(np.uint8)  # (rows, 8) bytes
+    raw = np.ascontiguousarray(np.concatenate([image, norm.view(np.uint8)], axis=1))
+    keys = raw.view(np.dtype((np.void, raw.shape[1]))).ravel()  # image and map bytes
+    _, head, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first = head[inverse.ravel()]  # per non-constant row: its group's first row (in ``rows``)
+    live_at = np.unique(first)  # positions in ``rows`` of the rows to run, ascending
+    source = np.zeros(flat.shape[0], np.intp)
+    source[rows] = np.searchsorted(live_at, first)
+    return rows[live_at], source
 
 
 def _masked_inputs(x: FloatArray, maps: FloatArray, img: NDArray[np.intp]) -> FloatArray:
