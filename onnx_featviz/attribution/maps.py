@@ -254,9 +254,10 @@ def saliency(input_gradients: NDArray[np.floating], *, normalize: bool = True) -
     Returns:
         (N, H, W) float32.
     """
-    g = _as_layer(input_gradients, "input gradients")
-    out = np.abs(g).max(axis=1)
-    return normalize_heatmaps(out) if normalize else out.astype(np.float32)
+    g = np.asarray(input_gradients)
+    _as_layer(g[:0], "input gradients")  # the shape check, on no values
+    out = np.abs(g.astype(np.float32, copy=False)).max(axis=1)  # abs and max are exact
+    return normalize_heatmaps(out) if normalize else out
 
 
 def guided_backprop_image(guided_gradients: NDArray[np.floating]) -> FloatArray:
@@ -272,11 +273,15 @@ def guided_backprop_image(guided_gradients: NDArray[np.floating]) -> FloatArray:
     Returns:
         (N, H, W, C) float32 in [0, 1].
     """
-    g = _as_layer(guided_gradients, "guided gradients")
-    mean = g.mean(axis=(1, 2, 3), keepdims=True)
-    std = g.std(axis=(1, 2, 3), keepdims=True)
-    out = np.clip((g - mean) / (std + 1e-5) * 0.1 + 0.5, 0.0, 1.0)
-    return np.ascontiguousarray(out.transpose(0, 2, 3, 1)).astype(np.float32)
+    _as_layer(np.asarray(guided_gradients)[:0], "guided gradients")  # the shape check
+    g = np.asarray(guided_gradients).astype(np.float32, copy=False)
+    mean = g.mean(axis=(1, 2, 3), keepdims=True, dtype=np.float64)  # float64 sums
+    std = g.std(axis=(1, 2, 3), keepdims=True, dtype=np.float64)
+    scale = (0.1 / (std + 1e-5)).astype(np.float32)
+    out = (g - mean.astype(np.float32)) * scale  # float32: the image's own precision
+    out += np.float32(0.5)
+    np.clip(out, 0.0, 1.0, out=out)
+    return np.ascontiguousarray(out.transpose(0, 2, 3, 1))
 
 
 def guided_grad_cam(guided_gradients: NDArray[np.floating],
