@@ -22,6 +22,8 @@ import functools
 import json
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +47,12 @@ def _input_gradients(images: int, reps: int) -> list[tuple[str, float, float]]:
     rows = []
     with api.Inspector(model, "cpu") as ins:
         session = ins.session()
-        fwd = best_of(lambda: session.run({ins.spec.name: x}), reps)
-        rows.append(("onnxruntime forward", fwd, 1.0))
-        for method in ("saliency", "guided"):
-            ins.backprop(x, method)  # build the reverse graph once
-            t = best_of(functools.partial(ins.backprop, x, method), reps)
-            rows.append((f"featviz backprop {method}", t, t / fwd))
+        calls = {"onnxruntime forward": lambda: session.run({ins.spec.name: x}),
+                 "featviz backprop saliency": functools.partial(ins.backprop, x, "saliency"),
+                 "featviz backprop guided": functools.partial(ins.backprop, x, "guided")}
+        best = alternated(calls, reps)  # the host's noise hits every contender alike
+        fwd = best["onnxruntime forward"]
+        rows += [(name, t, t / fwd) for name, t in best.items()]
     xt = torch.from_numpy(x)
 
     def torch_saliency() -> None:
@@ -70,6 +72,20 @@ def _input_gradients(images: int, reps: int) -> list[tuple[str, float, float]]:
         t = best_of(lambda: sal.attribute(xt.clone().requires_grad_(True), target=target), reps)
         rows.append(("captum 0.9 Saliency", t, t / fwd))
     return rows
+
+
+def alternated(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Best wall time of each call over ``reps`` rounds, the calls taking turns in each round
+    (after one warm-up call each)."""
+    for fn in calls.values():
+        fn()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(reps):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def _detection(reps: int) -> list[tuple[str, float, float]]:
