@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch  # noqa: E402
 
 from onnx_featviz import api  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
+from tools.bench.timing import alternate  # noqa: E402
 
 #: featviz method -> pytorch-grad-cam class name.
 GRADIENT = {"grad_cam": "GradCAM", "grad_cam_pp": "GradCAMPlusPlus", "xgrad_cam": "XGradCAM",
@@ -81,22 +81,6 @@ def load_gradcam() -> tuple[Any, str]:
         return None, (f"pytorch-grad-cam rows skipped: {err} (pip install --no-deps "
                       "grad-cam==1.5.7 ttach opencv-python-headless scikit-learn)")
     return pytorch_grad_cam, ""
-
-
-def alternate(contenders: dict[str, Callable[[], object]], reps: int,
-              warm: tuple[str, ...] | None = None) -> dict[str, float]:
-    """Best wall time of each contender over ``reps`` rounds, alternating, after a warm-up
-    call of those named in ``warm`` (None: all)."""
-    for name, fn in contenders.items():
-        if warm is None or name in warm:
-            fn()
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(reps):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:

@@ -22,8 +22,6 @@ import functools
 import json
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ import torch  # noqa: E402
 
 from onnx_featviz import api, autodiff  # noqa: E402
 from tools.bench.nets import export_onnx, resnet  # noqa: E402
-from tools.bench.timing import best_of  # noqa: E402
+from tools.bench.timing import alternate, best_of  # noqa: E402
 
 
 def _input_gradients(images: int, reps: int) -> list[tuple[str, float, float]]:
@@ -50,7 +48,7 @@ def _input_gradients(images: int, reps: int) -> list[tuple[str, float, float]]:
         calls = {"onnxruntime forward": lambda: session.run({ins.spec.name: x}),
                  "featviz backprop saliency": functools.partial(ins.backprop, x, "saliency"),
                  "featviz backprop guided": functools.partial(ins.backprop, x, "guided")}
-        best = alternated(calls, reps)  # the host's noise hits every contender alike
+        best = alternate(calls, reps)  # the host's noise hits every contender alike
         fwd = best["onnxruntime forward"]
         rows += [(name, t, t / fwd) for name, t in best.items()]
     xt = torch.from_numpy(x)
@@ -72,20 +70,6 @@ def _input_gradients(images: int, reps: int) -> list[tuple[str, float, float]]:
         t = best_of(lambda: sal.attribute(xt.clone().requires_grad_(True), target=target), reps)
         rows.append(("captum 0.9 Saliency", t, t / fwd))
     return rows
-
-
-def alternated(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Best wall time of each call over ``reps`` rounds, the calls taking turns in each round
-    (after one warm-up call each)."""
-    for fn in calls.values():
-        fn()
-    best = dict.fromkeys(calls, float("inf"))
-    for _ in range(reps):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def _detection(reps: int) -> list[tuple[str, float, float]]:

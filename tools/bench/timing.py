@@ -15,3 +15,19 @@ def best_of(fn: Callable[[], object], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def alternate(contenders: dict[str, Callable[[], object]], reps: int,
+              warm: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Best wall time of each contender over ``reps`` rounds, alternating, after a warm-up
+    call of those named in ``warm`` (None: all)."""
+    for name, fn in contenders.items():
+        if warm is None or name in warm:
+            fn()
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
