@@ -85,12 +85,10 @@ def _detection(reps: int) -> list[tuple[str, float, float]]:
         rows = []
         with api.Inspector(path, "cpu") as ins:
             layer = ins.info.conv_layers[2].name
-            times = {}
-            for k in (1, 10):
-                opts = api.CamOptions(layer=layer, overlays=False,
-                                      goal=api.TargetSpec(detections=k, decode=decode))
-                ins.cam(x, opts)
-                times[k] = best_of(functools.partial(ins.cam, x, opts), reps)
+            calls = {str(k): functools.partial(ins.cam, x, api.CamOptions(
+                layer=layer, overlays=False, goal=api.TargetSpec(detections=k, decode=decode)))
+                for k in (1, 10)}
+            times = {int(k): t for k, t in alternate(calls, reps).items()}
             rows += [("featviz grad_cam, 1 detection", times[1], 1.0),
                      ("featviz grad_cam, 10 detections", times[10], times[10] / times[1])]
     xt = torch.from_numpy(x)
