@@ -303,7 +303,7 @@ def _one_pass_input_gradients(inspector: Inspector, batch: NDArray[np.generic],
     w.r.t. the input, and the score tensor's shape (``_one_pass``)."""
     name = score_tensor(inspector, score)
     wrt = inspector.spec.name
-    scores, classes, values = _one_pass(inspector, batch, name, wrt, target, guided=guided)
+    _, classes, values = _one_pass(inspector, batch, name, wrt, target, guided=guided)
     return name, classes, values[0], (len(batch), *values[1].shape[1:])
 
 
@@ -586,10 +586,9 @@ def backprop_rows(inspector: Inspector, images: Images, method: str,
         score, targets, raw, full = _one_pass_input_gradients(
             inspector, batch, score, target, guided=method != "saliency")
     else:
-        score, scores, full = _scores(inspector, batch, score)
-        targets = (cams.select_targets(scores, target, labels=inspector.labels) if rank == 0
-                   else cams.select_targets(scores, target, labels=inspector.labels,
-                                            top_k=rank + 1)[:, rank])
+        score, scores, full = _scores(inspector, batch, score)  # the (rank+1)-th best class
+        targets = cams.select_targets(scores, target, labels=inspector.labels,
+                                      top_k=rank + 1)[:, rank]
         raw = _gradients(inspector, batch, score, inspector.spec.name, targets, full,
                          guided=method != "saliency")[0]
     grads = _as_nchw(inspector, raw)
