@@ -523,6 +523,27 @@ def test_seed_top1_equals_an_explicit_one_hot_seed(fp16: bool) -> None:
     np.testing.assert_array_equal(got[grad.gradient("r2")], ref[grad.gradient("r2")])
 
 
+def test_seed_top1_with_a_classes_input_equals_an_explicit_one_hot_seed() -> None:
+    from onnx_featviz.autodiff import seed_top1
+
+    model = graphs.small_cnn()
+    x = np.random.default_rng(6).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    grad = differentiate(model, of="logits", wrt=["x"])
+    fused = seed_top1(grad, classes="featviz/classes")
+    assert [i.name for i in fused.model.graph.input] == ["x", "featviz/classes"]
+    onnx.checker.check_model(fused.model, full_check=True)
+    classes = np.array([2, 0, 2], np.int64)
+    names = [o.name for o in fused.model.graph.output]
+    got = dict(zip(names, run(fused.model, {"x": x, "featviz/classes": classes}), strict=True))
+    np.testing.assert_array_equal(got[fused.outputs[-1]], classes)
+    logits = run(model, {"x": x})[0]
+    seed = np.zeros(logits.shape, np.float32)
+    seed[np.arange(3), classes] = 1
+    ref = dict(zip([o.name for o in grad.model.graph.output],
+                   run(grad.model, {"x": x, grad.seed: seed}), strict=True))
+    np.testing.assert_array_equal(got[grad.gradient("x")], ref[grad.gradient("x")])
+
+
 def test_relu_before_maxpool_is_masked_at_the_pooled_size() -> None:
     """A Relu whose output only a MaxPool reads gets its mask from the pooled output (the
     gradients themselves are checked against torch in test_matches_torch_autograd)."""

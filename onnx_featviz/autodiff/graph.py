@@ -349,7 +349,8 @@ def seed_top1(grad: GradModel, *, classes: str | None = None) -> GradModel:
     Args:
         grad: a ``differentiate`` result (not modified).
         classes: instead of the arg-max, a new int64 (N,) graph input of this name gives each
-            row's class (an index outside ``0..K-1`` gives an all-zero seed: check it).
+            row's class (OneHot's rules: an index outside ``-K..K-1`` gives an all-zero seed,
+            a negative one counts from the end: check the classes).
 
     Returns:
         The new ``GradModel`` (``seed`` is empty: nothing to feed but ``classes``).
